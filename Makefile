@@ -1,0 +1,45 @@
+# The interface of this project: make test, make rehearse, make bench, make lint.
+# Every target installs what it needs itself (a virtualenv, and PostgreSQL 15
+# server binaries with apt when they are missing), as root or as a normal user.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_MAJOR ?= 15
+PG_BINDIR ?= /usr/lib/postgresql/$(PG_MAJOR)/bin
+export PG_BINDIR
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: test rehearse lint bench postgres venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lint]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# PostgreSQL server binaries and psql (Debian postgresql-15, contrib included).
+postgres:
+	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null; then \
+	  echo "installing postgresql-$(PG_MAJOR) with apt"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) util-linux; \
+	fi
+
+## The whole test suite, on a throw-away PostgreSQL that it starts itself.
+test: venv postgres
+	$(BIN)/pytest
+
+## The main job: rehearse the rollout on a throw-away database and write the evidence bundle.
+rehearse: venv postgres
+	$(BIN)/reserve rehearse
+
+lint: venv
+	$(BIN)/ruff check reserve alembic tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,116 @@
+"""Alembic environment for reserve-migrations.
+
+- The URL comes from DATABASE_URL (``postgresql://`` is driven by psycopg 3);
+  it is never printed with its password.
+- Online, every revision runs in its own transaction, under session-level
+  ``lock_timeout`` and ``statement_timeout`` (``-x lock_timeout=…``,
+  ``-x statement_timeout=…``), and the whole run holds a session-level
+  advisory lock so that two concurrent ``alembic upgrade`` runs serialize.
+  The session-level lock (not the xact variant) survives the commits that
+  ``transaction_per_migration`` and ``autocommit_block()`` make.
+- Offline (``--sql``) emits a script for ``psql -v ON_ERROR_STOP=1`` with the
+  same timeouts and the same advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from logging.config import fileConfig
+
+from alembic import context
+from alembic.util import CommandError
+from sqlalchemy import create_engine, pool, text
+from sqlalchemy.exc import DBAPIError
+
+from reserve import db
+
+config = context.config
+if config.config_file_name and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+log = logging.getLogger("reserve.env")
+
+# pg_advisory_lock key shared by every run of this project. Arbitrary, fixed forever.
+MIGRATION_LOCK_KEY = 7_265_736_572_766_501
+SESSION_DEFAULTS = {
+    "lock_timeout": "5s",
+    "statement_timeout": "15min",
+    "migration_lock_wait": "10min",
+}
+
+
+def session_setting(name: str) -> str:
+    """A session setting for this run: ``-x name=value`` or the project default."""
+    return context.get_x_argument(as_dictionary=True).get(name, SESSION_DEFAULTS[name])
+
+
+def run_migrations_offline() -> None:
+    """Write the SQL script for a DBA to review and apply with psql."""
+    context.configure(
+        dialect_name="postgresql",
+        dialect_opts={"paramstyle": "named"},
+        literal_binds=True,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.execute(f"SET lock_timeout = '{session_setting('migration_lock_wait')}'")
+        context.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+        context.execute(f"SET lock_timeout = '{session_setting('lock_timeout')}'")
+        context.execute(f"SET statement_timeout = '{session_setting('statement_timeout')}'")
+        context.run_migrations()
+        context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+
+
+def _connect():
+    url = db.sqlalchemy_url(config.attributes.get("database_url"))
+    engine = create_engine(
+        url,
+        poolclass=pool.NullPool,
+        connect_args={"connect_timeout": 10, "application_name": "reserve-migrations"},
+    )
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        reason = db.scrub(str(exc.orig).strip().splitlines()[-1], url)
+        raise CommandError(f"cannot connect to {db.masked(url)}: {reason}") from None
+
+
+def _take_migration_lock(connection) -> None:
+    """Serialize concurrent runs: wait (bounded) for any other run to finish."""
+    got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY}).scalar()
+    if not got:
+        wait = session_setting("migration_lock_wait")
+        log.info("another migration run is in progress; waiting up to %s for it to finish", wait)
+        connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": wait})
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        except DBAPIError:
+            raise CommandError(
+                f"another migration run still holds the migration lock after {wait}; nothing was changed"
+            ) from None
+    for name in ("lock_timeout", "statement_timeout"):
+        try:
+            connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": session_setting(name)})
+        except DBAPIError as exc:
+            raise CommandError(f"invalid -x {name}: {str(exc.orig).strip().splitlines()[0]}") from None
+    connection.commit()
+
+
+def run_migrations_online() -> None:
+    """Apply revisions to the database of DATABASE_URL, one transaction each."""
+    with _connect() as connection:
+        _take_migration_lock(connection)
+        try:
+            context.configure(connection=connection, transaction_per_migration=True)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if not connection.closed and not connection.invalidated:
+                connection.rollback()
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                connection.commit()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

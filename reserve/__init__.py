@@ -1,0 +1,3 @@
+"""reserve-migrations: the capacity-overlap change for the booking database, and its rollout tooling."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""Run this package's Alembic chain in-process, against a URL given explicitly.
+
+The URL travels in the Alembic config's attributes, never through the
+environment or the ini file, so tools can target any database without
+exporting a secret.
+"""
+
+from __future__ import annotations
+
+import io
+from argparse import Namespace
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:
+    """An Alembic config for ``url``; ``x`` holds ``-x name=value`` options."""
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"), output_buffer=output, cmd_opts=Namespace(x=x or []))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
+    if url is not None:
+        cfg.attributes["database_url"] = url.render_as_string(hide_password=False)
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def upgrade(url: URL, revision: str = "head", x: list[str] | None = None) -> None:
+    command.upgrade(config(url, x=x), revision)
+
+
+def downgrade(url: URL, revision: str, x: list[str] | None = None) -> None:
+    command.downgrade(config(url, x=x), revision)
+
+
+def offline_sql(direction: str, revision_range: str, x: list[str] | None = None) -> str:
+    """The script ``alembic <direction> <range> --sql`` writes."""
+    out = io.StringIO()
+    run = command.upgrade if direction == "upgrade" else command.downgrade
+    run(config(output=out, x=x), revision_range, sql=True)
+    return out.getvalue()
+
+
+def scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(config())
+
+
+def head() -> str:
+    return scripts().get_current_head()

@@ -1,0 +1,131 @@
+"""A throw-away PostgreSQL server for tests, rehearsals and benchmarks.
+
+The one place that knows how to start PostgreSQL here: it finds the server
+binaries, and when running as root (as CI does) it runs them as the
+unprivileged ``postgres`` user via ``runuser``, with a data directory that
+user owns, because PostgreSQL refuses to run as root. As a normal user it
+runs them directly. The server listens on 127.0.0.1 and a private unix
+socket only, with a random password for TCP logins.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+SUPERUSER = "postgres"
+SERVER_USER_WHEN_ROOT = "postgres"
+REFERENCE_MAJOR = 15
+
+
+class ServerError(RuntimeError):
+    """The throw-away server could not be started."""
+
+
+def find_bindir() -> Path:
+    """PostgreSQL server binaries: $PG_BINDIR, else the reference major version, else PATH."""
+    candidates = [os.environ.get("PG_BINDIR", "")]
+    candidates.append(f"/usr/lib/postgresql/{REFERENCE_MAJOR}/bin")
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(str(Path(on_path).parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    raise ServerError("PostgreSQL server binaries not found: install postgresql-15 (make test does) or set PG_BINDIR")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EphemeralPostgres:
+    """Start with ``start()`` (or ``with``), stop and delete everything with ``stop()``."""
+
+    fsync: bool = False
+    settings: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    user: str = SUPERUSER
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    workdir: Path | None = None
+
+    @property
+    def as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        cmd = list(argv)
+        if self.as_root:
+            cmd = ["runuser", "-u", SERVER_USER_WHEN_ROOT, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
+        if result.returncode != 0:
+            raise ServerError(f"{Path(argv[0]).name} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result
+
+    def start(self) -> EphemeralPostgres:
+        bindir = find_bindir()
+        self.workdir = Path(tempfile.mkdtemp(prefix="reserve-pg-"))
+        datadir, sockdir = self.workdir / "data", self.workdir / "socket"
+        sockdir.mkdir()
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        if self.as_root:
+            owner = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+            for path in (self.workdir, sockdir, pwfile):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self._run(
+            str(bindir / "initdb"), "-D", str(datadir), "-U", self.user, "-E", "UTF8", "--no-locale",
+            "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+        )
+        pwfile.unlink()
+        self.port = self.port or _free_port()
+        options = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(sockdir),
+            "fsync": "on" if self.fsync else "off",
+            "synchronous_commit": "on" if self.fsync else "off",
+            "full_page_writes": "on" if self.fsync else "off",
+            "max_connections": "200",
+            **self.settings,
+        }
+        opts = " ".join(f"-c {k}={v}" for k, v in options.items())
+        self._run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(datadir),
+                  "-l", str(self.workdir / "server.log"), "-o", opts)
+        return self
+
+    def stop(self) -> None:
+        if self.workdir is None:
+            return
+        try:
+            self._run(str(find_bindir() / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.workdir / "data"))
+        except ServerError:
+            pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+
+    def url(self, dbname: str = "postgres") -> URL:
+        """SQLAlchemy URL of ``dbname`` on this server, password included (never print it unmasked)."""
+        return URL.create("postgresql+psycopg", self.user, self.password, self.host, self.port, dbname)
+
+    def __enter__(self) -> EphemeralPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

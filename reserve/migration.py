@@ -1,0 +1,152 @@
+"""Shared mechanics for the revisions in ``alembic/versions``.
+
+Revisions stay short and declarative; everything they have in common lives
+here: running packaged SQL (online and offline alike), installing a function
+version, taking the ACCESS EXCLUSIVE lock on a busy table with a bounded
+wait, archiving a table instead of dropping its rows, and reading ``-x``
+options.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from alembic import context, op
+from alembic.util import CommandError
+from sqlalchemy.exc import DBAPIError
+
+from reserve import sql
+
+log = logging.getLogger("reserve.migration")
+
+ARCHIVE_SCHEMA = "reserve_archive"
+
+
+def execute(statement: str) -> None:
+    """Run raw SQL through Alembic, online or into the offline script.
+
+    Colons are escaped so that SQLAlchemy never mistakes ``':hold'`` or
+    ``'18:00'`` in a function body for a bind parameter.
+    """
+    op.execute(sa.text(statement.replace(":", "\\:")))
+
+
+def run_schema_script(name: str) -> None:
+    """Run ``reserve/sql/schema/<name>.sql``."""
+    execute(sql.read(f"schema/{name}.sql"))
+
+
+def install_function(name: str, version: str) -> None:
+    """Install ``version`` of function ``name`` from its released SQL file."""
+    execute(sql.function_sql(name, version))
+
+
+def x_option(name: str, default: str) -> str:
+    """An ``alembic -x name=value`` option, or its default."""
+    return context.get_x_argument(as_dictionary=True).get(name, default)
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long one lock attempt may wait, and how often to try.
+
+    Every waiting attempt makes readers of the table queue behind it, so each
+    wait is short; the pauses between attempts let that queue drain.
+    """
+
+    lock_timeout: str = "2s"
+    attempts: int = 5
+    pause_s: float = 3.0
+
+    @classmethod
+    def from_x_options(cls) -> LockPolicy:
+        """Read ``-x swap_lock_timeout=…``, ``-x swap_lock_attempts=…``, ``-x swap_lock_pause=…``."""
+        default = cls()
+        attempts = int(x_option("swap_lock_attempts", str(default.attempts)))
+        pause_s = float(x_option("swap_lock_pause", str(default.pause_s)))
+        if attempts < 1 or pause_s < 0:
+            raise CommandError("swap_lock_attempts must be >= 1 and swap_lock_pause >= 0")
+        return cls(x_option("swap_lock_timeout", default.lock_timeout), attempts, pause_s)
+
+
+def lock_exclusively(table: str, policy: LockPolicy) -> None:
+    """Take ACCESS EXCLUSIVE on ``table`` for the rest of the revision's transaction.
+
+    Each attempt waits at most ``policy.lock_timeout``; a failed attempt is
+    rolled back to a savepoint (so nothing else is released) and retried
+    after a pause. When every attempt fails the revision aborts with the
+    database unchanged. Offline, the script carries the same bounded wait
+    without retries: the operator reruns it.
+    """
+    timeout = sa.text("SELECT set_config('lock_timeout', :t, true)").bindparams(t=policy.lock_timeout)
+    if context.is_offline_mode():
+        op.execute(f"SET LOCAL lock_timeout = '{policy.lock_timeout}'")
+        op.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        return
+    conn = op.get_bind()
+    for attempt in range(1, policy.attempts + 1):
+        savepoint = conn.begin_nested()
+        try:
+            conn.execute(timeout)
+            conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if getattr(exc.orig, "sqlstate", None) != "55P03":
+                raise
+            log.warning(
+                "lock on %s not granted within %s (attempt %d/%d): another transaction holds it",
+                table, policy.lock_timeout, attempt, policy.attempts,
+            )
+            if attempt < policy.attempts:
+                time.sleep(policy.pause_s)
+            continue
+        savepoint.commit()
+        log.info("ACCESS EXCLUSIVE lock on %s taken (attempt %d/%d)", table, attempt, policy.attempts)
+        return
+    raise CommandError(
+        f"could not lock {table} after {policy.attempts} attempts of {policy.lock_timeout}: "
+        "a long transaction holds a lock on it (run `reserve preflight` to see it). "
+        "Nothing was changed; rerun when it has finished, or raise -x swap_lock_attempts."
+    )
+
+
+def archive_table(table: str) -> None:
+    """Move ``public.<table>`` and its rows to the archive schema; drop it only when empty.
+
+    The archive schema grants nothing to anyone, so archived rows are out of
+    reach of anon, authenticated and service_role, and ``restore_table``
+    brings the very same table (rows, keys, policies, grants) back.
+    """
+    execute(f"""
+DO $archive$
+BEGIN
+  IF EXISTS (SELECT 1 FROM public.{table}) THEN
+    CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA};
+    REVOKE ALL ON SCHEMA {ARCHIVE_SCHEMA} FROM PUBLIC;
+    ALTER TABLE public.{table} SET SCHEMA {ARCHIVE_SCHEMA};
+    RAISE NOTICE 'public.{table} has rows: archived to {ARCHIVE_SCHEMA}.{table}';
+  ELSE
+    DROP TABLE public.{table};
+  END IF;
+END
+$archive$""")
+
+
+def restore_table(table: str) -> None:
+    """Bring ``table`` back from the archive schema into ``public``, if it was archived."""
+    execute(f"""
+DO $restore$
+BEGIN
+  IF to_regclass('{ARCHIVE_SCHEMA}.{table}') IS NOT NULL THEN
+    ALTER TABLE {ARCHIVE_SCHEMA}.{table} SET SCHEMA public;
+    RAISE NOTICE '{ARCHIVE_SCHEMA}.{table} restored to public with its rows';
+  END IF;
+  IF to_regnamespace('{ARCHIVE_SCHEMA}') IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = to_regnamespace('{ARCHIVE_SCHEMA}')) THEN
+    DROP SCHEMA {ARCHIVE_SCHEMA};
+  END IF;
+END
+$restore$""")

@@ -1,0 +1,102 @@
+"""The test harness: one throw-away PostgreSQL per test session, a template database per
+migration state, and a fresh clone of the right template for every test.
+
+The server comes from reserve.ephemeral (which runs PostgreSQL as an unprivileged
+user when the tests run as root), or from TEST_DATABASE_URL: the URL of an existing
+server and a role that may create databases (its database is the maintenance one).
+Templates are migrated once per session; each test gets ``CREATE DATABASE … TEMPLATE``,
+managed by pytest-postgresql's DatabaseJanitor, so the suite stays fast as it grows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.engine import URL, make_url
+
+from reserve.ephemeral import EphemeralPostgres
+from tests.support import Database, alembic_config
+
+TEMPLATES = {"empty": None, "baseline": "0001_baseline", "head": "head"}
+_clone_numbers = itertools.count(1)
+
+
+class ExternalServer:
+    """An already running server named by TEST_DATABASE_URL."""
+
+    def __init__(self, raw: str) -> None:
+        self._url = make_url(raw).set(drivername="postgresql+psycopg")
+
+    def url(self, dbname: str = "postgres") -> URL:
+        return self._url.set(database=dbname)
+
+    @property
+    def maintenance_db(self) -> str:
+        return self._url.database or "postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EphemeralPostgres | ExternalServer]:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield ExternalServer(external)
+        return
+    with EphemeralPostgres() as server:
+        yield server
+
+
+def _janitor(server: EphemeralPostgres | ExternalServer, dbname: str, **kwargs: object) -> DatabaseJanitor:
+    url = server.url()
+    return DatabaseJanitor(
+        user=url.username, host=url.host, port=url.port or 5432, password=url.password, dbname=dbname,
+        maintenance_dbname=getattr(server, "maintenance_db", "postgres"), **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def templates(pg_server: EphemeralPostgres | ExternalServer) -> Iterator[dict[str, str]]:
+    """One template database per migration state, migrated once for the whole session."""
+    janitors = []
+    names = {}
+    try:
+        for state, revision in TEMPLATES.items():
+            name = f"reserve_test_{state}_tmpl_{os.getpid()}"
+            janitor = _janitor(pg_server, name, as_template=True)
+            janitor.init()
+            janitors.append(janitor)
+            if revision:
+                command.upgrade(alembic_config(pg_server.url(name)), revision)
+            names[state] = name
+        yield names
+    finally:
+        for janitor in janitors:
+            janitor.drop()
+
+
+def _clone(pg_server: EphemeralPostgres | ExternalServer, template: str) -> Iterator[Database]:
+    name = f"reserve_test_{os.getpid()}_{next(_clone_numbers)}"
+    with _janitor(pg_server, name, template_dbname=template):
+        yield Database(name, pg_server.url(name))
+
+
+@pytest.fixture
+def empty_db(pg_server, templates) -> Iterator[Database]:
+    """A fresh, empty database (no revision applied)."""
+    yield from _clone(pg_server, templates["empty"])
+
+
+@pytest.fixture
+def baseline_db(pg_server, templates) -> Iterator[Database]:
+    """A fresh database at 0001_baseline: the schema before the change."""
+    yield from _clone(pg_server, templates["baseline"])
+
+
+@pytest.fixture
+def head_db(pg_server, templates) -> Iterator[Database]:
+    """A fresh database at head: the change applied."""
+    yield from _clone(pg_server, templates["head"])

@@ -1,0 +1,158 @@
+"""What tests share: running Alembic against a test database, and building booking data.
+
+Kept out of conftest.py so that test modules can import it by name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
+
+from reserve import alembic_runner, catalog, db
+
+ROOT = alembic_runner.PROJECT_ROOT
+REVISIONS = ["0001_baseline"]
+
+
+def alembic_config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:
+    """An in-process Alembic config for ``url`` (never via the environment, never logged)."""
+    return alembic_runner.config(url, x=x, output=output)
+
+
+def script_directory() -> ScriptDirectory:
+    return alembic_runner.scripts()
+
+
+def offline_sql(revision_range: str, x: list[str] | None = None) -> str:
+    """The offline script for ``alembic upgrade <range> --sql`` (or ``downgrade <range>``)."""
+    if revision_range.startswith("downgrade "):
+        return alembic_runner.offline_sql("downgrade", revision_range.split(" ", 1)[1], x)
+    return alembic_runner.offline_sql("upgrade", revision_range, x)
+
+
+def alembic_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``alembic`` command as an operator would, with DATABASE_URL in its environment."""
+    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclass
+class Database:
+    """A test's own database on the throw-away server."""
+
+    name: str
+    url: URL
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(db.libpq_url(self.url), **kwargs)
+
+    def upgrade(self, revision: str = "head", x: list[str] | None = None) -> None:
+        command.upgrade(alembic_config(self.url, x=x), revision)
+
+    def downgrade(self, revision: str, x: list[str] | None = None) -> None:
+        command.downgrade(alembic_config(self.url, x=x), revision)
+
+    def current(self) -> str | None:
+        with self.connect() as conn:
+            exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
+            if not exists:
+                return None
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return row[0] if row else None
+
+    def snapshot(self) -> catalog.Snapshot:
+        with self.connect() as conn:
+            return catalog.snapshot(conn)
+
+
+# ---------------------------------------------------------------- booking data
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def slot(hours_from_now: float, length_hours: float = 2) -> tuple[datetime, datetime]:
+    """A booking window starting ``hours_from_now`` hours after the test run started."""
+    start = NOW + timedelta(hours=hours_from_now)
+    return start, start + timedelta(hours=length_hours)
+
+
+class Venue:
+    """A restaurant with a zone and tables, written as the table owner (RLS does not apply)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], name: str = "Venue", tables: int = 3,
+                 mobility: str = "movable") -> None:
+        self.conn = conn
+        self.id = conn.execute("INSERT INTO restaurants (name) VALUES (%s) RETURNING id", (name,)).fetchone()[0]
+        self.zone = self.add_zone("Main")
+        self.tables = [self.add_table(f"T{i + 1}", mobility=mobility) for i in range(tables)]
+
+    def add_zone(self, name: str) -> uuid.UUID:
+        return self.conn.execute(
+            "INSERT INTO zones (restaurant_id, name) VALUES (%s, %s) RETURNING id", (self.id, name)
+        ).fetchone()[0]
+
+    def add_table(self, number: str, *, zone: uuid.UUID | None | str = "default", capacity: int = 4,
+                  mobility: str = "movable", active: bool = True) -> uuid.UUID:
+        zone_id = self.zone if zone == "default" else zone
+        return self.conn.execute(
+            "INSERT INTO table_inventory (restaurant_id, zone_id, table_number, capacity, mobility, active) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (self.id, zone_id, number, capacity, mobility, active),
+        ).fetchone()[0]
+
+    def connect_tables(self, a: uuid.UUID, b: uuid.UUID) -> None:
+        self.conn.execute("INSERT INTO table_adjacencies (table_a, table_b) VALUES (%s, %s)", (a, b))
+
+    def booking(self, window: tuple[datetime, datetime] | None = None, status: str = "pending") -> uuid.UUID:
+        start, end = window or slot(24)
+        return self.conn.execute(
+            "INSERT INTO bookings (restaurant_id, status, start_at, end_at) VALUES (%s, %s, %s, %s) RETURNING id",
+            (self.id, status, start, end),
+        ).fetchone()[0]
+
+    def hold(self, tables: list[uuid.UUID], window: tuple[datetime, datetime] | None = None, *,
+             booking: uuid.UUID | None = None, expires_in: timedelta = timedelta(minutes=10),
+             metadata: dict[str, Any] | None = None) -> uuid.UUID:
+        start, end = window or slot(24)
+        hold_id = self.conn.execute(
+            "INSERT INTO table_holds (restaurant_id, zone_id, booking_id, start_at, end_at, expires_at, metadata) "
+            "VALUES (%s, %s, %s, %s, %s, now() + %s, %s) RETURNING id",
+            (self.id, self.zone, booking, start, end, expires_in, psycopg.types.json.Jsonb(metadata or {})),
+        ).fetchone()[0]
+        for table in tables:
+            self.conn.execute("INSERT INTO table_hold_members (hold_id, table_id) VALUES (%s, %s)", (hold_id, table))
+        return hold_id
+
+
+CONFIRM = (
+    "SELECT * FROM confirm_hold_assignment_tx(p_hold_id => %(hold)s, p_booking_id => %(booking)s, "
+    "p_idempotency_key => %(key)s, p_require_adjacency => %(adjacency)s, p_assigned_by => %(actor)s, "
+    "p_window_start => %(start)s, p_window_end => %(end)s, p_expected_policy_version => %(policy)s, "
+    "p_expected_adjacency_hash => %(hash)s, p_target_status => %(status)s)"
+)
+
+
+def confirm(conn: psycopg.Connection[Any], hold: uuid.UUID, booking: uuid.UUID, key: str | None = "key-1",
+            **kwargs: Any) -> list[tuple[Any, ...]]:
+    """Call confirm_hold_assignment_tx with named arguments; returns its rows."""
+    params = {"hold": hold, "booking": booking, "key": key, "adjacency": False, "actor": None, "start": None,
+              "end": None, "policy": None, "hash": None, "status": None, **kwargs}
+    return conn.execute(CONFIRM, params).fetchall()
+
+
+def sqlstate_of(excinfo: Any) -> str | None:
+    return getattr(excinfo.value, "sqlstate", None)
