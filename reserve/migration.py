@@ -18,7 +18,7 @@ from alembic import context, op
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from reserve import sql
+from reserve import guards, sql
 
 log = logging.getLogger("reserve.migration")
 
@@ -150,3 +150,54 @@ BEGIN
   END IF;
 END
 $restore$""")
+
+
+def _driver_connection():
+    """The psycopg connection under Alembic's, in the revision's own transaction."""
+    return op.get_bind().connection.driver_connection
+
+
+def guard_in_place(guard: guards.Guard) -> bool:
+    """Online: does the catalog prove ``guard`` holds? Offline there is no catalog: False."""
+    return not context.is_offline_mode() and guards.is_in_place(_driver_connection(), guard)
+
+
+def refuse_violations(guard: guards.Guard, action: str) -> None:
+    """Stop before anything is changed when rows would break ``guard``, naming them.
+
+    Online the check runs here and aborts with the conflicting allocation ids
+    (at most 20 pairs); offline the script carries the same check as a DO
+    block that raises 23P01 with the ids.
+    """
+    if context.is_offline_mode():
+        execute(f"""
+DO $check$
+DECLARE
+  pairs text;
+BEGIN
+  SELECT string_agg(v.a::text || ' & ' || v.b::text, ', ') INTO pairs
+  FROM ({guard.violations_sql()}) AS v(a, b);
+  IF pairs IS NOT NULL THEN
+    RAISE EXCEPTION 'cannot {action}: allocations break {guard.name}: %', pairs USING ERRCODE = '23P01';
+  END IF;
+END
+$check$""")
+        return
+    pairs = guards.find_violations(_driver_connection(), guard)
+    if pairs:
+        listed = "; ".join(f"{a} & {b}" for a, b in pairs)
+        raise CommandError(
+            f"cannot {action}: {len(pairs)}{'+' if len(pairs) == 20 else ''} pair(s) of allocations "
+            f"would break {guard.name}: {listed}. Nothing was changed; resolve these allocations first."
+        )
+
+
+def rebuild_index_concurrently(name: str, create_sql: str) -> None:
+    """(Re)build an index without blocking writers, outside the revision's transaction.
+
+    A previous interrupted run may have left the index INVALID: it is dropped
+    first, so a plain rerun always converges.
+    """
+    with op.get_context().autocommit_block():
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS public.{name}")
+        op.execute(create_sql.format(concurrently="CONCURRENTLY "))

@@ -1,0 +1,93 @@
+"""The two allocation overlap guards, and how to find rows that would break one.
+
+One definition of each guard, used by the swap revision, by the checks run
+before it, and by the tools that verify and benchmark it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+TABLE = "public.allocations"
+
+
+@dataclass(frozen=True)
+class Guard:
+    """An exclusion constraint on allocations: its name, key and timing."""
+
+    name: str
+    key: tuple[str, ...]
+    timing: str
+
+    @property
+    def catalog_definition(self) -> str:
+        """As pg_get_constraintdef prints it (INITIALLY IMMEDIATE is the default, left unsaid)."""
+        return self.definition.replace(" INITIALLY IMMEDIATE", "")
+
+    @property
+    def definition(self) -> str:
+        """As written in ``ADD CONSTRAINT``."""
+        key = ", ".join(f"{column} WITH {'&&' if column == 'window' else '='}" for column in self.key)
+        key = key.replace("window WITH", '"window" WITH')
+        return f"EXCLUDE USING gist ({key}) WHERE ((NOT shadow)) {self.timing}"
+
+    @property
+    def equal_columns(self) -> tuple[str, ...]:
+        return tuple(column for column in self.key if column != "window")
+
+    def add_sql(self) -> str:
+        return f"ALTER TABLE {TABLE} ADD CONSTRAINT {self.name} {self.definition}"
+
+    def drop_sql(self) -> str:
+        return f"ALTER TABLE {TABLE} DROP CONSTRAINT {self.name}"
+
+    def violations_sql(self, limit: int = 20) -> str:
+        """Pairs of live (non-shadow) allocations this guard would reject, lowest ids first."""
+        same = " AND ".join(f"a.{c} = b.{c}" for c in self.equal_columns)
+        return (
+            f"SELECT a.id, b.id FROM {TABLE} a JOIN {TABLE} b ON {same} "
+            'AND a."window" && b."window" AND a.id < b.id '
+            f"WHERE NOT a.shadow AND NOT b.shadow ORDER BY a.id, b.id LIMIT {int(limit)}"
+        )
+
+
+# The guard before the change: one resource, one booking at a time across all
+# tenants, checked at commit.
+OLD_GUARD = Guard(
+    name="allocations_resource_window_excl",
+    key=("resource_type", "resource_id", "window"),
+    timing="DEFERRABLE INITIALLY DEFERRED",
+)
+
+# The guard after the change: scoped by tenant, checked inside the statement.
+NEW_GUARD = Guard(
+    name="allocations_no_overlap",
+    key=("restaurant_id", "resource_type", "resource_id", "window"),
+    timing="DEFERRABLE INITIALLY IMMEDIATE",
+)
+
+# Redundant with either guard's index; dropped by the swap, restored by its rollback.
+REDUNDANT_INDEX = "allocations_resource_window_idx"
+REDUNDANT_INDEX_SQL = f'CREATE INDEX {{concurrently}}{REDUNDANT_INDEX} ON {TABLE} USING gist (resource_id, "window")'
+
+
+def is_in_place(conn: psycopg.Connection[Any], guard: Guard) -> bool:
+    """True when ``guard`` exists on allocations exactly as defined and validated.
+
+    When it is, the catalog already proves that no rows break it (or any weaker
+    guard), and no table scan is needed.
+    """
+    row = conn.execute(
+        "SELECT pg_get_constraintdef(oid), convalidated FROM pg_constraint "
+        "WHERE conrelid = %s::regclass AND conname = %s",
+        (TABLE, guard.name),
+    ).fetchone()
+    return row is not None and row[1] and row[0] == guard.catalog_definition
+
+
+def find_violations(conn: psycopg.Connection[Any], guard: Guard, limit: int = 20) -> list[tuple[str, str]]:
+    """Pairs of allocation ids that ``guard`` would reject (at most ``limit``)."""
+    return [(str(a), str(b)) for a, b in conn.execute(guard.violations_sql(limit)).fetchall()]
