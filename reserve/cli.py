@@ -20,7 +20,10 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--use-database-url", is_flag=True, help="Rehearse on DATABASE_URL (an empty database) instead of a throw-away server.")
+@click.option(
+    "--use-database-url", is_flag=True,
+    help="Rehearse on DATABASE_URL (an empty database) instead of a throw-away server.",
+)
 def rehearse(use_database_url: bool) -> None:
     """Rehearse the rollout end to end and print the report."""
     from reserve.rehearsal import rehearse as run
