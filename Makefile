@@ -11,7 +11,7 @@ PG_BINDIR ?= /usr/lib/postgresql/$(PG_MAJOR)/bin
 export PG_BINDIR
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test rehearse lint bench postgres venv clean
+.PHONY: test rehearse lint bench expected postgres venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: venv postgres
 ## The main job: rehearse the rollout on a throw-away database and write the evidence bundle.
 rehearse: venv postgres
 	$(BIN)/reserve rehearse
+
+## Regenerate reserve/expected/ (the catalog each revision must produce) after changing a revision.
+expected: venv postgres
+	$(BIN)/python -m reserve.expectations --write
 
 lint: venv
 	$(BIN)/ruff check reserve alembic tests

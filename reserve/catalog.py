@@ -20,6 +20,13 @@ USER_SCHEMAS = """
   n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
   AND n.nspname NOT LIKE 'pg_temp_%' AND n.nspname NOT LIKE 'pg_toast_temp_%'
 """
+# An ACL as sorted "grantee:PRIVILEGE" items, the owner written as "owner" so that
+# the same grants compare equal whoever ran the migration (postgres here,
+# supabase_admin there). NULL (the built-in default) is "-".
+ACL = """COALESCE((SELECT string_agg(item, ',' ORDER BY item) FROM (
+    SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' WHEN x.grantee = {owner} THEN 'owner'
+                ELSE pg_get_userbyid(x.grantee) END || ':' || x.privilege_type AS item
+    FROM aclexplode({acl}) x) items), '-')"""
 NOT_EXTENSION_MEMBER = """
   NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')
 """
@@ -31,7 +38,7 @@ SECTIONS: dict[str, str] = {
         WHERE e.extname <> 'plpgsql'
     """,
     "schemas": f"""
-        SELECT n.nspname || ' acl=' || COALESCE(n.nspacl::text, '-')
+        SELECT n.nspname || ' acl=' || {ACL.format(acl='n.nspacl', owner='n.nspowner')}
         FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public'
           AND {NOT_EXTENSION_MEMBER.format(oid='n.oid')}
     """,
@@ -45,7 +52,7 @@ SECTIONS: dict[str, str] = {
     "tables": f"""
         SELECT n.nspname || '.' || c.relname || ' kind=' || c.relkind::text
                || ' rls=' || c.relrowsecurity::text || ' force_rls=' || c.relforcerowsecurity::text
-               || ' acl=' || COALESCE(c.relacl::text, '-')
+               || ' acl=' || {ACL.format(acl='c.relacl', owner='c.relowner')}
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS}
           AND NOT (n.nspname = 'public' AND c.relname = 'alembic_version')
@@ -55,7 +62,6 @@ SECTIONS: dict[str, str] = {
         SELECT n.nspname || '.' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
                || COALESCE(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
-               || ' #' || a.attnum
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
@@ -83,7 +89,7 @@ SECTIONS: dict[str, str] = {
                || CASE WHEN p.prosecdef THEN ' security definer' ELSE ' security invoker' END
                || ' volatility=' || p.provolatile::text
                || ' config=' || COALESCE(array_to_string(p.proconfig, ';'), '-')
-               || ' acl=' || COALESCE(p.proacl::text, '-')
+               || ' acl=' || {ACL.format(acl='p.proacl', owner='p.proowner')}
                || ' body_sha256=' || encode(sha256(convert_to(p.prosrc, 'UTF8')), 'hex')
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE {USER_SCHEMAS} AND {NOT_EXTENSION_MEMBER.format(oid='p.oid')}
@@ -110,7 +116,8 @@ def snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     with conn.cursor() as cur:
         for section, query in SECTIONS.items():
             cur.execute(query)
-            result[section] = sorted(row[0] for row in cur.fetchall())
+            # One fact per line: policy expressions come back with newlines and indentation.
+            result[section] = sorted(" ".join(row[0].split()) for row in cur.fetchall())
     return result
 
 
