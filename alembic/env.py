@@ -61,7 +61,10 @@ def run_migrations_offline() -> None:
 
 
 def _connect():
-    url = db.sqlalchemy_url(config.attributes.get("database_url"))
+    try:
+        url = db.sqlalchemy_url(config.attributes.get("database_url"))
+    except db.DatabaseUrlError as exc:
+        raise CommandError(str(exc)) from None
     engine = create_engine(
         url,
         poolclass=pool.NullPool,
@@ -70,17 +73,26 @@ def _connect():
     try:
         return engine.connect()
     except DBAPIError as exc:
-        reason = db.scrub(str(exc.orig).strip().splitlines()[-1], url)
+        reason = db.scrub(" ".join(line.strip() for line in str(exc.orig).strip().splitlines()), url)
         raise CommandError(f"cannot connect to {db.masked(url)}: {reason}") from None
+
+
+def _set_session(connection, name: str, option: str) -> None:
+    """Set PostgreSQL setting ``name`` for this session to the value of ``-x option``."""
+    try:
+        connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": session_setting(option)})
+    except DBAPIError as exc:
+        raise CommandError(f"invalid -x {option}: {str(exc.orig).strip().splitlines()[0]}") from None
 
 
 def _take_migration_lock(connection) -> None:
     """Serialize concurrent runs: wait (bounded) for any other run to finish."""
+    # Validated before anything else, so a typo fails every run, not only a contended one.
+    _set_session(connection, "lock_timeout", "migration_lock_wait")
     got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY}).scalar()
     if not got:
         wait = session_setting("migration_lock_wait")
         log.info("another migration run is in progress; waiting up to %s for it to finish", wait)
-        connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": wait})
         try:
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         except DBAPIError:
@@ -88,10 +100,7 @@ def _take_migration_lock(connection) -> None:
                 f"another migration run still holds the migration lock after {wait}; nothing was changed"
             ) from None
     for name in ("lock_timeout", "statement_timeout"):
-        try:
-            connection.execute(text("SELECT set_config(:n, :v, false)"), {"n": name, "v": session_setting(name)})
-        except DBAPIError as exc:
-            raise CommandError(f"invalid -x {name}: {str(exc.orig).strip().splitlines()[0]}") from None
+        _set_session(connection, name, name)
     connection.commit()
 
 
