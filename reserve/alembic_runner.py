@@ -51,3 +51,48 @@ def scripts() -> ScriptDirectory:
 
 def head() -> str:
     return scripts().get_current_head()
+
+
+class UnknownRevision(ValueError):
+    """A revision name this package does not have."""
+
+
+def resolve(target: str) -> str | None:
+    """A revision id for ``target`` ('head', 'base' or an id); None for base."""
+    if target == "base":
+        return None
+    if target == "head":
+        return head()
+    try:
+        revision = scripts().get_revision(target)
+    except Exception:  # alembic raises several types for bad names
+        revision = None
+    if revision is None:
+        raise UnknownRevision(f"unknown revision {target!r}; known: {', '.join(chain())}")
+    return revision.revision
+
+
+def chain() -> list[str]:
+    """Revision ids, oldest first."""
+    return [rev.revision for rev in scripts().walk_revisions("base", "heads")][::-1]
+
+
+def steps(current: str | None, target: str | None) -> tuple[str, list[str]]:
+    """Direction ('upgrade', 'downgrade' or 'none') and the revisions applied or undone, in order."""
+    order = [None, *chain()]
+    if current not in order:
+        raise UnknownRevision(f"the database is at {current!r}, which this package does not know")
+    here, there = order.index(current), order.index(target)
+    if there > here:
+        return "upgrade", [r for r in order[here + 1 : there + 1] if r]
+    if there < here:
+        return "downgrade", [r for r in reversed(order[there + 1 : here + 1]) if r]
+    return "none", []
+
+
+def current_revision(conn) -> str | None:
+    """The revision recorded in alembic_version, or None when the table is absent or empty."""
+    if not conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    return row[0] if row else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import psycopg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -48,3 +49,16 @@ def scrub(text: str, url: URL | None) -> str:
     if url is not None and url.password:
         text = text.replace(str(url.password), "***")
     return text
+
+
+class ConnectionFailed(Exception):
+    """The server could not be reached or refused the login. The message never holds the password."""
+
+
+def connect(url: URL, **kwargs: object) -> psycopg.Connection:
+    """A psycopg connection to ``url``, failing with a one-line, password-free reason."""
+    try:
+        return psycopg.connect(libpq_url(url), connect_timeout=10, application_name="reserve", **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(line.strip() for line in str(exc).strip().splitlines())
+        raise ConnectionFailed(f"cannot connect to {masked(url)}: {scrub(reason, url)}") from None

@@ -156,3 +156,61 @@ def confirm(conn: psycopg.Connection[Any], hold: uuid.UUID, booking: uuid.UUID, 
 
 def sqlstate_of(excinfo: Any) -> str | None:
     return getattr(excinfo.value, "sqlstate", None)
+
+
+# ---------------------------------------------------------------- calling functions, roles, counting rows
+
+def call_confirm(conn: psycopg.Connection[Any], **params: Any) -> list[tuple[Any, ...]]:
+    """Call confirm_hold_assignment_tx with exactly the parameters given, by name without the ``p_``
+    prefix (``hold_id=…`` for ``p_hold_id``); dicts are sent as jsonb. Reaches every parameter,
+    including the history ones that ``confirm`` leaves at their defaults."""
+    args = {name: psycopg.types.json.Jsonb(value) if isinstance(value, dict) else value
+            for name, value in params.items()}
+    named = ", ".join(f"p_{name} => %({name})s" for name in args)
+    return conn.execute(f"SELECT * FROM confirm_hold_assignment_tx({named})", args).fetchall()
+
+
+ASSIGN = (
+    "SELECT * FROM assign_tables_atomic_v2(p_booking_id => %(booking)s, p_table_ids => %(tables)s::uuid[], "
+    "p_idempotency_key => %(key)s, p_require_adjacency => %(adjacency)s, p_assigned_by => %(actor)s, "
+    "p_start_at => %(start)s, p_end_at => %(end)s)"
+)
+
+
+def assign_tables(conn: psycopg.Connection[Any], booking: uuid.UUID, tables: list[uuid.UUID],
+                  key: str | None = None, **kwargs: Any) -> list[tuple[Any, ...]]:
+    """Call assign_tables_atomic_v2 with named arguments; returns its rows
+    ``(table_id, start_at, end_at, merge_group_id)``."""
+    params = {"booking": booking, "tables": list(tables), "key": key, "adjacency": False, "actor": None,
+              "start": None, "end": None, **kwargs}
+    return conn.execute(ASSIGN, params).fetchall()
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    """The first column of the first row of ``query``."""
+    return conn.execute(query, params).fetchone()[0]
+
+
+BOOKING_ROWS = {
+    "allocations": "SELECT count(*) FROM allocations WHERE booking_id = %s",
+    "assignments": "SELECT count(*) FROM booking_table_assignments WHERE booking_id = %s",
+    "idempotency": "SELECT count(*) FROM booking_assignment_idempotency WHERE booking_id = %s",
+    "outbox": "SELECT count(*) FROM capacity_outbox WHERE booking_id = %s",
+    "history": "SELECT count(*) FROM booking_state_history WHERE booking_id = %s",
+}
+
+
+def booking_rows(conn: psycopg.Connection[Any], booking: uuid.UUID) -> dict[str, int]:
+    """How many rows an assignment or a confirmation has written for ``booking``, per table."""
+    return {name: scalar(conn, query, (booking,)) for name, query in BOOKING_ROWS.items()}
+
+
+NOTHING_WRITTEN = dict.fromkeys(BOOKING_ROWS, 0)
+
+
+def act_as(conn: psycopg.Connection[Any], role: str, restaurant: uuid.UUID | None = None) -> None:
+    """Switch the current transaction to ``role`` (SET LOCAL ROLE, so a rollback or commit ends it)
+    and, when ``restaurant`` is given, set the tenant context the way an application does."""
+    conn.execute(psycopg.sql.SQL("SET LOCAL ROLE {}").format(psycopg.sql.Identifier(role)))
+    if restaurant is not None:
+        conn.execute("SELECT set_restaurant_context(%s)", (restaurant,))

@@ -1,6 +1,8 @@
 -- 0001_baseline: tenant isolation. service_role may touch only the rows of the
 -- restaurant named by require_restaurant_context(); anon and authenticated get
--- nothing. Child tables without restaurant_id inherit the tenant of their parent.
+-- nothing. Child tables without restaurant_id inherit the tenant of their parent;
+-- a row that names tables must name tables of that same tenant only (else one
+-- venue could, say, hold or link another venue's tables).
 
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM anon, authenticated;
 GRANT SELECT, INSERT, UPDATE, DELETE ON
@@ -29,12 +31,17 @@ CREATE POLICY "Tenant service role can manage table inventory" ON public.table_i
   WITH CHECK (restaurant_id = public.require_restaurant_context());
 
 ALTER TABLE public.table_adjacencies ENABLE ROW LEVEL SECURITY;
+-- An edge is undirected: both of its tables must be the tenant's.
 CREATE POLICY "Tenant service role can manage table adjacencies" ON public.table_adjacencies
   FOR ALL TO service_role
   USING (EXISTS (SELECT 1 FROM public.table_inventory t
-                 WHERE t.id = table_a AND t.restaurant_id = public.require_restaurant_context()))
+                 WHERE t.id = table_a AND t.restaurant_id = public.require_restaurant_context())
+     AND EXISTS (SELECT 1 FROM public.table_inventory t
+                 WHERE t.id = table_b AND t.restaurant_id = public.require_restaurant_context()))
   WITH CHECK (EXISTS (SELECT 1 FROM public.table_inventory t
-                      WHERE t.id = table_a AND t.restaurant_id = public.require_restaurant_context()));
+                      WHERE t.id = table_a AND t.restaurant_id = public.require_restaurant_context())
+          AND EXISTS (SELECT 1 FROM public.table_inventory t
+                      WHERE t.id = table_b AND t.restaurant_id = public.require_restaurant_context()));
 
 ALTER TABLE public.bookings ENABLE ROW LEVEL SECURITY;
 CREATE POLICY "Tenant service role can manage bookings" ON public.bookings
@@ -66,17 +73,25 @@ ALTER TABLE public.table_hold_members ENABLE ROW LEVEL SECURITY;
 CREATE POLICY "Tenant service role can manage table hold members" ON public.table_hold_members
   FOR ALL TO service_role
   USING (EXISTS (SELECT 1 FROM public.table_holds h
-                 WHERE h.id = hold_id AND h.restaurant_id = public.require_restaurant_context()))
+                 WHERE h.id = hold_id AND h.restaurant_id = public.require_restaurant_context())
+     AND EXISTS (SELECT 1 FROM public.table_inventory t
+                 WHERE t.id = table_id AND t.restaurant_id = public.require_restaurant_context()))
   WITH CHECK (EXISTS (SELECT 1 FROM public.table_holds h
-                      WHERE h.id = hold_id AND h.restaurant_id = public.require_restaurant_context()));
+                      WHERE h.id = hold_id AND h.restaurant_id = public.require_restaurant_context())
+          AND EXISTS (SELECT 1 FROM public.table_inventory t
+                      WHERE t.id = table_id AND t.restaurant_id = public.require_restaurant_context()));
 
 ALTER TABLE public.booking_table_assignments ENABLE ROW LEVEL SECURITY;
 CREATE POLICY "Tenant service role can manage booking table assignments" ON public.booking_table_assignments
   FOR ALL TO service_role
   USING (EXISTS (SELECT 1 FROM public.bookings b
-                 WHERE b.id = booking_id AND b.restaurant_id = public.require_restaurant_context()))
+                 WHERE b.id = booking_id AND b.restaurant_id = public.require_restaurant_context())
+     AND EXISTS (SELECT 1 FROM public.table_inventory t
+                 WHERE t.id = table_id AND t.restaurant_id = public.require_restaurant_context()))
   WITH CHECK (EXISTS (SELECT 1 FROM public.bookings b
-                      WHERE b.id = booking_id AND b.restaurant_id = public.require_restaurant_context()));
+                      WHERE b.id = booking_id AND b.restaurant_id = public.require_restaurant_context())
+          AND EXISTS (SELECT 1 FROM public.table_inventory t
+                      WHERE t.id = table_id AND t.restaurant_id = public.require_restaurant_context()));
 
 ALTER TABLE public.booking_assignment_idempotency ENABLE ROW LEVEL SECURITY;
 CREATE POLICY "Tenant service role can manage booking assignment idempotency" ON public.booking_assignment_idempotency

@@ -129,7 +129,6 @@ CREATE TABLE public.allocations (
   ) WHERE (NOT shadow) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX allocations_resource_window_idx ON public.allocations USING gist (resource_id, "window");
-CREATE INDEX allocations_restaurant_id_idx ON public.allocations (restaurant_id);
 
 CREATE TABLE public.table_holds (
   id uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -53,5 +53,5 @@ BEGIN
   RETURN v_history_id;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.apply_booking_state_transition(uuid, public.booking_status, uuid, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.apply_booking_state_transition(uuid, public.booking_status, uuid, text, jsonb) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.apply_booking_state_transition(uuid, public.booking_status, uuid, text, jsonb) TO service_role;

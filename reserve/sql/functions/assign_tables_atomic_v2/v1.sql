@@ -171,5 +171,5 @@ BEGIN
     SELECT t, lower(v_window), upper(v_window), v_merge_group FROM unnest(v_tables) AS t ORDER BY t;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.assign_tables_atomic_v2(uuid, uuid[], text, boolean, uuid, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.assign_tables_atomic_v2(uuid, uuid[], text, boolean, uuid, timestamptz, timestamptz) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.assign_tables_atomic_v2(uuid, uuid[], text, boolean, uuid, timestamptz, timestamptz) TO service_role;

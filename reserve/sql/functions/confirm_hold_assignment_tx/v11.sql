@@ -75,12 +75,24 @@ BEGIN
   END IF;
   v_window := tstzrange(COALESCE(p_window_start, v_hold.start_at), COALESCE(p_window_end, v_hold.end_at), '[)');
 
+  -- The booking must exist before the hold is bound to it (else the binding
+  -- below would fail on its foreign key instead of reporting "not found").
+  IF p_booking_id IS NOT NULL THEN
+    PERFORM 1 FROM public.bookings b WHERE b.id = p_booking_id FOR UPDATE;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'Booking % not found', p_booking_id USING ERRCODE = 'P0002';
+    END IF;
+  END IF;
+
   -- The hold being confirmed is this booking's own, not a competing one.
   UPDATE public.table_holds h SET booking_id = p_booking_id WHERE h.id = p_hold_id AND h.booking_id IS NULL;
 
-  -- 5. Assign.
-  SELECT array_agg(a.table_id ORDER BY a.table_id), max(a.merge_group_id::text)::uuid
-  INTO v_assigned, v_merge_group
+  -- 5. Assign. A replayed idempotency key returns the earlier assignment, whose
+  -- window may differ from this hold's: from here on the window is the one
+  -- actually assigned, so the checksum and the events describe what is booked.
+  SELECT array_agg(a.table_id ORDER BY a.table_id), max(a.merge_group_id::text)::uuid,
+         tstzrange(min(a.start_at), max(a.end_at), '[)')
+  INTO v_assigned, v_merge_group, v_window
   FROM public.assign_tables_atomic_v2(
     p_booking_id, v_tables, p_idempotency_key, p_require_adjacency, p_assigned_by,
     lower(v_window), upper(v_window)) AS a;
@@ -101,7 +113,11 @@ BEGIN
   v_window_utc := to_char(lower(v_window) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     || '/' || to_char(upper(v_window) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
-  -- 7. Checksum of what was confirmed, for replay verification.
+  -- 7. Checksum of what was confirmed, for replay verification: sha256, as
+  -- lowercase hex, of the UTF-8 text
+  --   <booking id>|<table ids, sorted, joined by ','>|<window UTC>|<actor, or ''>|<hold id>
+  -- where <window UTC> is v_window_utc: start and end as
+  -- YYYY-MM-DDTHH:MI:SS.ffffffZ in UTC, joined by '/'.
   IF p_idempotency_key IS NOT NULL THEN
     UPDATE public.booking_assignment_idempotency i
     SET payload_checksum = encode(sha256(convert_to(concat_ws('|',
@@ -136,5 +152,5 @@ BEGIN
     ORDER BY bta.table_id;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.confirm_hold_assignment_tx(uuid, uuid, text, boolean, uuid, timestamptz, timestamptz, text, text, public.booking_status, text, jsonb, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.confirm_hold_assignment_tx(uuid, uuid, text, boolean, uuid, timestamptz, timestamptz, text, text, public.booking_status, text, jsonb, uuid) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.confirm_hold_assignment_tx(uuid, uuid, text, boolean, uuid, timestamptz, timestamptz, text, text, public.booking_status, text, jsonb, uuid) TO service_role;

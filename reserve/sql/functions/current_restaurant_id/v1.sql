@@ -21,5 +21,5 @@ BEGIN
   END;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.current_restaurant_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.current_restaurant_id() FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.current_restaurant_id() TO service_role;

@@ -16,5 +16,5 @@ BEGIN
   RETURN v_restaurant;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.require_restaurant_context() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.require_restaurant_context() FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.require_restaurant_context() TO service_role;

@@ -12,5 +12,5 @@ BEGIN
   RETURN p_restaurant_id;
 END;
 $fn$;
-REVOKE ALL ON FUNCTION public.set_restaurant_context(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.set_restaurant_context(uuid) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.set_restaurant_context(uuid) TO service_role;

@@ -1,0 +1,62 @@
+"""Results of the rollout commands: named checks, a verdict, text or JSON.
+
+Exit codes shared by every command: 0 go / as expected, 1 no-go / drift /
+a failed step (every reason listed), 2 usage or connection error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+EXIT_OK, EXIT_NO_GO, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    command: str
+    checks: list[Check] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, status: str, detail: str, **data: Any) -> Check:
+        check = Check(name, status, detail, data)
+        self.checks.append(check)
+        return check
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def verdict(self) -> str:
+        return "no-go" if self.failures else "go"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_NO_GO if self.failures else EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "verdict": self.verdict, "facts": self.facts,
+                "checks": [asdict(c) for c in self.checks]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, default=str)
+
+    def to_text(self) -> str:
+        lines = [f"reserve {self.command}"]
+        lines += [f"  {key}: {value}" for key, value in self.facts.items()]
+        for check in self.checks:
+            lines.append(f"  [{check.status.upper():4}] {check.name}: {check.detail}")
+        reasons = "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
+        lines.append(f"verdict: {self.verdict.upper()}" + (f" ({reasons})" if reasons else ""))
+        return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""reserve preflight: go when it is safe, no-go naming every reason when it is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from reserve import alembic_runner
+from reserve.preflight import is_production_looking, preflight
+from reserve.report import FAIL, OK
+from tests.support import Database, Venue, slot
+
+
+def _status(report, name: str) -> str:
+    return next(c.status for c in report.checks if c.name == name)
+
+
+def test_baseline_with_valid_old_guard_is_go_without_a_table_scan(baseline_db: Database):
+    report = preflight(baseline_db.url, "head")
+    assert report.verdict == "go", report.to_text()
+    guard = next(c for c in report.checks if c.name == "guard data")
+    assert "proved by the catalog" in guard.detail
+    assert report.facts["step"].startswith("upgrade 0002_confirmation_results")
+    assert report.facts["predicted_lock_hold_s"] >= 0
+
+
+def test_password_is_masked_in_the_report(baseline_db: Database):
+    report = preflight(baseline_db.url, "head")
+    assert baseline_db.url.password not in report.to_text() + report.to_json()
+    assert "***" in report.facts["database"]
+
+
+def test_drift_is_no_go_and_names_the_object(head_db: Database):
+    with head_db.connect() as conn:
+        conn.execute("DROP POLICY \"Tenant service role can manage booking confirmation results\" "
+                     "ON booking_confirmation_results")
+    report = preflight(head_db.url, "0003_confirm_v12")
+    assert report.exit_code == 1
+    assert _status(report, "drift") == FAIL
+    assert "Tenant service role can manage booking confirmation results" in report.to_text()
+
+
+def test_downgrade_with_cross_restaurant_overlaps_is_no_go_listing_the_ids(head_db: Database):
+    with head_db.connect() as conn:
+        first, second = Venue(conn, "A"), Venue(conn, "B")
+        ids = [conn.execute(
+            "INSERT INTO allocations (restaurant_id, resource_type, resource_id, \"window\") "
+            "VALUES (%s, 'table', %s, tstzrange(%s, %s)) RETURNING id", (v.id, first.tables[0], *slot(24)),
+        ).fetchone()[0] for v in (first, second)]
+    report = preflight(head_db.url, "0003_confirm_v12")
+    guard = next(c for c in report.checks if c.name == "guard data")
+    assert guard.status == FAIL
+    assert sorted(guard.data["allocation_ids"]) == sorted(str(i) for i in ids)
+
+
+def test_a_lock_holder_on_allocations_is_no_go_for_the_swap(baseline_db: Database):
+    with baseline_db.connect() as holder:
+        holder.execute("SELECT count(*) FROM allocations")
+        report = preflight(baseline_db.url, "head")
+        assert _status(report, "lock holders") == FAIL
+        assert "AccessShareLock" in report.to_text()
+        holder.rollback()
+    assert _status(preflight(baseline_db.url, "head"), "lock holders") == OK
+
+
+def test_unknown_revision_is_a_usage_error(baseline_db: Database):
+    with pytest.raises(alembic_runner.UnknownRevision, match="nonsense"):
+        preflight(baseline_db.url, "nonsense")
+
+
+def test_remote_database_without_archiving_needs_backup_confirmation(baseline_db: Database):
+    assert is_production_looking(baseline_db.url.set(host="db.internal"))
+    assert not is_production_looking(baseline_db.url)
+    local = preflight(baseline_db.url, "head")
+    assert _status(local, "backup") != FAIL
+    confirmed = preflight(baseline_db.url, "head", backup_confirmed=True)
+    assert _status(confirmed, "backup") == OK
+
+
+def test_unadopted_baseline_is_no_go(empty_db: Database):
+    with empty_db.connect() as conn:
+        conn.execute("CREATE TABLE bookings (id uuid)")
+    report = preflight(empty_db.url, "head")
+    assert _status(report, "drift") == FAIL
+    assert "reserve adopt" in report.to_text()
