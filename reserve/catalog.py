@@ -5,8 +5,9 @@ pg_index, pg_proc, pg_policies, the same ACLs and RLS flags: SQLAlchemy
 reflection sees none of exclusion constraints, function bodies, policies or
 grants, which are exactly what the revisions change. A snapshot is a dict of
 sections, each a sorted list of one-line facts, stable across databases
-(names, never OIDs). Objects that belong to extensions and Alembic's own
-version table are left out.
+(names, never OIDs). Objects that belong to extensions, Alembic's own
+version table, and ``reserve_pending_*`` indexes (left by an interrupted
+rollback, reported by ``reserve verify``) are left out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import hashlib
 from typing import Any
 
 import psycopg
+
+# Built by an interrupted rollback ahead of its lock; not part of any revision's schema.
+PENDING_INDEX_PREFIX = "reserve_pending_"
 
 USER_SCHEMAS = """
   n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
@@ -82,6 +86,7 @@ SECTIONS: dict[str, str] = {
         JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE {USER_SCHEMAS} AND NOT (n.nspname = 'public' AND c.relname = 'alembic_version')
           AND {NOT_EXTENSION_MEMBER.format(oid='c.oid')}
+          AND NOT starts_with(i.indexrelid::regclass::text, '{PENDING_INDEX_PREFIX}')
     """,
     "functions": f"""
         SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
@@ -108,6 +113,15 @@ SECTIONS: dict[str, str] = {
 }
 
 Snapshot = dict[str, list[str]]
+
+
+def pending_indexes(conn: psycopg.Connection[Any]) -> list[str]:
+    """Indexes a rollback built ahead of its lock and an interruption left behind (see reserve.migration)."""
+    rows = conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE starts_with(indexrelid::regclass::text, %s)",
+        (PENDING_INDEX_PREFIX,),
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> Snapshot:

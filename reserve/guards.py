@@ -93,6 +93,11 @@ REDUNDANT_INDEX = "allocations_resource_window_idx"
 REDUNDANT_INDEX_SQL = f'CREATE INDEX {{concurrently}}{REDUNDANT_INDEX} ON {TABLE} USING gist (resource_id, "window")'
 
 
+def redundant_index_sql(name: str = REDUNDANT_INDEX, *, concurrently: bool = False) -> str:
+    """CREATE INDEX for the redundant index, under ``name`` (the rollback builds it under a pending name)."""
+    return REDUNDANT_INDEX_SQL.replace(REDUNDANT_INDEX, name).format(concurrently="CONCURRENTLY " if concurrently else "")
+
+
 def is_in_place(conn: psycopg.Connection[Any], guard: Guard) -> bool:
     """True when ``guard`` exists on allocations exactly as defined and validated.
 

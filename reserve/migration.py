@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from alembic import context, op
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from reserve import guards, sql
+from reserve import catalog, guards, sql
 
 log = logging.getLogger("reserve.migration")
 
@@ -192,12 +193,22 @@ $check$""")
         )
 
 
-def rebuild_index_concurrently(name: str, create_sql: str) -> None:
-    """(Re)build an index without blocking writers, outside the revision's transaction.
+def prebuild_index_concurrently(name: str, create_sql: Callable[[str], str]) -> str:
+    """Build index ``name`` under a pending name, concurrently, before the revision takes its heavy lock.
 
-    A previous interrupted run may have left the index INVALID: it is dropped
-    first, so a plain rerun always converges.
+    Writers are not blocked, and the heavy lock is not lengthened by the
+    build: under the lock, ``put_index_in_place`` only renames it. A run
+    interrupted before the rename leaves only a ``reserve_pending_*`` index
+    (valid or not), which is not part of any revision's schema; the next run
+    drops it and builds it again, so a plain rerun always converges.
     """
+    pending = f"{catalog.PENDING_INDEX_PREFIX}{name}"[:63]
     with op.get_context().autocommit_block():
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS public.{name}")
-        op.execute(create_sql.format(concurrently="CONCURRENTLY "))
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS public.{pending}")
+        op.execute(create_sql(pending))
+    return pending
+
+
+def put_index_in_place(pending: str, name: str) -> None:
+    """Give a prebuilt index its real name (a catalog update: instant)."""
+    op.execute(f"ALTER INDEX public.{pending} RENAME TO {name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, db, expectations, guards, probes
+from reserve import alembic_runner, catalog, db, expectations, guards, probes
 from reserve.report import FAIL, OK, WARN, Report
 
 TOO_FEW_ROWS_TO_JUDGE = 1000
@@ -19,6 +19,10 @@ def verify(url: URL) -> Report:
         if current is None:
             report.add("revision", FAIL, "no alembic_version: this database is not managed by reserve-migrations")
             return report
+        pending = catalog.pending_indexes(conn)
+        if pending:
+            report.add("leftovers", WARN, f"{', '.join(pending)} left by an interrupted rollback: rerun "
+                       "`alembic downgrade -1` to finish it, or DROP INDEX CONCURRENTLY it", indexes=pending)
         found = expectations.drift(conn, current)
         report.add("catalog", FAIL if found else OK,
                    "; ".join(map(str, found[:10])) if found else f"matches {current}",

@@ -10,8 +10,9 @@ Checked first: nothing, when the catalog shows the old guard in place (it
 implies the new one); otherwise the table is scanned, before any lock, and
 the upgrade stops listing the offending allocation ids.
 Downgrade: first refuse, listing the ids, if any rows break the old guard
-(the same resource in two restaurants at once); then rebuild the redundant
-index concurrently (no lock on writers), then swap the guards back.
+(the same resource in two restaurants at once); then build the redundant
+index concurrently under a pending name (no lock on writers, nothing added
+to the heavy lock), then swap the guards back and rename the index.
 Lock: ACCESS EXCLUSIVE on allocations for the swap only, taken with a short
 lock_timeout and bounded retries (-x swap_lock_timeout=2s,
 swap_lock_attempts=5, swap_lock_pause=3); held while PostgreSQL builds and
@@ -24,7 +25,7 @@ from __future__ import annotations
 from alembic import op
 
 from reserve import migration
-from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, REDUNDANT_INDEX_SQL
+from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
 
 revision = "0004_allocations_no_overlap"
 down_revision = "0003_confirm_v12"
@@ -43,7 +44,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     migration.refuse_violations(OLD_GUARD, "restore allocations_resource_window_excl")
-    migration.rebuild_index_concurrently(REDUNDANT_INDEX, REDUNDANT_INDEX_SQL)
+    pending = migration.prebuild_index_concurrently(
+        REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True))
     migration.lock_exclusively("public.allocations", migration.LockPolicy.from_x_options())
     op.execute(NEW_GUARD.drop_sql())
     op.execute(OLD_GUARD.add_sql())
+    migration.put_index_in_place(pending, REDUNDANT_INDEX)

@@ -12,6 +12,7 @@ from alembic.util import CommandError
 from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX
 from tests.support import REVISIONS, Database, Venue, confirm, slot
 
+BELOW_SWAP = REVISIONS[-2]  # the revision `alembic downgrade -1` from head returns to
 FAST_LOCK = ["swap_lock_timeout=200ms", "swap_lock_attempts=2", "swap_lock_pause=0.1"]
 
 
@@ -44,7 +45,7 @@ def test_stairway_upgrade_downgrade_upgrade_gives_identical_catalogs(empty_db: D
 def test_downgrade_one_from_head_is_the_emergency_rollback(head_db: Database):
     v12_body = _function_body(head_db)
     head_db.downgrade("-1")
-    assert head_db.current() == "0003_confirm_v12"
+    assert head_db.current() == BELOW_SWAP
     names = _constraint_names(head_db)
     assert OLD_GUARD.name in names and NEW_GUARD.name not in names
     with head_db.connect() as conn:
@@ -120,7 +121,7 @@ def test_downgrade_refuses_allocations_that_break_the_old_guard_and_changes_noth
 
 
 def test_upgrade_without_the_old_guard_scans_and_refuses_same_restaurant_overlaps(empty_db: Database):
-    empty_db.upgrade("0003_confirm_v12")
+    empty_db.upgrade(BELOW_SWAP)
     with empty_db.connect() as conn:
         conn.execute(OLD_GUARD.drop_sql())
         venue = Venue(conn)
@@ -132,25 +133,25 @@ def test_upgrade_without_the_old_guard_scans_and_refuses_same_restaurant_overlap
             )
     with pytest.raises(CommandError, match="allocations_no_overlap"):
         empty_db.upgrade("head")
-    assert empty_db.current() == "0003_confirm_v12"
+    assert empty_db.current() == BELOW_SWAP
 
 
 def test_swap_gives_up_cleanly_when_another_transaction_holds_allocations(baseline_db: Database):
-    baseline_db.upgrade("0003_confirm_v12")
+    baseline_db.upgrade(BELOW_SWAP)
     before = baseline_db.snapshot()
     with baseline_db.connect() as blocker:
         blocker.execute("SELECT count(*) FROM allocations")  # ACCESS SHARE, held until rollback
         with pytest.raises(CommandError, match="could not lock public.allocations after 2 attempts"):
             baseline_db.upgrade("head", x=FAST_LOCK)
         blocker.rollback()
-    assert baseline_db.current() == "0003_confirm_v12"
+    assert baseline_db.current() == BELOW_SWAP
     assert baseline_db.snapshot() == before
     baseline_db.upgrade("head", x=FAST_LOCK)
     assert baseline_db.current() == REVISIONS[-1]
 
 
 def test_readers_are_not_stalled_longer_than_the_lock_timeout_while_the_swap_waits(baseline_db: Database):
-    baseline_db.upgrade("0003_confirm_v12")
+    baseline_db.upgrade(BELOW_SWAP)
     lock_timeout_s, attempts = 0.3, 4
     x = [f"swap_lock_timeout={int(lock_timeout_s * 1000)}ms", f"swap_lock_attempts={attempts}", "swap_lock_pause=0.3"]
     stalls: list[float] = []
@@ -178,23 +179,46 @@ def test_readers_are_not_stalled_longer_than_the_lock_timeout_while_the_swap_wai
     # A reader queues behind the waiting ALTER for at most one lock_timeout (plus scheduling slack).
     assert stalls, "the reader never ran"
     assert max(stalls) < lock_timeout_s + 1.0
-    assert baseline_db.current() == "0003_confirm_v12"
+    assert baseline_db.current() == BELOW_SWAP
+
+
+def test_an_interrupted_rollback_leaves_head_plus_only_a_pending_index_and_a_rerun_finishes(head_db: Database):
+    from reserve.catalog import pending_indexes
+    from reserve.verify import verify
+
+    at_head = head_db.snapshot()
+    with head_db.connect() as blocker:
+        blocker.execute("SELECT count(*) FROM allocations")
+        with pytest.raises(CommandError, match="could not lock"):
+            head_db.downgrade("-1", x=FAST_LOCK)
+        blocker.rollback()
+    assert head_db.current() == REVISIONS[-1]
+    assert head_db.snapshot() == at_head
+    with head_db.connect() as conn:
+        assert pending_indexes(conn) == [f"reserve_pending_{REDUNDANT_INDEX}"]
+    assert any(c.name == "leftovers" for c in verify(head_db.url).checks)
+
+    head_db.downgrade("-1", x=FAST_LOCK)
+    with head_db.connect() as conn:
+        assert pending_indexes(conn) == []
+        assert conn.execute("SELECT to_regclass(%s)", (f"public.{REDUNDANT_INDEX}",)).fetchone()[0] is not None
 
 
 def test_lock_retry_options_are_validated(baseline_db: Database):
-    baseline_db.upgrade("0003_confirm_v12")
+    baseline_db.upgrade(BELOW_SWAP)
     with pytest.raises(CommandError, match="swap_lock_attempts"):
         baseline_db.upgrade("head", x=["swap_lock_attempts=0"])
-    assert baseline_db.current() == "0003_confirm_v12"
+    assert baseline_db.current() == BELOW_SWAP
 
 
 def test_offline_downgrade_script_carries_the_old_guard_check_and_a_bounded_lock():
     from tests.support import offline_sql
 
-    script = offline_sql("downgrade 0004_allocations_no_overlap:0003_confirm_v12")
+    script = offline_sql(f"downgrade {REVISIONS[-1]}:{BELOW_SWAP}")
     check = script.index("DO $check$")
     lock = script.index("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
-    assert check < script.index("CREATE INDEX CONCURRENTLY") < lock
+    assert check < script.index("CREATE INDEX CONCURRENTLY reserve_pending_") < lock
+    assert script.index(f"RENAME TO {REDUNDANT_INDEX}") > lock
     assert "SET LOCAL lock_timeout" in script[check:lock]
     assert script.index(NEW_GUARD.drop_sql()) > lock
 
@@ -203,7 +227,7 @@ def test_offline_swap_is_one_transaction_with_a_bounded_lock_wait():
     """The upgrade script's swap is atomic: everything between one BEGIN and its COMMIT."""
     from tests.support import offline_sql
 
-    script = offline_sql("0003_confirm_v12:0004_allocations_no_overlap")
+    script = offline_sql(f"{BELOW_SWAP}:{REVISIONS[-1]}")
     body = script[script.index("BEGIN;"):script.index("COMMIT;")]
     for statement in (OLD_GUARD.drop_sql(), f"DROP INDEX public.{REDUNDANT_INDEX}", NEW_GUARD.add_sql()):
         assert statement in body
