@@ -21,13 +21,14 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# PostgreSQL server binaries and psql (Debian postgresql-15, contrib included).
+# PostgreSQL server binaries and psql (Debian postgresql-15, contrib included), and promtool
+# (Debian prometheus) for the alert-rule tests.
 postgres:
-	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null; then \
-	  echo "installing postgresql-$(PG_MAJOR) with apt"; \
+	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing postgresql-$(PG_MAJOR) and prometheus (promtool) with apt"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) util-linux; \
+	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) util-linux prometheus; \
 	fi
 
 ## The whole test suite, on a throw-away PostgreSQL that it starts itself.

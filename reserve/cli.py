@@ -144,3 +144,164 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, as_json: b
     summary: dict[str, Any] = result.summary
     click.echo(json.dumps(summary, indent=2) if as_json else result.render())
     sys.exit(0 if summary["verdict"] == "go" else 1)
+
+
+# ---------------------------------------------------------------- after the deploy: flags, monitor, retention, analysis
+
+
+def _run_ops(action: Callable[[], Report], as_json: bool, render: Callable[[Report], str] | None = None) -> None:
+    """Like _run, for the operations commands: bad input (unknown mode, unknown restaurant, bad duration or
+    batch size) and a database that refuses are usage errors (exit 2), with the library's message."""
+    import psycopg
+
+    from reserve.capacity.flags import FlagError, UnknownRestaurant
+    from reserve.retention import RetentionError
+
+    try:
+        report = action()
+    except (db.ConnectionFailed, FlagError, UnknownRestaurant, RetentionError) as exc:
+        _fail_usage(str(exc))
+        return
+    except psycopg.Error as exc:
+        _fail_usage(f"the database refused: {str(exc).strip().splitlines()[0]}")
+        return
+    click.echo(report.to_json() if as_json else (render or Report.to_text)(report))
+    sys.exit(report.exit_code)
+
+
+restaurant_option = click.option(
+    "--restaurant", "restaurant_id", type=click.UUID, default=None, metavar="ID",
+    help="The venue (restaurants.id). Without it: the global override, for all venues.")
+flag_option = click.option("--flag", "key", default="allocator.adjacency_mode", show_default=True,
+                           help="Which flag.")
+
+
+@main.group()
+def flags() -> None:
+    """Feature flags per venue: allocator.adjacency_mode is connected (default), pairwise or neighbors.
+
+    Resolution: the venue's override > the global override > FEATURE_ALLOCATOR_ADJACENCY_MODE > the default.
+    """
+
+
+@flags.command("list")
+@click.option("--flag", "key", default=None, help="Only this flag.")
+@restaurant_option
+@json_option
+def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
+    """Override rows (all, or the venue's and the global ones), with the environment and the default."""
+    from reserve.capacity.flags import report_list
+
+    url = _url()
+    _run_ops(lambda: report_list(url, key, restaurant_id), as_json)
+
+
+@flags.command("get")
+@restaurant_option
+@flag_option
+@json_option
+def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
+    """The value in force for the venue (or for all venues), and where it comes from."""
+    from reserve.capacity.flags import report_get
+
+    url = _url()
+    _run_ops(lambda: report_get(url, restaurant_id, key), as_json)
+
+
+@flags.command("set")
+@click.argument("value")
+@restaurant_option
+@flag_option
+@json_option
+def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
+    """Override the flag with VALUE for the venue (or, without --restaurant, for all venues)."""
+    from reserve.capacity.flags import report_set
+
+    url = _url()
+    _run_ops(lambda: report_set(url, value, restaurant_id, key), as_json)
+
+
+@flags.command("unset")
+@restaurant_option
+@flag_option
+@json_option
+def flags_unset(restaurant_id: Any, key: str, as_json: bool) -> None:
+    """Remove the venue's (or the global) override; resolution falls back to the next source."""
+    from reserve.capacity.flags import report_unset
+
+    url = _url()
+    _run_ops(lambda: report_unset(url, restaurant_id, key), as_json)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run the monitoring queries once and print them.")
+@click.option("--serve", "port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Expose Prometheus metrics on http://127.0.0.1:PORT/metrics until interrupted (0: any free port).")
+@click.option("--min-interval", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="--serve: read the database at most this often (seconds), however often scraped.")
+@click.option("--probe-runs", default=None, type=click.IntRange(min=0),
+              help="Overlap-probe runs per reading [--once: 50, --serve: 5].")
+@json_option
+def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int | None, as_json: bool) -> None:
+    """The 7-day monitoring queries (--once), or a Prometheus exporter of them (--serve PORT).
+
+    --once exits 1 when the overlap guard is missing or allocations overlap.
+    """
+    import signal
+    import threading
+
+    from reserve import monitor as mon
+
+    if once == (port is not None):
+        _fail_usage("give exactly one of --once or --serve PORT")
+    url = _url()
+    if once:
+        _run_ops(lambda: mon.once(url, probe_runs=50 if probe_runs is None else probe_runs), as_json,
+                 render=mon.render_table)
+        return
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        mon.serve(url, port, min_interval=min_interval, probe_runs=5 if probe_runs is None else probe_runs,
+                  ready=click.echo, stop=stop)
+    except (db.ConnectionFailed, mon.PortInUse) as exc:
+        _fail_usage(str(exc))
+    except OSError as exc:
+        _fail_usage(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@main.command()
+@click.option("--older-than", required=True, metavar="DURATION",
+              help="Delete evidence older than this: 30d, 12h, 2w, 1d12h (at least 1d).")
+@click.option("--batch-size", default=1000, show_default=True, type=int, help="Rows per batch (one short transaction each).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--pause", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait between batches.")
+@json_option
+def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_json: bool) -> None:
+    """Delete booking_confirmation_results rows (and cache events) older than --older-than, in batches."""
+    from reserve import retention as ret
+
+    def action() -> Report:
+        age = ret.parse_duration(older_than)  # bad input fails before connecting
+        return ret.purge(_url(), age, batch_size=batch_size, dry_run=dry_run, pause_s=pause)
+
+    _run_ops(action, as_json)
+
+
+@main.group()
+def analyze() -> None:
+    """Analyses of production data (ids and counts only)."""
+
+
+@analyze.command("confirmations")
+@json_option
+def analyze_confirmations(as_json: bool) -> None:
+    """Bookings with more than one evidence row and why, the cache hit rate, and the unique-constraint decision."""
+    from reserve.analysis import confirmations
+
+    url = _url()
+    _run_ops(lambda: confirmations(url), as_json)

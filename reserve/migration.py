@@ -114,6 +114,25 @@ def lock_exclusively(table: str, policy: LockPolicy) -> None:
     )
 
 
+def protect_tenant_table(table: str, policy: str, privileges: str) -> None:
+    """RLS on ``public.<table>``: service_role gets ``privileges`` on the rows of its tenant only.
+
+    The one policy is scoped by require_restaurant_context() (42501 without a
+    tenant); anon, authenticated and PUBLIC get nothing, whatever default
+    privileges the server grants (Supabase grants them everything). Idempotent,
+    so it also re-asserts the rules on a table brought back from the archive.
+    """
+    execute(f"ALTER TABLE public.{table} ENABLE ROW LEVEL SECURITY")
+    execute(f'DROP POLICY IF EXISTS "{policy}" ON public.{table}')
+    execute(f"""
+CREATE POLICY "{policy}" ON public.{table}
+  FOR ALL TO service_role
+  USING (restaurant_id = public.require_restaurant_context())
+  WITH CHECK (restaurant_id = public.require_restaurant_context())""")
+    execute(f"REVOKE ALL ON public.{table} FROM PUBLIC, anon, authenticated")
+    execute(f"GRANT {privileges} ON public.{table} TO service_role")
+
+
 def archive_table(table: str) -> None:
     """Move ``public.<table>`` and its rows to the archive schema; drop it only when empty.
 

@@ -23,7 +23,9 @@ from sqlalchemy.engine import URL
 from reserve import alembic_runner, catalog, db
 
 ROOT = alembic_runner.PROJECT_ROOT
-REVISIONS = ["0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0004_allocations_no_overlap"]
+REVISIONS = [
+    "0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations", "0004_allocations_no_overlap",
+]
 
 
 def alembic_config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:

@@ -46,15 +46,7 @@ CREATE TABLE IF NOT EXISTS public.{TABLE} (
     migration.execute(
         f"CREATE INDEX IF NOT EXISTS {TABLE}_restaurant_checked_at_idx ON public.{TABLE} (restaurant_id, checked_at)"
     )
-    migration.execute(f"ALTER TABLE public.{TABLE} ENABLE ROW LEVEL SECURITY")
-    migration.execute(f'DROP POLICY IF EXISTS "{POLICY}" ON public.{TABLE}')
-    migration.execute(f"""
-CREATE POLICY "{POLICY}" ON public.{TABLE}
-  FOR ALL TO service_role
-  USING (restaurant_id = public.require_restaurant_context())
-  WITH CHECK (restaurant_id = public.require_restaurant_context())""")
-    migration.execute(f"REVOKE ALL ON public.{TABLE} FROM PUBLIC, anon, authenticated")
-    migration.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{TABLE} TO service_role")
+    migration.protect_tenant_table(TABLE, POLICY, "SELECT, INSERT, UPDATE, DELETE")
 
 
 def downgrade() -> None:

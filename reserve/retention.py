@@ -1,0 +1,103 @@
+"""``reserve retention``: delete confirmation evidence older than a cutoff, in small batches.
+
+The work is done by the SQL function ``purge_booking_confirmation_results``
+(revision 0003a_operations), so a scheduler (pg_cron) and this command share
+one implementation. The cutoff is fixed once, from the server's clock, when
+the run starts; each batch is its own short transaction on an autocommit
+connection; rows a running confirmation has locked are skipped, not waited
+for. Running it again with the same cutoff deletes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from reserve import db
+from reserve.report import OK, WARN, Report
+
+FUNCTION = "purge_booking_confirmation_results"
+DEFAULT_BATCH_SIZE = 1000
+MINIMUM_AGE = timedelta(days=1)  # the function refuses younger cutoffs too
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_PART = re.compile(r"(\d+)\s*([smhdw])")
+
+
+class RetentionError(ValueError):
+    """Bad input (duration, batch size), or a database without the retention function."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30d', '12h', '2w', '1d12h', '90m', '45s' -> timedelta; RetentionError with the accepted forms otherwise."""
+    compact = text.strip().lower()
+    if not compact or _PART.sub("", compact).strip():
+        raise RetentionError(
+            f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 2w or 1d12h "
+            "(units: s, m, h, d, w)")
+    total = timedelta()
+    for amount, unit in _PART.findall(compact):
+        total += timedelta(**{_UNITS[unit]: int(amount)})
+    if total <= timedelta():
+        raise RetentionError(f"invalid duration {text!r}: it must be longer than zero")
+    return total
+
+
+def _describe(delta: timedelta) -> str:
+    days, seconds = delta.days, delta.seconds
+    return f"{days}d" if not seconds else f"{delta.total_seconds():g}s"
+
+
+def purge(url: URL, older_than: timedelta, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
+          pause_s: float = 0.0, max_batches: int | None = None) -> Report:
+    """Delete (or, with ``dry_run``, count) evidence and cache events older than ``older_than``.
+
+    Raises RetentionError for bad input or a database without the function, db.ConnectionFailed when the
+    server cannot be reached (both exit 2 in the CLI).
+    """
+    if batch_size <= 0:
+        raise RetentionError(f"batch size must be a positive number of rows, got {batch_size}")
+    if older_than < MINIMUM_AGE:
+        raise RetentionError(f"--older-than {_describe(older_than)} is too short: evidence younger than a day "
+                             "is never purged (a replayed confirmation is answered from it)")
+    report = Report("retention")
+    with db.connect(url, autocommit=True) as conn:
+        cutoff: datetime = conn.execute("SELECT now() - %s::interval", (older_than,)).fetchone()[0]
+        report.facts.update({"database": db.masked(url), "older_than": _describe(older_than),
+                             "cutoff": cutoff.isoformat(), "batch_size": batch_size, "dry_run": dry_run})
+        evidence = events = batches = 0
+        more = True
+        while more and (max_batches is None or batches < max_batches):
+            evidence_rows, event_rows, more = _call(conn, cutoff, batch_size, dry_run)
+            batches += 1
+            evidence += evidence_rows
+            events += event_rows
+            if dry_run or (more and evidence_rows == 0 and event_rows == 0):
+                break  # a dry run counts everything at once; an empty batch means the rest is locked
+            if more and pause_s:
+                time.sleep(pause_s)
+    report.facts.update({"batches": batches, "evidence_rows": evidence, "cache_event_rows": events})
+    verb = "would delete" if dry_run else "deleted"
+    detail = f"{verb} {evidence} evidence row(s) and {events} cache event(s) older than {cutoff.isoformat()}"
+    if dry_run:
+        report.add("retention", OK, detail + " (dry run: nothing deleted)")
+    elif more:
+        report.add("retention", WARN, detail + f" in {batches} batch(es); rows older than the cutoff remain "
+                   "(locked by running confirmations, or --max-batches reached): run it again")
+    else:
+        report.add("retention", OK, detail + f" in {batches} batch(es); none left")
+    return report
+
+
+def _call(conn: psycopg.Connection[Any], cutoff: datetime, batch_size: int, dry_run: bool) -> tuple[int, int, bool]:
+    try:
+        return conn.execute(f"SELECT * FROM public.{FUNCTION}(%s, %s, %s)", (cutoff, batch_size, dry_run)).fetchone()
+    except psycopg.errors.UndefinedFunction:
+        raise RetentionError(f"{FUNCTION} does not exist: upgrade this database to 0003a_operations or later "
+                             "(`alembic upgrade head`)") from None
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise RetentionError(exc.diag.message_primary or str(exc)) from None
