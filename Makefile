@@ -43,6 +43,13 @@ rehearse: venv postgres
 expected: venv postgres
 	$(BIN)/python -m reserve.expectations --write
 
+## Benchmarks at scale (issue 6): the swap's lock hold, overlap probes, confirm throughput.
+## Writes bench/results/<timestamp>.json, bench/results/latest.json and docs/BENCHMARKS.md. ROWS=… to change the size.
+ROWS ?= 1000000
+bench: venv postgres
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run --rows $(ROWS)
+
 lint: venv
 	$(BIN)/ruff check reserve alembic tests
 
