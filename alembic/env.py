@@ -4,7 +4,9 @@
   it is never printed with its password.
 - Online, every revision runs in its own transaction, under session-level
   ``lock_timeout`` and ``statement_timeout`` (``-x lock_timeout=…``,
-  ``-x statement_timeout=…``), and the whole run holds a session-level
+  ``-x statement_timeout=…``) and ``client_connection_check_interval`` (a
+  killed client's backend stops within a second instead of finishing the
+  build under the lock), and the whole run holds a session-level
   advisory lock so that two concurrent ``alembic upgrade`` runs serialize.
   The session-level lock (not the xact variant) survives the commits that
   ``transaction_per_migration`` and ``autocommit_block()`` make.
@@ -22,7 +24,7 @@ from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from reserve import db
+from reserve import db, migration
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -35,6 +37,10 @@ SESSION_DEFAULTS = {
     "lock_timeout": "5s",
     "statement_timeout": "15min",
     "migration_lock_wait": "10min",
+    # A client killed mid-build (deploy job timeout, SIGKILL) would otherwise leave its backend
+    # building the guard under ACCESS EXCLUSIVE until the statement ends: up to a minute at 1M rows.
+    # With this the server notices the dead client within a second and rolls back (PostgreSQL 14+).
+    "client_connection_check_interval": "1s",
 }
 
 
@@ -43,8 +49,19 @@ def session_setting(name: str) -> str:
     return context.get_x_argument(as_dictionary=True).get(name, SESSION_DEFAULTS[name])
 
 
+def _check_x_options(offline: bool) -> None:
+    """Fail on a bad ``-x`` value before any revision runs, so a typo changes nothing (the swap options
+    are read only by 0004, which may come after other revisions, or after its downgrade's index build).
+    Online the server checks the session settings; offline they go into the script unchecked, so here."""
+    migration.LockPolicy.from_x_options()
+    if offline:
+        for name, default in SESSION_DEFAULTS.items():
+            migration.duration_option(name, default)
+
+
 def run_migrations_offline() -> None:
     """Write the SQL script for a DBA to review and apply with psql."""
+    _check_x_options(offline=True)
     context.configure(
         dialect_name="postgresql",
         dialect_opts={"paramstyle": "named"},
@@ -56,6 +73,7 @@ def run_migrations_offline() -> None:
         context.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
         context.execute(f"SET lock_timeout = '{session_setting('lock_timeout')}'")
         context.execute(f"SET statement_timeout = '{session_setting('statement_timeout')}'")
+        context.execute(f"SET client_connection_check_interval = '{session_setting('client_connection_check_interval')}'")
         context.run_migrations()
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
 
@@ -99,13 +117,14 @@ def _take_migration_lock(connection) -> None:
             raise CommandError(
                 f"another migration run still holds the migration lock after {wait}; nothing was changed"
             ) from None
-    for name in ("lock_timeout", "statement_timeout"):
+    for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval"):
         _set_session(connection, name, name)
     connection.commit()
 
 
 def run_migrations_online() -> None:
     """Apply revisions to the database of DATABASE_URL, one transaction each."""
+    _check_x_options(offline=False)
     with _connect() as connection:
         _take_migration_lock(connection)
         try:

@@ -1,0 +1,186 @@
+"""Fault injection for the migration: run Alembic as an operator does, interrupt it at a chosen
+moment, and prove where the database ended up.
+
+Why: a migration can be killed in ways no test of the happy path covers: a DBA's
+``pg_terminate_backend``, ``statement_timeout``, the operator's ``kill -9`` (or an
+OOM killer, or a dropped SSH session), two operators starting it at once. Each
+must leave the database at a revision boundary (its catalog equal to one
+revision's shipped expectation, and ``alembic_version`` naming that revision),
+from which a plain rerun of ``alembic upgrade head`` finishes. These helpers
+find the migrating backend by its ``application_name`` (``reserve-migrations``,
+set by ``alembic/env.py``) and what it is doing in ``pg_stat_activity``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from reserve import alembic_runner, catalog, db, expectations
+
+MIGRATION_APPLICATION = "reserve-migrations"
+
+
+class FaultTimeout(AssertionError):
+    """The moment to inject the fault never came (the migration finished first, or hung elsewhere)."""
+
+
+def start_alembic(url: URL, *args: str) -> subprocess.Popen[str]:
+    """``python -m alembic <args>`` with DATABASE_URL set, as an operator would run it; output captured."""
+    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
+    return subprocess.Popen([sys.executable, "-m", "alembic", *args], cwd=alembic_runner.PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str], url: URL, timeout_s: float = 120) -> tuple[int, str]:
+    """Wait for an Alembic run; its exit code and its output, password scrubbed."""
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        return -1, db.scrub(output or "", url) + f"\n(killed after {timeout_s}s)"
+    return proc.returncode, db.scrub(output or "", url)
+
+
+def run_alembic(url: URL, *args: str, timeout_s: float = 120) -> tuple[int, str]:
+    return finish(start_alembic(url, *args), url, timeout_s)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A migrating session as pg_stat_activity shows it."""
+
+    pid: int
+    state: str | None
+    wait_event_type: str | None
+    wait_event: str | None
+    query: str
+
+
+def migration_backends(conn: psycopg.Connection[Any]) -> list[Backend]:
+    """Sessions of Alembic runs (of this package) on ``conn``'s database."""
+    rows = conn.execute(
+        "SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity "
+        "WHERE application_name = %s AND datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid",
+        (MIGRATION_APPLICATION,),
+    ).fetchall()
+    return [Backend(*row) for row in rows]
+
+
+def wait_for_backend(conn: psycopg.Connection[Any], *, query_contains: str, waiting_on_lock: bool | None = None,
+                     proc: subprocess.Popen[str] | None = None, timeout_s: float = 60, poll_s: float = 0.01) -> Backend:
+    """Poll until a migrating backend runs a statement containing ``query_contains``.
+
+    ``waiting_on_lock``: True to require that it waits on a heavyweight lock,
+    False that it does not. Raises FaultTimeout when ``proc`` ends first or time
+    runs out: the fault would otherwise be injected at the wrong moment.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for backend in migration_backends(conn):
+            if backend.state != "active" or query_contains not in backend.query:
+                continue
+            if waiting_on_lock is None or waiting_on_lock == (backend.wait_event_type == "Lock"):
+                return backend
+        if proc is not None and proc.poll() is not None:
+            raise FaultTimeout(f"alembic exited ({proc.returncode}) before running {query_contains!r}")
+        time.sleep(poll_s)
+    raise FaultTimeout(f"no migrating backend ran {query_contains!r} within {timeout_s}s")
+
+
+def terminate(conn: psycopg.Connection[Any], pid: int) -> bool:
+    """pg_terminate_backend, as a DBA would; True when the signal was sent."""
+    return conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+
+
+def kill_client(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the Alembic process: no cleanup, no rollback sent; the server finds out on its own."""
+    os.kill(proc.pid, signal.SIGKILL)
+
+
+def wait_gone(conn: psycopg.Connection[Any], pid: int, timeout_s: float = 60) -> float:
+    """Seconds until backend ``pid`` has left pg_stat_activity (its transaction is then rolled back)."""
+    started = time.monotonic()
+    while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+        if time.monotonic() - started > timeout_s:
+            raise FaultTimeout(f"backend {pid} still there after {timeout_s}s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+@contextmanager
+def holding_lock(url: URL, table: str, mode: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another session holds ``mode`` on ``table`` in an open transaction until the block ends.
+
+    ``ACCESS SHARE`` is what any long read holds; ``ROW EXCLUSIVE`` what any
+    open write transaction holds. Both make the swap's lock wait; the second
+    also makes CREATE INDEX CONCURRENTLY wait for it.
+    """
+    with db.connect(url) as conn:
+        conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+@dataclass
+class Boundary:
+    """Where a database stands: the revision it records and the revisions its catalog matches exactly."""
+
+    recorded: str | None
+    matching: list[str]
+    pending_indexes: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # from the recorded revision's expectation
+
+    @property
+    def at(self) -> str | None:
+        """The revision the database is exactly at, or None when it is between revisions."""
+        return self.recorded if self.recorded in self.matching else None
+
+
+def boundary(conn: psycopg.Connection[Any]) -> Boundary:
+    """Compare the live catalog with every revision's shipped expectation.
+
+    ``reserve_pending_*`` indexes (a rollback's prebuilt index, dropped by the
+    next run) are not part of any revision's schema and are listed apart.
+    """
+    live = catalog.snapshot(conn)
+    recorded = alembic_runner.current_revision(conn)
+    matching = [rev for rev in expectations.revisions() if not expectations.compare(expectations.expected(rev), live)]
+    differences: list[str] = []
+    if recorded in expectations.revisions():
+        differences = expectations.summarize(expectations.compare(expectations.expected(recorded), live))
+    return Boundary(recorded, matching, catalog.pending_indexes(conn), differences)
+
+
+def advisory_waiters(conn: psycopg.Connection[Any]) -> int:
+    """Migrating sessions waiting for an advisory lock (the migration lock) on this database."""
+    return conn.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = %s "
+        "AND a.datname = current_database()",
+        (MIGRATION_APPLICATION,),
+    ).fetchone()[0]
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 60, procs: Sequence[subprocess.Popen[str]] = ()) -> None:
+    """Poll ``condition()`` until true; FaultTimeout when time runs out or one of ``procs`` ends first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if any(p.poll() is not None for p in procs):
+            raise FaultTimeout(f"an alembic run ended before {what}")
+        if time.monotonic() > deadline:
+            raise FaultTimeout(f"gave up waiting for {what}")
+        time.sleep(0.02)
