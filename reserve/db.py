@@ -22,7 +22,7 @@ def sqlalchemy_url(raw: str | None = None) -> URL:
         raise DatabaseUrlError(f"{ENV_VAR} is not set: export {ENV_VAR}=postgresql://user@host:5432/dbname")
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number ("host:abc", "[::1/db")
         raise DatabaseUrlError(f"{ENV_VAR} is not a valid database URL") from None
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise DatabaseUrlError(f"{ENV_VAR} must be a postgresql:// URL, not {url.get_backend_name()}://")

@@ -10,9 +10,11 @@ options.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -64,13 +66,38 @@ class LockPolicy:
 
     @classmethod
     def from_x_options(cls) -> LockPolicy:
-        """Read ``-x swap_lock_timeout=…``, ``-x swap_lock_attempts=…``, ``-x swap_lock_pause=…``."""
+        """Read ``-x swap_lock_timeout=…``, ``-x swap_lock_attempts=…``, ``-x swap_lock_pause=…``.
+
+        A bad value is a CommandError naming the option (env.py reads these before any revision runs,
+        so a typo changes nothing).
+        """
         default = cls()
-        attempts = int(x_option("swap_lock_attempts", str(default.attempts)))
-        pause_s = float(x_option("swap_lock_pause", str(default.pause_s)))
+        attempts = _number_option("swap_lock_attempts", default.attempts, int)
+        pause_s = _number_option("swap_lock_pause", default.pause_s, float)
         if attempts < 1 or pause_s < 0:
             raise CommandError("swap_lock_attempts must be >= 1 and swap_lock_pause >= 0")
-        return cls(x_option("swap_lock_timeout", default.lock_timeout), attempts, pause_s)
+        return cls(duration_option("swap_lock_timeout", default.lock_timeout), attempts, pause_s)
+
+
+def _number_option(name: str, default: float, kind: type) -> Any:
+    value = x_option(name, str(default))
+    try:
+        return kind(value)
+    except ValueError:
+        raise CommandError(f"invalid -x {name}={value!r}: give a{'' if kind is int else ' decimal'} number, "
+                           f"e.g. {default}") from None
+
+
+# A PostgreSQL time setting: a number with an optional unit (lock_timeout = '2s', '500ms', '10min').
+_DURATION = re.compile(r"\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*")
+
+
+def duration_option(name: str, default: str) -> str:
+    """An ``-x`` option holding a PostgreSQL duration; CommandError when it is not one."""
+    value = x_option(name, default)
+    if not _DURATION.fullmatch(value):
+        raise CommandError(f"invalid -x {name}={value!r}: give a PostgreSQL duration, e.g. 2s, 500ms or 10min")
+    return value
 
 
 def lock_exclusively(table: str, policy: LockPolicy) -> None:

@@ -216,3 +216,21 @@ def act_as(conn: psycopg.Connection[Any], role: str, restaurant: uuid.UUID | Non
     conn.execute(psycopg.sql.SQL("SET LOCAL ROLE {}").format(psycopg.sql.Identifier(role)))
     if restaurant is not None:
         conn.execute("SELECT set_restaurant_context(%s)", (restaurant,))
+
+
+# The baseline's tenant tables, with the expression (over alias t) naming the restaurant a row
+# belongs to; shared by the tenant-isolation tests (tests/sql) and the RLS property test.
+BASELINE_ROW_OWNER = {
+    "restaurants": "t.id",
+    "zones": "t.restaurant_id",
+    "table_inventory": "t.restaurant_id",
+    "table_adjacencies": "(SELECT ti.restaurant_id FROM table_inventory ti WHERE ti.id = t.table_a)",
+    "bookings": "t.restaurant_id",
+    "booking_state_history": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
+    "allocations": "t.restaurant_id",
+    "table_holds": "t.restaurant_id",
+    "table_hold_members": "(SELECT h.restaurant_id FROM table_holds h WHERE h.id = t.hold_id)",
+    "booking_table_assignments": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
+    "booking_assignment_idempotency": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
+    "capacity_outbox": "t.restaurant_id",
+}

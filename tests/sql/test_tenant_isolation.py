@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from tests.support import (
+    BASELINE_ROW_OWNER,
     NOTHING_WRITTEN,
     Database,
     Venue,
@@ -26,18 +27,7 @@ from tests.support import (
 
 # Every tenant table, with the expression (over alias t) naming the restaurant a row belongs to.
 OWNER = {
-    "restaurants": "t.id",
-    "zones": "t.restaurant_id",
-    "table_inventory": "t.restaurant_id",
-    "table_adjacencies": "(SELECT ti.restaurant_id FROM table_inventory ti WHERE ti.id = t.table_a)",
-    "bookings": "t.restaurant_id",
-    "booking_state_history": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
-    "allocations": "t.restaurant_id",
-    "table_holds": "t.restaurant_id",
-    "table_hold_members": "(SELECT h.restaurant_id FROM table_holds h WHERE h.id = t.hold_id)",
-    "booking_table_assignments": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
-    "booking_assignment_idempotency": "(SELECT b.restaurant_id FROM bookings b WHERE b.id = t.booking_id)",
-    "capacity_outbox": "t.restaurant_id",
+    **BASELINE_ROW_OWNER,
     # Global overrides (restaurant_id NULL) are visible to every venue.
     "feature_flag_overrides": "COALESCE(t.restaurant_id, %(me)s)",
 }
