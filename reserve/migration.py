@@ -239,6 +239,26 @@ $check$""")
         )
 
 
+def add_guard(guard: guards.Guard, action: str) -> None:
+    """Add ``guard`` under the swap's lock; a row that breaks it fails the revision with a clear message.
+
+    ``refuse_violations`` runs before the lock, so a row written between that
+    check and the lock can still break the guard while PostgreSQL builds it.
+    The revision's transaction rolls back whole either way. The ids are not
+    looked up here, which would hold the lock through a scan of the table:
+    the rerun's pre-check lists them, with no lock held.
+    """
+    try:
+        op.execute(guard.add_sql())
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "23P01":
+            raise
+        raise CommandError(
+            f"cannot {action}: allocations written after the pre-check break {guard.name}. "
+            "Nothing was changed; run the same command again: its pre-check lists the conflicting ids."
+        ) from None
+
+
 def prebuild_index_concurrently(name: str, create_sql: Callable[[str], str]) -> str:
     """Build index ``name`` under a pending name, concurrently, before the revision takes its heavy lock.
 

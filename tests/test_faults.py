@@ -282,3 +282,34 @@ def test_boundary_tells_a_half_migrated_database_from_a_revision(below_swap: Dat
         assert any("allocations_resource_window_excl" in line for line in where.differences)
         conn.rollback()
 
+
+
+# ---------------------------------------------------------------- a conflicting write races the rollback's check
+
+
+CROSS_RESTAURANT_TWIN = """
+INSERT INTO allocations (restaurant_id, resource_type, resource_id, "window")
+SELECT (SELECT r.id FROM restaurants r WHERE r.id <> a.restaurant_id ORDER BY r.id LIMIT 1),
+       a.resource_type, a.resource_id, a."window"
+FROM allocations a WHERE NOT a.shadow ORDER BY a.id LIMIT 1
+RETURNING id"""
+
+
+def test_downgrade_refuses_clearly_when_a_conflicting_row_commits_after_its_pre_check(at_head: Database):
+    # The same resource booked in a second restaurant: allowed by allocations_no_overlap, not by the
+    # old guard. Still uncommitted when the downgrade checks, so the check cannot see it; committed
+    # while the downgrade's concurrent index build waits for it, before the swap takes its lock.
+    with at_head.connect() as writer, monitor(at_head) as dba:
+        twin = writer.execute(CROSS_RESTAURANT_TWIN).fetchone()[0]
+        proc = faults.start_alembic(at_head.url, "downgrade", "-1")
+        faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True, proc=proc)
+        writer.commit()
+        code, output = faults.finish(proc, at_head.url)
+    assert code != 0
+    assert "written after the pre-check break allocations_resource_window_excl" in output, output
+    assert "Nothing was changed" in output
+    assert_at(at_head, HEAD, rows(at_head))
+
+    code, output = faults.run_alembic(at_head.url, "downgrade", "-1")
+    assert code != 0 and str(twin) in output, output  # the rerun's pre-check names the row
+    assert_at(at_head, HEAD, rows(at_head))

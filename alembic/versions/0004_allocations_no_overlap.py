@@ -39,7 +39,7 @@ def upgrade() -> None:
     migration.lock_exclusively("public.allocations", migration.LockPolicy.from_x_options())
     op.execute(OLD_GUARD.drop_sql())
     op.execute(f"DROP INDEX public.{REDUNDANT_INDEX}")
-    op.execute(NEW_GUARD.add_sql())
+    migration.add_guard(NEW_GUARD, "add allocations_no_overlap")
 
 
 def downgrade() -> None:
@@ -48,5 +48,5 @@ def downgrade() -> None:
         REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True))
     migration.lock_exclusively("public.allocations", migration.LockPolicy.from_x_options())
     op.execute(NEW_GUARD.drop_sql())
-    op.execute(OLD_GUARD.add_sql())
+    migration.add_guard(OLD_GUARD, "restore allocations_resource_window_excl")
     migration.put_index_in_place(pending, REDUNDANT_INDEX)
