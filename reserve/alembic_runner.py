@@ -57,8 +57,20 @@ class UnknownRevision(ValueError):
     """A revision name this package does not have."""
 
 
-def resolve(target: str) -> str | None:
-    """A revision id for ``target`` ('head', 'base' or an id); None for base."""
+def resolve(target: str, current: str | None = None) -> str | None:
+    """A revision id for ``target`` ('head', 'base', an id, or ``-N`` below ``current``); None for base.
+
+    ``-1`` is what ``alembic downgrade -1`` undoes, so the rollback's preflight
+    is written the same way whatever the chain holds.
+    """
+    if target.startswith("-") and target[1:].isdigit():
+        order = [None, *chain()]
+        if current not in order:
+            raise UnknownRevision(f"the database is at {current!r}, which this package does not know")
+        here = order.index(current) - int(target[1:])
+        if here < 0:
+            raise UnknownRevision(f"{target} goes below base from {current or 'base'}")
+        return order[here]
     if target == "base":
         return None
     if target == "head":

@@ -56,7 +56,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--target", default="head", show_default=True, help="Revision to move to (upgrade or downgrade).")
+@click.option("--target", default="head", show_default=True,
+              help="Revision to move to (upgrade or downgrade); -1 is what `alembic downgrade -1` undoes.")
 @click.option("--backup-confirmed", is_flag=True, help="The operator confirms a backup / PITR exists.")
 @click.option("--long-transaction-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0))
 @json_option

@@ -32,10 +32,13 @@ def is_production_looking(url: URL) -> bool:
 def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
               long_transaction_s: float = 60.0) -> Report:
     """Run every check; raises db.ConnectionFailed or alembic_runner.UnknownRevision (exit 2)."""
-    target_revision = alembic_runner.resolve(target)
+    relative = target.startswith("-")
+    target_revision = None if relative else alembic_runner.resolve(target)  # a typo fails before connecting
     report = Report("preflight")
     with db.connect(url, autocommit=True) as conn:
         current = alembic_runner.current_revision(conn)
+        if relative:
+            target_revision = alembic_runner.resolve(target, current)
         direction, revisions = alembic_runner.steps(current, target_revision)
         report.facts.update({
             "database": db.masked(url),

@@ -46,7 +46,8 @@ def test_downgrade_with_cross_restaurant_overlaps_is_no_go_listing_the_ids(head_
             "INSERT INTO allocations (restaurant_id, resource_type, resource_id, \"window\") "
             "VALUES (%s, 'table', %s, tstzrange(%s, %s)) RETURNING id", (v.id, first.tables[0], *slot(24)),
         ).fetchone()[0] for v in (first, second)]
-    report = preflight(head_db.url, "0003_confirm_v12")
+    report = preflight(head_db.url, "-1")  # the runbook's rollback check: what `alembic downgrade -1` undoes
+    assert report.facts["target_revision"] == alembic_runner.chain()[-2]
     guard = next(c for c in report.checks if c.name == "guard data")
     assert guard.status == FAIL
     assert sorted(guard.data["allocation_ids"]) == sorted(str(i) for i in ids)
@@ -65,6 +66,11 @@ def test_a_lock_holder_on_allocations_is_no_go_for_the_swap(baseline_db: Databas
 def test_unknown_revision_is_a_usage_error(baseline_db: Database):
     with pytest.raises(alembic_runner.UnknownRevision, match="nonsense"):
         preflight(baseline_db.url, "nonsense")
+
+
+def test_a_relative_target_below_base_is_a_usage_error(baseline_db: Database):
+    with pytest.raises(alembic_runner.UnknownRevision, match="below base"):
+        preflight(baseline_db.url, "-2")
 
 
 def test_remote_database_without_archiving_needs_backup_confirmation(baseline_db: Database):
