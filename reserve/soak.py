@@ -2,7 +2,7 @@
 
 Why: the rehearsal proves the chain on an idle database, but production runs
 it while ``confirm_hold_assignment_tx`` is being called. This soak starts the
-database one revision below head (``0003a_operations``, v12 installed, old
+database one revision below head (``0003b_tenant_policies``, v12 installed, old
 guard) with generated data, starts N worker processes that create a hold and
 confirm it in a loop (one in ``overlap_every`` deliberately overlapping an
 existing allocation, so the overlap rejection happens under both guards), and
@@ -52,7 +52,7 @@ from reserve.ephemeral import EphemeralPostgres, ServerError
 from reserve.lockwatch import LockWatch
 from reserve.monitor import OVERLAP_SCAN_LIMIT
 
-BEFORE_HEAD = "0003a_operations"
+BEFORE_HEAD = "0003b_tenant_policies"
 CHAIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upgrade head", ("upgrade", "head")),
     ("downgrade -1", ("downgrade", "-1")),

@@ -5,7 +5,7 @@ plain rerun of ``alembic upgrade head`` finishes.
 Alembic runs as a subprocess, as an operator runs it, so that its backend can be terminated and the
 client itself killed. Where the fault must hit a statement in progress, the table holds enough rows
 for the guard's index build to take a good fraction of a second; where it must hit a wait, another
-session holds a lock on allocations. A module-scoped template (data at 0003a_operations, and the
+session holds a lock on allocations. A module-scoped template (data at the revision below the swap, and the
 same at head) is cloned for every test, so the data is generated once.
 """
 
@@ -22,12 +22,12 @@ import pytest
 from reserve import alembic_runner, dataset, db, faults
 from tests.support import REVISIONS, Database
 
-BELOW_SWAP, HEAD = "0003a_operations", REVISIONS[-1]
+BELOW_SWAP, HEAD = REVISIONS[-2], REVISIONS[-1]
 # Enough for the guard's index build to last ~1 s here: time to see it running and interrupt it.
 ROWS = 60_000
 # The swap waits for a blocker up to this long, in one attempt (the fault comes well before).
 WAIT_FOR_BLOCKER = ["-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1"]
-UPGRADE_RAN = "Running upgrade 0003a_operations -> 0004_allocations_no_overlap"
+UPGRADE_RAN = f"Running upgrade {BELOW_SWAP} -> {HEAD}"
 _clones = itertools.count(1)
 
 
@@ -37,7 +37,7 @@ def _admin(pg_server: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def data_templates(pg_server: Any) -> Iterator[dict[str, str]]:
-    """Two template databases with ROWS generated allocations: at 0003a_operations and at head."""
+    """Two template databases with ROWS generated allocations: below the swap and at head."""
     names = {BELOW_SWAP: f"reserve_faults_below_{os.getpid()}", HEAD: f"reserve_faults_head_{os.getpid()}"}
     try:
         with _admin(pg_server) as admin:
@@ -70,7 +70,7 @@ def _clone(pg_server: Any, template: str) -> Iterator[Database]:
 
 @pytest.fixture
 def below_swap(pg_server: Any, data_templates: dict[str, str]) -> Iterator[Database]:
-    """A fresh database at 0003a_operations (old guard) with ROWS allocations."""
+    """A fresh database below the swap (old guard) with ROWS allocations."""
     yield from _clone(pg_server, data_templates[BELOW_SWAP])
 
 

@@ -1,6 +1,8 @@
 """Tenant isolation at head, as a property: for any set of restaurants and rows, and any tenant context,
 service_role reads and writes exactly the rows of that tenant in every RLS-enabled table, and a row
-naming another tenant is refused with SQLSTATE 42501.
+naming another tenant is refused with SQLSTATE 42501. Then, case by case: global feature flag overrides
+are readable by every venue and writable by none, and a row of the tenant may name (booking, zone,
+allocation, table, hold) only rows of that same tenant.
 
 One database per test; every generated example lives in one transaction that is rolled back.
 """
@@ -88,11 +90,12 @@ class Tenant:
     tables: list[uuid.UUID] = field(default_factory=list)
     bookings: list[uuid.UUID] = field(default_factory=list)
     holds: list[uuid.UUID] = field(default_factory=list)
+    allocations: list[uuid.UUID] = field(default_factory=list)
 
     def params(self, prefix: str) -> dict[str, Any]:
         return {f"{prefix}_restaurant": self.id, f"{prefix}_zone": self.zone, f"{prefix}_table0": self.tables[0],
                 f"{prefix}_table_last": self.tables[-1], f"{prefix}_booking": self.bookings[0],
-                f"{prefix}_hold": self.holds[0]}
+                f"{prefix}_hold": self.holds[0], f"{prefix}_allocation": next(iter(self.allocations), None)}
 
 
 shapes = st.builds(
@@ -133,6 +136,7 @@ def build(conn: psycopg.Connection[Any], number: int, shape: Shape) -> Tenant:
             allocation = _one(
                 conn, "INSERT INTO allocations (booking_id, restaurant_id, resource_type, resource_id, \"window\") "
                       "VALUES (%s, %s, 'table', %s, %s::tstzrange) RETURNING id", (booking, restaurant, table, window))
+            tenant.allocations.append(allocation)
             conn.execute("INSERT INTO booking_table_assignments (booking_id, table_id, allocation_id) "
                          "VALUES (%s, %s, %s)", (booking, table, allocation))
             conn.execute("INSERT INTO booking_assignment_idempotency "
@@ -228,17 +232,15 @@ def test_service_role_reads_and_writes_only_the_rows_of_the_tenant_in_context(co
             if "UPDATE" not in privileges[table]:
                 assert refused_sqlstate(conn, f"UPDATE {table} SET {_any_column(table)} = {_any_column(table)}") == "42501"
                 continue
-            scope = " WHERE restaurant_id IS NOT NULL" if table == "feature_flag_overrides" else ""
             column = _any_column(table)
-            updated = conn.execute(f"UPDATE {table} SET {column} = {column}{scope}").rowcount
+            updated = conn.execute(f"UPDATE {table} SET {column} = {column}").rowcount  # global flags: not mine
             assert updated == len(mine[table]), table
 
         with conn.transaction(force_rollback=True):  # deletes reach my rows only
             for table in DELETE_ORDER:
                 if "DELETE" not in privileges[table]:
                     continue
-                scope = " WHERE restaurant_id IS NOT NULL" if table == "feature_flag_overrides" else ""
-                deleted = conn.execute(f"DELETE FROM {table}{scope}").rowcount
+                deleted = conn.execute(f"DELETE FROM {table}").rowcount
                 assert deleted <= len(mine[table]), table  # fewer when a cascade got there first
             conn.execute("RESET ROLE")
             after = counts(conn)
@@ -257,32 +259,114 @@ def _any_column(table: str) -> str:
         table, "restaurant_id" if "restaurant_id" in OWNER[table] and OWNER[table].startswith("t.") else "booking_id")
 
 
-# ---------------------------------------------------------------- known gaps (strict: they fail when fixed)
+
+# ---------------------------------------------------------------- global flags, and rows naming another tenant's
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN GAP: the feature_flag_overrides policy is FOR ALL with USING "
-                   "(restaurant_id IS NULL OR ...), so every venue's service_role may DELETE the global overrides "
-                   "that 0001_baseline_rls.sql says are 'writable by none'. Fix in a new revision (split the policy "
-                   "into FOR SELECT and FOR INSERT/UPDATE/DELETE).")
-def test_service_role_cannot_delete_a_global_feature_flag_override(conn):
+def test_service_role_can_neither_write_nor_take_over_a_global_feature_flag_override(conn):
     with conn.transaction(force_rollback=True):
-        tenant = build(conn, 0, Shape(tables=2, bookings=1, holds=1, confirmed=0, cache_events=0, flag=False))
+        tenant = build(conn, 0, Shape(tables=2, bookings=1, holds=1, confirmed=0, cache_events=0, flag=True))
         conn.execute("INSERT INTO feature_flag_overrides (flag_key, flag_value) VALUES ('capacity.global', 'off')")
         act_as(conn, "service_role", tenant.id)
+        assert scalar(conn, "SELECT count(*) FROM feature_flag_overrides WHERE restaurant_id IS NULL") == 1  # readable
         deleted = conn.execute("DELETE FROM feature_flag_overrides WHERE restaurant_id IS NULL").rowcount
         assert deleted == 0
+        assert conn.execute("UPDATE feature_flag_overrides SET flag_value = 'on' WHERE restaurant_id IS NULL").rowcount == 0
+        assert conn.execute("UPDATE feature_flag_overrides SET restaurant_id = %s WHERE restaurant_id IS NULL",
+                            (tenant.id,)).rowcount == 0  # no taking it over as the venue's own either
+        assert refused_sqlstate(conn, "INSERT INTO feature_flag_overrides (flag_key, flag_value) "
+                                      "VALUES ('capacity.other', 'on')") == "42501"
+        # The venue's own override stays fully writable.
+        assert conn.execute("UPDATE feature_flag_overrides SET enabled = false WHERE restaurant_id = %s",
+                            (tenant.id,)).rowcount == 1
+        assert conn.execute("DELETE FROM feature_flag_overrides WHERE restaurant_id = %s", (tenant.id,)).rowcount == 1
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT flag_value, enabled FROM feature_flag_overrides WHERE restaurant_id IS NULL"
+                            ).fetchall() == [("off", True)]
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN GAP: policies of tables that carry restaurant_id check only that "
-                   "column, so a venue may write its own row pointing at another venue's booking (allocations, "
-                   "table_holds, capacity_outbox, booking_confirmation_results, confirmation_cache_events). "
-                   "Fix in a new revision (policy EXISTS on the booking, or composite foreign keys).")
-def test_service_role_cannot_attach_its_rows_to_another_restaurants_booking(conn):
+# Writes of a row of my tenant ("m_" parameters) that name a row ("r_" parameters) of some tenant: refused
+# with 42501 when that row is another tenant's, allowed when it is mine. Every column that names a tenant row.
+WINDOW = "tstzrange(now() + interval '900 hours', now() + interval '901 hours')"
+CROSS_REFERENCES = {
+    "table_inventory.zone_id": "INSERT INTO table_inventory (restaurant_id, zone_id, table_number, capacity) "
+                               "VALUES (%(m_restaurant)s, %(r_zone)s, 'X', 2)",
+    "table_inventory.zone_id (update)": "UPDATE table_inventory SET zone_id = %(r_zone)s",
+    "table_adjacencies.table_b": "INSERT INTO table_adjacencies (table_a, table_b) "
+                                 "VALUES (%(m_table_last)s, %(r_table0)s)",
+    "bookings.assigned_zone_id": "INSERT INTO bookings (restaurant_id, assigned_zone_id) "
+                                 "VALUES (%(m_restaurant)s, %(r_zone)s)",
+    "bookings.assigned_zone_id (update)": "UPDATE bookings SET assigned_zone_id = %(r_zone)s",
+    "booking_state_history.booking_id": "INSERT INTO booking_state_history (booking_id, to_status) "
+                                        "VALUES (%(r_booking)s, 'cancelled')",
+    "allocations.booking_id": "INSERT INTO allocations (booking_id, restaurant_id, resource_type, resource_id, "
+                              f"\"window\") VALUES (%(r_booking)s, %(m_restaurant)s, 'merge_group', gen_random_uuid(), "
+                              f"{WINDOW})",
+    "allocations.booking_id (update)": "UPDATE allocations SET booking_id = %(r_booking)s",
+    "allocations.resource_id": "INSERT INTO allocations (restaurant_id, resource_type, resource_id, \"window\") "
+                               f"VALUES (%(m_restaurant)s, 'table', %(r_table_last)s, {WINDOW})",
+    "table_holds.booking_id": "INSERT INTO table_holds (restaurant_id, booking_id, start_at, end_at, expires_at) "
+                              "VALUES (%(m_restaurant)s, %(r_booking)s, now(), now() + interval '1 hour', now())",
+    "table_holds.booking_id (update)": "UPDATE table_holds SET booking_id = %(r_booking)s",
+    "table_holds.zone_id": "INSERT INTO table_holds (restaurant_id, zone_id, start_at, end_at, expires_at) "
+                           "VALUES (%(m_restaurant)s, %(r_zone)s, now(), now() + interval '1 hour', now())",
+    "table_hold_members.hold_id": "INSERT INTO table_hold_members (hold_id, table_id) "
+                                  "VALUES (%(r_hold)s, %(m_table_last)s)",
+    "table_hold_members.table_id": "INSERT INTO table_hold_members (hold_id, table_id) "
+                                   "VALUES (%(m_hold)s, %(r_table_last)s)",
+    "booking_table_assignments.table_id": "INSERT INTO booking_table_assignments (booking_id, table_id) "
+                                          "VALUES (%(m_booking)s, %(r_table_last)s)",
+    "booking_table_assignments.allocation_id": "INSERT INTO booking_table_assignments (booking_id, table_id, "
+                                               "allocation_id) VALUES (%(m_booking)s, %(m_table_last)s, "
+                                               "%(r_allocation)s)",
+    "booking_table_assignments.allocation_id (update)": "UPDATE booking_table_assignments "
+                                                        "SET allocation_id = %(r_allocation)s",
+    "booking_assignment_idempotency.merge_group_allocation_id": (
+        "INSERT INTO booking_assignment_idempotency (booking_id, idempotency_key, table_set_hash, table_ids, "
+        "assignment_window, merge_group_allocation_id) VALUES (%(m_booking)s, 'x', 'h', ARRAY[%(m_table0)s]::uuid[], "
+        f"{WINDOW}, %(r_allocation)s)"),
+    "booking_assignment_idempotency.merge_group_allocation_id (update)": (
+        "UPDATE booking_assignment_idempotency SET merge_group_allocation_id = %(r_allocation)s"),
+    "capacity_outbox.booking_id": "INSERT INTO capacity_outbox (event_type, dedupe_key, restaurant_id, booking_id, "
+                                  "payload) VALUES ('x', gen_random_uuid()::text, %(m_restaurant)s, %(r_booking)s, '{}')",
+    "capacity_outbox.booking_id (update)": "UPDATE capacity_outbox SET booking_id = %(r_booking)s",
+    "booking_confirmation_results.booking_id": (
+        "INSERT INTO booking_confirmation_results (booking_id, hold_id, restaurant_id, idempotency_key, table_ids, "
+        "assignment_window) VALUES (%(r_booking)s, gen_random_uuid(), %(m_restaurant)s, 'x', '{}', "
+        f"{WINDOW})"),
+    "booking_confirmation_results.booking_id (update)": "UPDATE booking_confirmation_results "
+                                                        "SET booking_id = %(r_booking)s, idempotency_key = 'moved'",
+    "confirmation_cache_events.booking_id": "INSERT INTO confirmation_cache_events (restaurant_id, booking_id, "
+                                            "idempotency_key, outcome) VALUES (%(m_restaurant)s, %(r_booking)s, "
+                                            "'x', 'hit')",
+}
+# Every table whose rows name another tenant row (table_hold_members and booking_table_assignments name two).
+REFERENCING_TABLES = {
+    "table_inventory", "table_adjacencies", "bookings", "booking_state_history", "allocations", "table_holds",
+    "table_hold_members", "booking_table_assignments", "booking_assignment_idempotency", "capacity_outbox",
+    "booking_confirmation_results", "confirmation_cache_events",
+}
+
+
+def test_every_table_whose_rows_name_another_tenant_row_is_covered():
+    assert {case.split(".")[0] for case in CROSS_REFERENCES} == REFERENCING_TABLES
+    assert REFERENCING_TABLES <= set(TABLES)
+
+
+@pytest.fixture
+def mine_and_theirs(conn) -> Iterator[tuple[Tenant, Tenant]]:
+    """Two restaurants with a row in every tenant table (one confirmed booking each), rolled back afterwards."""
+    shape = Shape(tables=3, bookings=1, holds=1, confirmed=1, cache_events=1, flag=False)
     with conn.transaction(force_rollback=True):
-        shape = Shape(tables=2, bookings=1, holds=1, confirmed=0, cache_events=0, flag=False)
-        mine, theirs = build(conn, 0, shape), build(conn, 1, shape)
-        act_as(conn, "service_role", mine.id)
-        statement = ("INSERT INTO booking_confirmation_results "
-                     "(booking_id, hold_id, restaurant_id, idempotency_key, table_ids, assignment_window) "
-                     "VALUES (%s, gen_random_uuid(), %s, 'k', '{}', tstzrange(now(), now() + interval '1 hour'))")
-        assert refused_sqlstate(conn, statement, (theirs.bookings[0], mine.id)) == "42501"
+        yield build(conn, 0, shape), build(conn, 1, shape)
+
+
+@pytest.mark.parametrize("case", CROSS_REFERENCES)
+def test_service_role_cannot_attach_its_rows_to_another_restaurants_rows(conn, mine_and_theirs, case):
+    mine, theirs = mine_and_theirs
+    statement = CROSS_REFERENCES[case]
+    act_as(conn, "service_role", mine.id)
+    assert refused_sqlstate(conn, statement, {**mine.params("m"), **theirs.params("r")}) == "42501"
+    # The same write naming my own row goes through (an update rewrites my row with its own value).
+    with conn.transaction(force_rollback=True):
+        assert conn.execute(statement, {**mine.params("m"), **mine.params("r")}).rowcount >= 1

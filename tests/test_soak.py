@@ -75,7 +75,7 @@ def test_the_invariant_checks_catch_overlaps_lost_rows_and_missing_or_phantom_ev
 
 
 def test_errors_are_classified_by_sqlstate_constraint_and_whether_the_overlap_was_deliberate(baseline_db: Database):
-    baseline_db.upgrade("0003a_operations")
+    baseline_db.upgrade(soak.BEFORE_HEAD)
     with baseline_db.connect(autocommit=True) as conn:
         venue = Venue(conn, tables=1)
 

@@ -1,7 +1,7 @@
 """The guard swap: allocations_resource_window_excl -> allocations_no_overlap.
 
 Revision ID: 0004_allocations_no_overlap
-Revises: 0003a_operations
+Revises: 0003b_tenant_policies
 
 Upgrade: replace the global, commit-time guard with one scoped by tenant and
 checked inside the statement (DEFERRABLE INITIALLY IMMEDIATE), and drop the
@@ -28,7 +28,7 @@ from reserve import migration
 from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
 
 revision = "0004_allocations_no_overlap"
-down_revision = "0003a_operations"
+down_revision = "0003b_tenant_policies"
 branch_labels = None
 depends_on = None
 
