@@ -17,8 +17,11 @@ Upgrade (reserve/sql/schema/0003b_tenant_policies_up.sql):
 Downgrade (…_down.sql): the previous policies, exactly.
 Checked first: nothing; existing rows are not rechecked (a policy is not a
 constraint), and the SECURITY DEFINER functions run as the table owner.
-Lock: ACCESS EXCLUSIVE on those ten tables, each taken within lock_timeout and
-held until the revision commits; catalog changes only, no row is read.
+Lock: ACCESS EXCLUSIVE on those ten tables, taken first by one LOCK TABLE with
+the swap's bounded wait and retries (-x swap_lock_timeout=2s,
+swap_lock_attempts=5, swap_lock_pause=3): a table locked early waits at most
+2 s for the others, then all are released and retried after the pause. Then
+catalog changes only (milliseconds); no row is read.
 Kept before 0004, so that `alembic downgrade -1` from head stays the swap's
 emergency rollback.
 """
@@ -33,9 +36,20 @@ branch_labels = None
 depends_on = None
 
 
+TABLES = ("allocations", "booking_assignment_idempotency", "booking_confirmation_results", "booking_table_assignments",
+          "bookings", "capacity_outbox", "confirmation_cache_events", "feature_flag_overrides", "table_holds",
+          "table_inventory")
+
+
+def _lock_every_table() -> None:
+    migration.lock_exclusively(", ".join(f"public.{t}" for t in TABLES), migration.LockPolicy.from_x_options())
+
+
 def upgrade() -> None:
+    _lock_every_table()
     migration.run_schema_script("0003b_tenant_policies_up")
 
 
 def downgrade() -> None:
+    _lock_every_table()
     migration.run_schema_script("0003b_tenant_policies_down")
