@@ -81,9 +81,14 @@ def test_rejects_an_unknown_direction(head_db: Database):
 
 
 def test_scale_factor_is_the_measured_power_of_rows():
-    assert predictor.scale_factor(1000, 1000) == 1.0
-    assert predictor.scale_factor(1_000_000, 50_000) == pytest.approx(20 ** predictor.GROWTH)
+    assert predictor.scale_factor(1000, 1000, 1.1) == 1.0
+    assert predictor.scale_factor(1_000_000, 50_000, 1.07) == pytest.approx(20 ** 1.07)
     assert predictor.scale_factor(1_000_000, 50_000, growth=1.0) == pytest.approx(20)
+
+
+def test_each_guard_has_its_own_measured_growth():
+    assert set(predictor.GROWTH) == {guards.NEW_GUARD.name, guards.OLD_GUARD.name}
+    assert all(1.0 <= g <= 1.3 for g in predictor.GROWTH.values())
 
 
 def test_sampling_column_is_the_guards_leading_uuid_column():
