@@ -62,7 +62,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.set_xticklabels([f"{r / 1000:.0f}k" if r < 1_000_000 else f"{r / 1e6:.1f}M" for r in rows])
     ax.set_xlabel("rows in allocations (10% shadow)")
     ax.set_ylabel("seconds")
-    ax.set_title(f"ACCESS EXCLUSIVE hold on allocations vs table size (PostgreSQL {result['environment']['server_version']})")
+    version = result["environment"]["server_version"].split()[0]
+    ax.set_title(f"ACCESS EXCLUSIVE hold on allocations vs table size (PostgreSQL {version})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

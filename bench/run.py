@@ -4,7 +4,7 @@
     python -m bench.run --rows 100000 --repeats 1 --no-docs
 
 At the default 1M rows the run also measures the swap at 100k and 300k rows
-(the plot of lock hold against table size); it takes about 40 minutes on
+(the plot of lock hold against table size); it takes about 25 minutes on
 2 cores.
 """
 
@@ -31,10 +31,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scaling", default="auto",
                         help="comma-separated smaller sizes also measured for the plot; 'auto' = 100k,300k below --rows; "
                              "'none' to skip")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of the swap and its floors")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions of the swap and its floors")
     parser.add_argument("--no-explore", action="store_true", help="skip the other key orders and knobs")
     parser.add_argument("--no-confirm", action="store_true", help="skip the confirm throughput benchmark")
-    parser.add_argument("--confirm-rounds", type=int, default=3)
+    parser.add_argument("--confirm-rounds", type=int, default=5)
     parser.add_argument("--confirm-seconds", type=float, default=4.0, help="target length of one pgbench run")
     parser.add_argument("--new-guard-key", default=None,
                         help="measure this key order (comma-separated) as if reserve/guards.py NEW_GUARD shipped it")

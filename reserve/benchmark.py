@@ -74,14 +74,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class Options:
     rows: int = 1_000_000
     scaling: tuple[int, ...] = ()
-    repeats: int = 2
+    repeats: int = 3
     probe_runs: int = 200
     probe_budget_s: float = 4.0
     explore: bool = True
     key_candidates: tuple[tuple[str, ...], ...] = KEY_CANDIDATES
     confirm: bool = True
     confirm_clients: tuple[int, ...] = CLIENTS
-    confirm_rounds: int = 3
+    confirm_rounds: int = 5
     confirm_seconds: float = 4.0
     server_settings: dict[str, str] = field(default_factory=dict)
     # A key order to measure as if guards.NEW_GUARD shipped it (None: what guards.py ships).

@@ -46,10 +46,11 @@ from reserve.guards import TABLE, Guard
 # vanish and that one group more or less does not matter.
 SAMPLE_ROWS = 50_000
 # How the build-and-check time grows with live rows: time ~ rows ** growth,
-# per guard, fitted on `make bench` run 20261125T111825Z at 100k, 300k and 1M
-# rows (docs/BENCHMARKS.md): the exponent that carries the 50k-row sample's
-# build to each measured hold was 1.085/1.066/1.063 for the new guard and
-# 1.22/1.166/1.145 for the old one. Refit when a guard's key changes.
+# per guard, fitted by `make bench` at 100k, 300k and 1M rows (docs/BENCHMARKS.md,
+# "The predictor"): the exponent that carried the 50k-row sample's build to each
+# measured hold was 1.085/1.066/1.063 for the new guard and 1.22/1.166/1.145 for
+# the old one; bench/results/20261125T114731Z.json checks them (-7%..+8%).
+# Refit when a guard's key changes.
 GROWTH = {guards.NEW_GUARD.name: 1.07, guards.OLD_GUARD.name: 1.15}
 # Real hold / scaled sample build, measured by `make bench`: what the sample
 # does not do (WAL for the index, shared buffers, the commit).
