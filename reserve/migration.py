@@ -100,6 +100,19 @@ def duration_option(name: str, default: str) -> str:
     return value
 
 
+# The tables each revision locks ACCESS EXCLUSIVE (with lock_exclusively), by revision:
+# the revisions lock them, and `reserve preflight` names whoever holds a lock on them.
+EXCLUSIVE_LOCKS: dict[str, tuple[str, ...]] = {
+    "0003b_tenant_policies": (
+        "public.allocations", "public.booking_assignment_idempotency", "public.booking_confirmation_results",
+        "public.booking_table_assignments", "public.bookings", "public.capacity_outbox",
+        "public.confirmation_cache_events", "public.feature_flag_overrides", "public.table_holds",
+        "public.table_inventory",
+    ),
+    "0004_allocations_no_overlap": (guards.TABLE,),
+}
+
+
 def lock_exclusively(table: str, policy: LockPolicy) -> None:
     """Take ACCESS EXCLUSIVE on ``table`` for the rest of the revision's transaction.
 
@@ -139,6 +152,11 @@ def lock_exclusively(table: str, policy: LockPolicy) -> None:
         "a long transaction holds a lock on it (run `reserve preflight` to see it). "
         "Nothing was changed; rerun when it has finished, or raise -x swap_lock_attempts."
     )
+
+
+def lock_tables_of(revision: str) -> None:
+    """Take every ACCESS EXCLUSIVE lock ``revision`` declares in ``EXCLUSIVE_LOCKS``, in one bounded LOCK TABLE."""
+    lock_exclusively(", ".join(EXCLUSIVE_LOCKS[revision]), LockPolicy.from_x_options())
 
 
 def protect_tenant_table(table: str, policy: str, privileges: str) -> None:

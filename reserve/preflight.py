@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, db, expectations, guards
+from reserve import alembic_runner, db, expectations, guards, migration
 from reserve.report import FAIL, OK, WARN, Report
 
 SWAP_REVISION = "0004_allocations_no_overlap"
@@ -52,7 +52,7 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         check_drift(conn, report, current)
         crosses_swap = SWAP_REVISION in revisions
         check_guard_data(conn, report, direction if crosses_swap else "none")
-        check_activity(conn, report, crosses_swap, long_transaction_s)
+        check_activity(conn, report, exclusively_locked(revisions), long_transaction_s)
         check_size_and_hold(conn, report, direction if crosses_swap else "none")
         check_backup(conn, report, url, backup_confirmed)
     return report
@@ -118,14 +118,27 @@ def check_guard_data(conn: psycopg.Connection[Any], report: Report, direction: s
         report.add("guard data", OK, f"scanned allocations: no rows break {guard.name}")
 
 
-def check_activity(conn: psycopg.Connection[Any], report: Report, crosses_swap: bool, long_s: float) -> None:
-    """Long transactions and lock holders on allocations: the swap would queue behind them."""
+def exclusively_locked(revisions: list[str]) -> tuple[str, ...]:
+    """The tables the step will lock ACCESS EXCLUSIVE (migration.EXCLUSIVE_LOCKS), in lock order."""
+    tables: dict[str, None] = {}
+    for revision in revisions:
+        tables.update(dict.fromkeys(migration.EXCLUSIVE_LOCKS.get(revision, ())))
+    return tuple(tables)
+
+
+def check_activity(conn: psycopg.Connection[Any], report: Report, locked: tuple[str, ...], long_s: float) -> None:
+    """Lock holders on the tables the step locks exclusively (on allocations when it locks none), and
+    long transactions: the step's LOCK TABLE would queue behind them, and readers behind it."""
+    blocking = bool(locked)
+    watched = locked or (guards.TABLE,)
     holders = conn.execute(
-        "SELECT a.pid, COALESCE(a.application_name, ''), l.mode, "
+        "SELECT a.pid, COALESCE(a.application_name, ''), l.relation::regclass::text, l.mode, "
         "       round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1) "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.relation = to_regclass('public.allocations') AND l.pid <> pg_backend_pid() AND l.granted "
-        "ORDER BY a.xact_start"
+        "WHERE l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) "
+        "  AND l.pid <> pg_backend_pid() AND l.granted "
+        "ORDER BY a.xact_start, 3",
+        (list(watched),),
     ).fetchall()
     long_running = conn.execute(
         "SELECT pid, COALESCE(application_name, ''), state, "
@@ -134,16 +147,16 @@ def check_activity(conn: psycopg.Connection[Any], report: Report, crosses_swap: 
         "AND pid <> pg_backend_pid() AND datname = current_database() ORDER BY xact_start",
         (long_s,),
     ).fetchall()
-    described = [f"pid {p} ({app or 'no name'}) {mode} for {age}s" for p, app, mode, age in holders]
+    described = [f"pid {p} ({app or 'no name'}) {mode} on {table} for {age}s" for p, app, table, mode, age in holders]
+    names = ", ".join(t.removeprefix("public.") for t in watched)
     if holders:
-        status = FAIL if crosses_swap else WARN
-        report.add("lock holders", status, "on allocations: " + "; ".join(described),
-                   holders=[{"pid": p, "application": app, "mode": mode, "xact_s": float(age)}
-                            for p, app, mode, age in holders])
+        report.add("lock holders", FAIL if blocking else WARN, "; ".join(described),
+                   holders=[{"pid": p, "application": app, "table": table, "mode": mode, "xact_s": float(age)}
+                            for p, app, table, mode, age in holders])
     else:
-        report.add("lock holders", OK, "nobody holds a lock on allocations")
+        report.add("lock holders", OK, f"nobody holds a lock on {names}")
     if long_running:
-        report.add("long transactions", WARN if not crosses_swap else FAIL,
+        report.add("long transactions", FAIL if blocking else WARN,
                    "; ".join(f"pid {p} ({app or 'no name'}, {state}) open for {age}s" for p, app, state, age in long_running),
                    transactions=[{"pid": p, "application": app, "state": state, "xact_s": float(age)}
                                  for p, app, state, age in long_running])

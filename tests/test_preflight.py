@@ -63,6 +63,22 @@ def test_a_lock_holder_on_allocations_is_no_go_for_the_swap(baseline_db: Databas
     assert _status(preflight(baseline_db.url, "head"), "lock holders") == OK
 
 
+def test_lock_holders_are_no_go_on_every_table_the_step_locks_exclusively(baseline_db: Database):
+    baseline_db.upgrade("0003a_operations")  # next: 0003b locks ten tables, then the swap locks allocations
+    with baseline_db.connect() as holder:
+        holder.execute("SELECT count(*) FROM table_inventory")
+        to_head = preflight(baseline_db.url, "head")
+        holder.rollback()
+    assert _status(to_head, "lock holders") == FAIL
+    assert "on table_inventory" in to_head.to_text()
+    baseline_db.upgrade("0003b_tenant_policies")  # next: only the swap, which does not lock table_inventory
+    with baseline_db.connect() as holder:
+        holder.execute("SELECT count(*) FROM table_inventory")
+        swap_only = preflight(baseline_db.url, "head")
+        holder.rollback()
+    assert _status(swap_only, "lock holders") == OK
+
+
 def test_unknown_revision_is_a_usage_error(baseline_db: Database):
     with pytest.raises(alembic_runner.UnknownRevision, match="nonsense"):
         preflight(baseline_db.url, "nonsense")

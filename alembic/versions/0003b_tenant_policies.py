@@ -36,20 +36,11 @@ branch_labels = None
 depends_on = None
 
 
-TABLES = ("allocations", "booking_assignment_idempotency", "booking_confirmation_results", "booking_table_assignments",
-          "bookings", "capacity_outbox", "confirmation_cache_events", "feature_flag_overrides", "table_holds",
-          "table_inventory")
-
-
-def _lock_every_table() -> None:
-    migration.lock_exclusively(", ".join(f"public.{t}" for t in TABLES), migration.LockPolicy.from_x_options())
-
-
 def upgrade() -> None:
-    _lock_every_table()
+    migration.lock_tables_of(revision)
     migration.run_schema_script("0003b_tenant_policies_up")
 
 
 def downgrade() -> None:
-    _lock_every_table()
+    migration.lock_tables_of(revision)
     migration.run_schema_script("0003b_tenant_policies_down")

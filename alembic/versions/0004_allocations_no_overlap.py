@@ -36,7 +36,7 @@ depends_on = None
 def upgrade() -> None:
     if not migration.guard_in_place(OLD_GUARD):
         migration.refuse_violations(NEW_GUARD, "add allocations_no_overlap")
-    migration.lock_exclusively("public.allocations", migration.LockPolicy.from_x_options())
+    migration.lock_tables_of(revision)
     op.execute(OLD_GUARD.drop_sql())
     op.execute(f"DROP INDEX public.{REDUNDANT_INDEX}")
     migration.add_guard(NEW_GUARD, "add allocations_no_overlap")
@@ -46,7 +46,7 @@ def downgrade() -> None:
     migration.refuse_violations(OLD_GUARD, "restore allocations_resource_window_excl")
     pending = migration.prebuild_index_concurrently(
         REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True))
-    migration.lock_exclusively("public.allocations", migration.LockPolicy.from_x_options())
+    migration.lock_tables_of(revision)
     op.execute(NEW_GUARD.drop_sql())
     migration.add_guard(OLD_GUARD, "restore allocations_resource_window_excl")
     migration.put_index_in_place(pending, REDUNDANT_INDEX)
