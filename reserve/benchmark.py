@@ -6,7 +6,7 @@ absolute number on a noisy shared machine:
 
 - **swap**: the ACCESS EXCLUSIVE hold of the real ``alembic upgrade head``
   (from 0003) and ``alembic downgrade -1``, seen from the database (a monitor
-  connection polls pg_locks every 10 ms), against the floors: a bare
+  connection polls pg_locks every 10 ms, ``reserve.lockwatch``), against the floors: a bare
   ``ALTER TABLE … ADD CONSTRAINT`` of the shipped guard, of the old guard and
   of the seed's key order, and a plain ``CREATE INDEX`` with the shipped key.
   Each is measured ``repeats`` times, interleaved; the headline is the
@@ -37,7 +37,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -50,6 +49,7 @@ from sqlalchemy.engine import URL
 
 from reserve import alembic_runner, dataset, db, guards, predictor, probes, sql
 from reserve.ephemeral import EphemeralPostgres, find_bindir
+from reserve.lockwatch import LockWatch, proc_cpu_s
 
 log = logging.getLogger("reserve.benchmark")
 
@@ -67,7 +67,6 @@ KEY_CANDIDATES: tuple[tuple[str, ...], ...] = (
 )
 CLIENTS = (1, 4, 8)
 POLL_S = 0.010
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
@@ -92,100 +91,6 @@ Progress = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- measuring instruments
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a local process (a backend of our own server), or None."""
-    if not pid:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-LOCK_QUERY = """
-SELECT pid FROM pg_locks
-WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock' AND granted
-  AND relation = %s AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-
-
-@dataclass
-class Hold:
-    pid: int
-    seconds: float
-    cpu_s: float | None
-
-
-class LockMonitor:
-    """Poll pg_locks every ``interval_s`` and record each granted ACCESS EXCLUSIVE hold on ``table``.
-
-    The duration of a hold is the time between the first poll that sees it and
-    the first that no longer does (resolution: one poll, about 10 ms). The
-    holder's CPU time over the hold is read from /proc, the server being local.
-    """
-
-    def __init__(self, url: URL, table: str = guards.TABLE, interval_s: float = POLL_S) -> None:
-        self.url, self.table, self.interval_s = url, table, interval_s
-        self.holds: list[Hold] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    @property
-    def total_s(self) -> float:
-        return sum(h.seconds for h in self.holds)
-
-    @property
-    def cpu_s(self) -> float | None:
-        values = [h.cpu_s for h in self.holds]
-        return None if not values or None in values else sum(values)  # type: ignore[arg-type]
-
-    def _run(self) -> None:
-        try:
-            with psycopg.connect(db.libpq_url(self.url), autocommit=True, application_name="bench-lock-monitor") as conn:
-                relid = conn.execute("SELECT %s::regclass::oid", (self.table,)).fetchone()[0]
-                since: float | None = None
-                pid = None
-                cpu_start = cpu_last = None
-                self._ready.set()
-                while True:
-                    stopping = self._stop.is_set()
-                    row = conn.execute(LOCK_QUERY, (relid,)).fetchone()
-                    now = time.perf_counter()
-                    if row and since is None:
-                        since, pid = now, row[0]
-                        cpu_start = cpu_last = proc_cpu_s(pid)
-                    elif row:
-                        cpu_last = proc_cpu_s(pid) or cpu_last
-                    elif since is not None:
-                        cpu = None if cpu_start is None or cpu_last is None else cpu_last - cpu_start
-                        self.holds.append(Hold(pid, now - since, cpu))
-                        since = None
-                    if stopping and since is None:
-                        return
-                    time.sleep(self.interval_s)
-        except BaseException as exc:  # reported by __exit__
-            self.error = exc
-            self._ready.set()
-
-    def __enter__(self) -> LockMonitor:
-        self._thread = threading.Thread(target=self._run, name="lock-monitor", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=30)
-        if self.error:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-        if self.error:
-            raise self.error
-
 
 def connect(url: URL) -> psycopg.Connection[Any]:
     return psycopg.connect(db.libpq_url(url), autocommit=True, application_name="bench")
@@ -217,7 +122,7 @@ def r3(value: float | None) -> float | None:
 
 def timed_migration(url: URL, action: Callable[[], None]) -> Sample:
     checkpoint(url)
-    with LockMonitor(url) as monitor:
+    with LockWatch(url, interval_s=POLL_S) as monitor:
         started = time.perf_counter()
         action()
         wall = time.perf_counter() - started
@@ -227,7 +132,7 @@ def timed_migration(url: URL, action: Callable[[], None]) -> Sample:
 def timed_statements(url: URL, statements: Sequence[str], settings: Sequence[str] = ()) -> Sample:
     """Run ``statements`` in one transaction (after ``SET LOCAL`` of ``settings``), timed from both sides."""
     checkpoint(url)
-    with connect(url) as conn, LockMonitor(url) as monitor:
+    with connect(url) as conn, LockWatch(url, interval_s=POLL_S) as monitor:
         pid = conn.info.backend_pid
         cpu0 = proc_cpu_s(pid)
         started = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -12,27 +11,6 @@ from bench import render
 from reserve import benchmark, dataset, guards
 from reserve.ephemeral import EphemeralPostgres
 from tests.support import Database
-
-
-def test_lock_monitor_sees_an_access_exclusive_hold_and_its_holder(head_db: Database):
-    with head_db.connect() as holder:
-        pid = holder.info.backend_pid
-        with benchmark.LockMonitor(head_db.url) as monitor:
-            holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
-            time.sleep(0.1)
-            holder.commit()
-            time.sleep(0.05)
-    assert len(monitor.holds) == 1
-    assert monitor.holds[0].pid == pid
-    assert monitor.total_s > 0
-
-
-def test_lock_monitor_ignores_weaker_locks(head_db: Database):
-    with head_db.connect() as holder, benchmark.LockMonitor(head_db.url) as monitor:
-        holder.execute("LOCK TABLE public.allocations IN EXCLUSIVE MODE")
-        time.sleep(0.05)
-        holder.commit()
-    assert monitor.holds == []
 
 
 def test_the_shipped_floor_builds_exactly_the_shipped_guard():
