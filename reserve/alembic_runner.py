@@ -2,12 +2,18 @@
 
 The URL travels in the Alembic config's attributes, never through the
 environment or the ini file, so tools can target any database without
-exporting a secret.
+exporting a secret. ``start_cli``/``run_cli`` run the real ``alembic``
+command instead, as an operator would (DATABASE_URL in the child's
+environment only), for the soak and the fault tests, which must watch,
+time, interrupt or kill it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -15,6 +21,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
+
+from reserve import db
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +35,23 @@ def config(url: URL | None = None, *, x: list[str] | None = None, output: io.Str
         cfg.attributes["database_url"] = url.render_as_string(hide_password=False)
     cfg.attributes["configure_logger"] = False
     return cfg
+
+
+def _cli(url: URL, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
+    return [sys.executable, "-m", "alembic", *args], env
+
+
+def start_cli(url: URL, *args: str) -> subprocess.Popen[str]:
+    """Start ``alembic <args>`` against ``url``; stdout and stderr merged, to be read by the caller."""
+    argv, env = _cli(url, args)
+    return subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``alembic <args>`` against ``url`` to the end; raises subprocess.TimeoutExpired after ``timeout``."""
+    argv, env = _cli(url, args)
+    return subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def upgrade(url: URL, revision: str = "head", x: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,9 +36,7 @@ class FaultTimeout(AssertionError):
 
 def start_alembic(url: URL, *args: str) -> subprocess.Popen[str]:
     """``python -m alembic <args>`` with DATABASE_URL set, as an operator would run it; output captured."""
-    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
-    return subprocess.Popen([sys.executable, "-m", "alembic", *args], cwd=alembic_runner.PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return alembic_runner.start_cli(url, *args)
 
 
 def finish(proc: subprocess.Popen[str], url: URL, timeout_s: float = 120) -> tuple[int, str]:

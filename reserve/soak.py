@@ -392,13 +392,11 @@ def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float 
 
 def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str], timeout_s: float) -> StepRun:
     """Run ``alembic <argv>`` as an operator would, watching the ACCESS EXCLUSIVE hold on allocations."""
-    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
-    args = [sys.executable, "-m", "alembic", *[a for x in alembic_x for a in ("-x", x)], *argv]
+    args = [*[a for x in alembic_x for a in ("-x", x)], *argv]
     started = time.monotonic()
     with LockWatch(url, interval_s=0.01) as watch:
         try:
-            proc = subprocess.run(args, cwd=alembic_runner.PROJECT_ROOT, env=env, capture_output=True, text=True,
-                                  timeout=timeout_s)
+            proc = alembic_runner.run_cli(url, *args, timeout=timeout_s)
             returncode, output = proc.returncode, db.scrub(proc.stdout + proc.stderr, url)
         except subprocess.TimeoutExpired:
             returncode, output = -1, f"timed out after {timeout_s}s"

@@ -6,9 +6,7 @@ Kept out of conftest.py so that test modules can import it by name.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,10 +45,7 @@ def offline_sql(revision_range: str, x: list[str] | None = None) -> str:
 
 def alembic_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real ``alembic`` command as an operator would, with DATABASE_URL in its environment."""
-    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return alembic_runner.run_cli(url, *args, timeout=timeout)
 
 
 @dataclass
