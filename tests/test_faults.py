@@ -211,7 +211,8 @@ def test_client_killed_while_building_the_new_guard(below_swap: Database):
                                           waiting_on_lock=False, proc=proc)
         faults.kill_client(proc)
         proc.wait(timeout=10)
-        # Nobody will send COMMIT: the orphaned backend finishes its statement, finds the client gone, rolls back.
+        # Nobody will send COMMIT: the orphaned backend notices the client is gone (client_connection_check_interval,
+        # set by env.py) or finishes its statement, and rolls back.
         faults.wait_gone(dba, backend.pid, timeout_s=60)
     assert_at(below_swap, BELOW_SWAP, before)
     assert_rerun_reaches_head(below_swap, before)

@@ -10,8 +10,8 @@
 --    writable by none: the FOR ALL policy, whose USING let any venue update or delete
 --    them, becomes one policy per command.
 --
--- Catalog changes only: no row is read. Each statement takes ACCESS EXCLUSIVE on its
--- table until the revision commits, waiting at most lock_timeout for it.
+-- Catalog changes only: no row is read. The revision has already locked every table
+-- touched here (reserve.migration.EXCLUSIVE_LOCKS), in one bounded LOCK TABLE.
 
 ALTER POLICY "Tenant service role can manage table inventory" ON public.table_inventory
   WITH CHECK (restaurant_id = public.require_restaurant_context()
