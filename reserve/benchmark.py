@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -620,13 +621,10 @@ def run_pgbench(server: EphemeralPostgres, dbname: str, clients: int, per_client
 
 
 def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    """The ``q`` quantile (in hundredths) of ``values``, linearly interpolated (statistics' 'inclusive')."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def confirm_benchmark(server: EphemeralPostgres, dbname: str, options: Options, progress: Progress) -> dict[str, Any]:
