@@ -367,15 +367,23 @@ def longest_stall(logs: Sequence[WorkerLog], t_start: float, timeline: Sequence[
 # ---------------------------------------------------------------- the chain
 
 
-def phase(name: str, seconds: float, timeline: list[tuple[str, float, float]]) -> None:
-    """A quiet phase: the workers run, nothing else happens."""
-    t0 = time.monotonic()
-    time.sleep(seconds)
+def mark(timeline: list[tuple[str, float, float]], name: str, t_start: float) -> None:
+    """Close phase ``name`` now. Phases tile the run with no gap, so every call lands in exactly one."""
+    t0 = timeline[-1][2] if timeline else t_start
     timeline.append((name, t0, time.monotonic()))
 
 
+def phase(name: str, seconds: float, timeline: list[tuple[str, float, float]], t_start: float) -> None:
+    """A quiet phase: the workers run, nothing else happens."""
+    time.sleep(seconds)
+    mark(timeline, name, t_start)
+
+
 def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float = 120) -> list[WorkerLog]:
-    """Stop the workers and gather their logs (each puts exactly one, even when it failed)."""
+    """Stop the workers and gather their logs (each puts exactly one, even when it failed).
+
+    A worker checks ``stop`` before each call, so at most its one call in flight ends after this.
+    """
     stop.set()
     logs: list[WorkerLog] = []
     for _ in processes:
@@ -455,15 +463,17 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
         start.wait(timeout=120)
         started = True
         t_start = time.monotonic()
-        phase("before", phase_seconds, timeline)
+        phase("before", phase_seconds, timeline, t_start)
         for name, argv in CHAIN:
-            t0 = time.monotonic()
             steps.append(run_step(url, name, argv, alembic_x, step_timeout_s))
-            timeline.append((f"during {name}", t0, time.monotonic()))
+            mark(timeline, f"during {name}", t_start)
             if not steps[-1].ok:
                 break
-            phase(f"after {name}", phase_seconds, timeline)
-        t_end = time.monotonic()
+            phase(f"after {name}", phase_seconds, timeline, t_start)
+        stop.set()  # the last phase ends here: after this, each worker finishes at most the call in flight
+        name, t0, _ = timeline[-1]
+        timeline[-1] = (name, t0, time.monotonic())
+        t_end = timeline[-1][2]
     except threading.BrokenBarrierError:
         pass  # a worker could not connect: reported below, from its log
     finally:
@@ -481,6 +491,10 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
         final_revision = alembic_runner.current_revision(conn)
         drift = expectations.summarize(expectations.drift(conn, alembic_runner.head()))
 
+    if timeline and calls:
+        # Workers leave the start barrier with this process and may finish a call before it reads the clock.
+        name, t0, t1 = timeline[0]
+        timeline[0] = (name, min(t0, min(start for start, _, _ in calls)), t1)
     phases = [phase_stats(name, t0, t1, calls) for name, t0, t1 in timeline]
     stall, stall_where = longest_stall(logs, t_start, timeline)
     unexpected = [f"worker {log.index}: {text}" for log in logs for text in log.unexpected]

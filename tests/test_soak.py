@@ -40,7 +40,7 @@ def test_confirmations_flow_through_swap_rollback_and_swap_with_every_invariant_
     assert result.invariants == soak.Invariants(0, 0, 0, 0, 0, 0), report
     assert result.final_revision == REVISIONS[-1] and result.catalog_drift == [], report
     assert result.problems == [] and result.ok, report
-    # Every confirmation falls in a phase, except the one each worker may finish after the last phase ends.
+    # The phases tile the run: every confirmation falls in one, except the call each worker had in flight at stop.
     assert 0 <= result.confirmations - sum(p.confirmations for p in result.phases) <= result.workers
     assert 0 < result.longest_stall_s < 30, report
 
