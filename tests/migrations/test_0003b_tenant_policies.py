@@ -11,7 +11,7 @@ from alembic.util import CommandError
 
 from reserve import catalog, expectations
 from tests.support import REVISIONS, Database, Venue, act_as, assign_tables, confirm, offline_sql, scalar, slot
-from tests.test_rls_property import CROSS_REFERENCES, Shape, build, refused_sqlstate
+from tests.tenants import CROSS_REFERENCES, Shape, build, refused_sqlstate
 
 BEFORE, THIS, SWAP = "0003a_operations", "0003b_tenant_policies", "0004_allocations_no_overlap"
 # The tables whose policies the revision changes.
