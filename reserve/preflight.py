@@ -3,7 +3,8 @@
 For the step from the database's current revision to a target (head by
 default), upgrade or downgrade: who and where, extensions, drift from what
 this package expects, data that would break the target's guard (proved from
-the catalog when it can be), transactions that would make the swap wait,
+the catalog when it can be), rows that name another venue's rows (before
+0003b's tenant policies), transactions that would make the swap wait,
 the size of allocations and the predicted ACCESS EXCLUSIVE hold, and backups.
 Read-only: it takes no lock beyond what plain SELECTs take.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, db, expectations, guards, migration
+from reserve import alembic_runner, db, expectations, guards, migration, tenancy
 from reserve.report import FAIL, OK, WARN, Report
 
 SWAP_REVISION = "0004_allocations_no_overlap"
@@ -52,6 +53,7 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         check_drift(conn, report, current)
         crosses_swap = SWAP_REVISION in revisions
         check_guard_data(conn, report, direction if crosses_swap else "none")
+        check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in revisions)
         check_activity(conn, report, exclusively_locked(revisions), long_transaction_s)
         check_size_and_hold(conn, report, direction if crosses_swap else "none")
         check_backup(conn, report, url, backup_confirmed)
@@ -116,6 +118,24 @@ def check_guard_data(conn: psycopg.Connection[Any], report: Report, direction: s
                    allocation_ids=ids)
     else:
         report.add("guard data", OK, f"scanned allocations: no rows break {guard.name}")
+
+
+def check_tenant_references(conn: psycopg.Connection[Any], report: Report, applies: bool) -> None:
+    """Rows that already name another venue's rows: 0003b lets them stay, but service_role can no
+    longer rewrite them. A warning, not a no-go: the step commits whole either way, and the repair is
+    a data decision for the operator, with the ids listed here."""
+    if not applies:
+        report.add("tenant references", OK, f"this step does not apply {tenancy.REVISION}")
+        return
+    found = tenancy.find_cross_tenant_rows(conn)
+    if not found:
+        report.add("tenant references", OK, "scanned: no row names another restaurant's row")
+        return
+    detail = "; ".join(f"{f.reference}: {f.count} row(s), e.g. {', '.join(f.ids[:5])}" for f in found)
+    report.add("tenant references", WARN,
+               f"rows naming another restaurant's row; after {tenancy.REVISION} service_role cannot update "
+               f"them (42501) until repaired: {detail}",
+               rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
 
 
 def exclusively_locked(revisions: list[str]) -> tuple[str, ...]:

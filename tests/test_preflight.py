@@ -6,8 +6,9 @@ import pytest
 
 from reserve import alembic_runner
 from reserve.preflight import is_production_looking, preflight
-from reserve.report import FAIL, OK
-from tests.support import Database, Venue, slot
+from reserve.report import FAIL, OK, WARN
+from tests.support import Database, Venue, act_as, slot
+from tests.tenants import refused_sqlstate
 
 
 def _status(report, name: str) -> str:
@@ -77,6 +78,29 @@ def test_lock_holders_are_no_go_on_every_table_the_step_locks_exclusively(baseli
         swap_only = preflight(baseline_db.url, "head")
         holder.rollback()
     assert _status(swap_only, "lock holders") == OK
+
+
+def test_rows_naming_another_venues_rows_are_a_warning_before_0003b_and_are_refused_after_it(
+        baseline_db: Database):
+    baseline_db.upgrade("0003a_operations")
+    with baseline_db.connect() as conn:
+        mine, theirs = Venue(conn, "A"), Venue(conn, "B")
+        booking = mine.booking(slot(30))
+        conn.execute("UPDATE bookings SET assigned_zone_id = %s WHERE id = %s", (theirs.zone, booking))
+    report = preflight(baseline_db.url, "head")
+    check = next(c for c in report.checks if c.name == "tenant references")
+    assert check.status == WARN and report.verdict == "go", report.to_text()
+    assert check.data["rows"] == {"bookings.assigned_zone_id": {"count": 1, "ids": [str(booking)]}}
+    rewrite = "UPDATE bookings SET status = status WHERE id = %s"
+    with baseline_db.connect() as conn:
+        act_as(conn, "service_role", mine.id)
+        assert refused_sqlstate(conn, rewrite, (booking,)) is None  # before 0003b: the venue may rewrite it
+
+    baseline_db.upgrade("head")
+    with baseline_db.connect() as conn:
+        act_as(conn, "service_role", mine.id)
+        assert refused_sqlstate(conn, rewrite, (booking,)) == "42501"  # what the warning said
+    assert _status(preflight(baseline_db.url, "-1"), "tenant references") == OK  # the rollback keeps 0003b
 
 
 def test_unknown_revision_is_a_usage_error(baseline_db: Database):

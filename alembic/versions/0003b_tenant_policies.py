@@ -15,8 +15,11 @@ Upgrade (reserve/sql/schema/0003b_tenant_policies_up.sql):
   rows) plus FOR INSERT, UPDATE, DELETE (own rows only), so global overrides
   are readable by every venue and writable by none but the table owner.
 Downgrade (…_down.sql): the previous policies, exactly.
-Checked first: nothing; existing rows are not rechecked (a policy is not a
-constraint), and the SECURITY DEFINER functions run as the table owner.
+Checked first: nothing by the revision; existing rows are not rechecked (a
+policy is not a constraint), and the SECURITY DEFINER functions run as the
+table owner. `reserve preflight` lists, as a warning, existing rows that name
+another restaurant's rows (reserve.tenancy): service_role can no longer
+update them after this revision.
 Lock: ACCESS EXCLUSIVE on those ten tables, taken first by one LOCK TABLE with
 the swap's bounded wait and retries (-x swap_lock_timeout=2s,
 swap_lock_attempts=5, swap_lock_pause=3): a table locked early waits at most
