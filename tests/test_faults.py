@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from reserve import alembic_runner, dataset, db, faults
+from reserve import alembic_runner, dataset, db
+from tests import faults
 from tests.support import REVISIONS, Database
 
 BELOW_SWAP, HEAD = REVISIONS[-2], REVISIONS[-1]

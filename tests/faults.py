@@ -1,5 +1,5 @@
-"""Fault injection for the migration: run Alembic as an operator does, interrupt it at a chosen
-moment, and prove where the database ended up.
+"""Fault injection for the migration (test mechanics, not shipped): run Alembic as an operator
+does, interrupt it at a chosen moment, and prove where the database ended up.
 
 Why: a migration can be killed in ways no test of the happy path covers: a DBA's
 ``pg_terminate_backend``, ``statement_timeout``, the operator's ``kill -9`` (or an
