@@ -367,16 +367,16 @@ def longest_stall(logs: Sequence[WorkerLog], t_start: float, timeline: Sequence[
 # ---------------------------------------------------------------- the chain
 
 
-def mark(timeline: list[tuple[str, float, float]], name: str, t_start: float) -> None:
-    """Close phase ``name`` now. Phases tile the run with no gap, so every call lands in exactly one."""
-    t0 = timeline[-1][2] if timeline else t_start
-    timeline.append((name, t0, time.monotonic()))
-
-
-def phase(name: str, seconds: float, timeline: list[tuple[str, float, float]], t_start: float) -> None:
+def phase(name: str, seconds: float, ends: list[tuple[str, float]]) -> None:
     """A quiet phase: the workers run, nothing else happens."""
     time.sleep(seconds)
-    mark(timeline, name, t_start)
+    ends.append((name, time.monotonic()))
+
+
+def tile(ends: Sequence[tuple[str, float]], start: float) -> list[tuple[str, float, float]]:
+    """Phases from their end times: each starts where the previous ended, so every call lands in one."""
+    starts = [start, *(end for _, end in ends[:-1])]
+    return [(name, t0, t1) for (name, t1), t0 in zip(ends, starts, strict=True)]
 
 
 def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float = 120) -> list[WorkerLog]:
@@ -456,24 +456,23 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
     processes = [ctx.Process(target=worker_main, args=(plan, start, stop, results), daemon=True) for plan in plans]
     for process in processes:
         process.start()
-    timeline: list[tuple[str, float, float]] = []
+    ends: list[tuple[str, float]] = []  # each phase's name and the moment it ended
     steps: list[StepRun] = []
     started = False
     try:
         start.wait(timeout=120)
         started = True
         t_start = time.monotonic()
-        phase("before", phase_seconds, timeline, t_start)
+        phase("before", phase_seconds, ends)
         for name, argv in CHAIN:
             steps.append(run_step(url, name, argv, alembic_x, step_timeout_s))
-            mark(timeline, f"during {name}", t_start)
+            ends.append((f"during {name}", time.monotonic()))
             if not steps[-1].ok:
                 break
-            phase(f"after {name}", phase_seconds, timeline, t_start)
+            phase(f"after {name}", phase_seconds, ends)
         stop.set()  # the last phase ends here: after this, each worker finishes at most the call in flight
-        name, t0, _ = timeline[-1]
-        timeline[-1] = (name, t0, time.monotonic())
-        t_end = timeline[-1][2]
+        t_end = time.monotonic()
+        ends[-1] = (ends[-1][0], t_end)
     except threading.BrokenBarrierError:
         pass  # a worker could not connect: reported below, from its log
     finally:
@@ -491,10 +490,8 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
         final_revision = alembic_runner.current_revision(conn)
         drift = expectations.summarize(expectations.drift(conn, alembic_runner.head()))
 
-    if timeline and calls:
-        # Workers leave the start barrier with this process and may finish a call before it reads the clock.
-        name, t0, t1 = timeline[0]
-        timeline[0] = (name, min(t0, min(start for start, _, _ in calls)), t1)
+    # Workers leave the start barrier with this process and may finish a call before it reads the clock.
+    timeline = tile(ends, min([t_start, *(start for start, _, _ in calls)]))
     phases = [phase_stats(name, t0, t1, calls) for name, t0, t1 in timeline]
     stall, stall_where = longest_stall(logs, t_start, timeline)
     unexpected = [f"worker {log.index}: {text}" for log in logs for text in log.unexpected]
