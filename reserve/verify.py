@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, catalog, db, expectations, guards, probes
+from reserve import alembic_runner, catalog, db, expectations, guards, pending, probes
 from reserve.report import FAIL, OK, WARN, Report
 
 TOO_FEW_ROWS_TO_JUDGE = 1000
@@ -19,14 +19,20 @@ def verify(url: URL) -> Report:
         if current is None:
             report.add("revision", FAIL, "no alembic_version: this database is not managed by reserve-migrations")
             return report
-        pending = catalog.pending_indexes(conn)
-        if pending:
-            report.add("leftovers", WARN, f"{', '.join(pending)} left by an interrupted rollback: rerun "
-                       "`alembic downgrade -1` to finish it, or DROP INDEX CONCURRENTLY it", indexes=pending)
-        found = expectations.drift(conn, current)
-        report.add("catalog", FAIL if found else OK,
-                   "; ".join(map(str, found[:10])) if found else f"matches {current}",
-                   differences=[str(d) for d in found])
+        leftovers = catalog.pending_indexes(conn)
+        live = catalog.snapshot(conn)
+        found = expectations.compare(expectations.expected(current), live)
+        between = pending.identify(current, live, leftovers) if found else None
+        if between is not None:
+            report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,
+                       command=between.command, differences=[str(d) for d in found])
+        else:
+            if leftovers:
+                report.add("leftovers", WARN, f"{', '.join(leftovers)} left by an interrupted rollback: rerun "
+                           "`alembic downgrade -1` to finish it, or DROP INDEX CONCURRENTLY it", indexes=leftovers)
+            report.add("catalog", FAIL if found else OK,
+                       "; ".join(map(str, found[:10])) if found else f"matches {current}",
+                       differences=[str(d) for d in found])
         guard = next((g for g in (guards.NEW_GUARD, guards.OLD_GUARD) if guards.is_in_place(conn, g)), None)
         if guard is None:
             report.add("guard", FAIL, "no valid overlap guard on allocations")

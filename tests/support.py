@@ -23,7 +23,7 @@ from reserve import alembic_runner, catalog, db
 ROOT = alembic_runner.PROJECT_ROOT
 REVISIONS = [
     "0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations", "0003b_tenant_policies",
-    "0004_allocations_no_overlap",
+    "0003c_maintenance_role", "0004_allocations_no_overlap",
 ]
 
 

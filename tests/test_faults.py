@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from reserve import alembic_runner, dataset, db
+from reserve import alembic_runner, catalog, dataset, db, pending
 from tests import faults
 from tests.support import REVISIONS, Database
 
@@ -144,21 +144,29 @@ def test_upgrade_backend_terminated_while_building_the_new_guard_under_the_lock(
     assert_rerun_reaches_head(below_swap, before)
 
 
-def test_downgrade_backend_terminated_while_prebuilding_the_index_concurrently(at_head: Database):
+def test_downgrade_backend_terminated_while_the_index_build_waits_keeps_the_restored_guard(at_head: Database):
     before = rows(at_head)
-    # An open write transaction: CREATE INDEX CONCURRENTLY waits for it (outside any revision transaction).
-    with faults.holding_lock(at_head.url, "allocations", "ROW EXCLUSIVE"), monitor(at_head) as dba:
+    # A snapshot held elsewhere, no lock on allocations: the guard swap does not wait for it, the
+    # concurrent index build after it does (outside any revision transaction).
+    with at_head.connect() as reporter, monitor(at_head) as dba:
+        reporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reporter.execute("SELECT count(*) FROM bookings")
         proc = faults.start_alembic(at_head.url, "downgrade", "-1")
         backend = faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True,
                                           proc=proc)
         assert faults.terminate(dba, backend.pid)
         code, output = faults.finish(proc, at_head.url)
-    assert code != 0, output
-    where = assert_at(at_head, HEAD, before)
+        reporter.rollback()
+    assert code != 0 and "allocations_resource_window_excl is restored, and that is committed" in output, output
+    with at_head.connect() as conn:
+        where = faults.boundary(conn)
+        between = pending.identify(where.recorded, catalog.snapshot(conn), where.pending_indexes)
+    assert where.recorded == HEAD and where.at is None  # between revisions, on purpose
     assert where.pending_indexes == ["reserve_pending_allocations_resource_window_idx"]  # invalid, outside the catalog
-    assert_rerun_reaches_head(at_head, before)
+    assert between is not None and between.command == "alembic downgrade -1"
+    assert rows(at_head) == before
 
-    # The rollback itself converges too: a rerun drops the leftover and finishes.
+    # The rollback converges: a rerun keeps the guard, drops the half-built index and builds it.
     code, output = faults.run_alembic(at_head.url, "downgrade", "-1")
     assert code == 0, output
     assert assert_at(at_head, BELOW_SWAP, before).pending_indexes == []
@@ -174,7 +182,7 @@ def test_downgrade_backend_terminated_while_building_the_old_guard_under_the_loc
         code, output = faults.finish(proc, at_head.url)
     assert code != 0 and "terminating connection due to administrator command" in output, output
     where = assert_at(at_head, HEAD, before)
-    assert where.pending_indexes == ["reserve_pending_allocations_resource_window_idx"]  # built before the lock
+    assert where.pending_indexes == []  # the index is built only after the guard is back
     assert_rerun_reaches_head(at_head, before)
 
 
@@ -300,11 +308,11 @@ RETURNING id"""
 def test_downgrade_refuses_clearly_when_a_conflicting_row_commits_after_its_pre_check(at_head: Database):
     # The same resource booked in a second restaurant: allowed by allocations_no_overlap, not by the
     # old guard. Still uncommitted when the downgrade checks, so the check cannot see it; committed
-    # while the downgrade's concurrent index build waits for it, before the swap takes its lock.
+    # while the downgrade waits for its lock on allocations, before the old guard is built.
     with at_head.connect() as writer, monitor(at_head) as dba:
         twin = writer.execute(CROSS_RESTAURANT_TWIN).fetchone()[0]
         proc = faults.start_alembic(at_head.url, "downgrade", "-1")
-        faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True, proc=proc)
+        faults.wait_for_backend(dba, query_contains="LOCK TABLE public.allocations", waiting_on_lock=True, proc=proc)
         writer.commit()
         code, output = faults.finish(proc, at_head.url)
     assert code != 0

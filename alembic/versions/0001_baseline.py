@@ -38,6 +38,7 @@ CAPACITY_FUNCTIONS = [
 
 
 def upgrade() -> None:
+    migration.take_locks(revision, "upgrade")
     migration.run_schema_script("0001_baseline_up")
     for name, version in CONTEXT_FUNCTIONS:
         migration.install_function(name, version)
@@ -47,4 +48,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    migration.take_locks(revision, "downgrade")
     migration.run_schema_script("0001_baseline_down")

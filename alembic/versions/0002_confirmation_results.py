@@ -9,7 +9,9 @@ its RLS, its one policy and its grants: service_role may manage only the rows
 of require_restaurant_context(); anon and authenticated get nothing.
 Downgrade: move the table with its rows to schema reserve_archive, which
 grants nothing to anyone; an empty table is simply dropped. No row is deleted.
-Lock: none on allocations; the new table only.
+Locks (reserve.locks): SHARE ROW EXCLUSIVE on bookings and restaurants up (the
+new foreign keys add their triggers there); ACCESS EXCLUSIVE on them down (an
+empty table is dropped, which removes those triggers). Nothing on allocations.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ POLICY = "Tenant service role can manage booking confirmation results"
 
 
 def upgrade() -> None:
+    migration.take_locks(revision, "upgrade")
     migration.restore_table(TABLE)
     migration.execute(f"""
 CREATE TABLE IF NOT EXISTS public.{TABLE} (
@@ -49,4 +52,5 @@ CREATE TABLE IF NOT EXISTS public.{TABLE} (
 
 
 def downgrade() -> None:
+    migration.take_locks(revision, "downgrade")
     migration.archive_table(TABLE)

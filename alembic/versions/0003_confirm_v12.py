@@ -7,7 +7,7 @@ Upgrade: install v12 (reserve/sql/functions/confirm_hold_assignment_tx/v12.sql),
 which upserts the booking_confirmation_results row in the confirmation's own
 transaction. Same signature, grants and search_path as v11.
 Downgrade: reinstall the released v11 file, exactly.
-Lock: none on allocations (CREATE OR REPLACE FUNCTION only).
+Locks: no table lock (CREATE OR REPLACE FUNCTION only).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    migration.take_locks(revision, "upgrade")
     migration.install_function("confirm_hold_assignment_tx", "v12")
 
 
 def downgrade() -> None:
+    migration.take_locks(revision, "downgrade")
     migration.install_function("confirm_hold_assignment_tx", "v11")

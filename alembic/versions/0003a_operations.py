@@ -19,9 +19,11 @@ Upgrade:
   cache events, for `reserve retention` and pg_cron; EXECUTE for service_role.
 Downgrade: drop the function; archive confirmation_cache_events to
 reserve_archive when it has rows (dropped when empty); drop the check.
-Lock: ACCESS EXCLUSIVE on feature_flag_overrides (a small table) for the
-check; nothing on allocations. Kept before 0004 so that the lock-heavy swap
-stays last and `alembic downgrade -1` is exactly the emergency rollback.
+Locks (reserve.locks): ACCESS EXCLUSIVE on feature_flag_overrides (a small
+table) for the check, SHARE ROW EXCLUSIVE on bookings and restaurants for the
+cache table's foreign keys (ACCESS EXCLUSIVE on both down, when the empty table
+is dropped); nothing on allocations. Kept before 0004 so that the lock-heavy
+swap stays last and `alembic downgrade -1` is exactly the emergency rollback.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ $check$""")
 
 
 def upgrade() -> None:
+    migration.take_locks(revision, "upgrade")
     _refuse_invalid_flag_rows()
     migration.execute(f"""
 ALTER TABLE public.feature_flag_overrides ADD CONSTRAINT {CHECK}
@@ -104,6 +107,7 @@ CREATE TABLE IF NOT EXISTS public.{CACHE_TABLE} (
 
 
 def downgrade() -> None:
+    migration.take_locks(revision, "downgrade")
     migration.execute(f"DROP FUNCTION {PURGE_SIGNATURE}")
     migration.archive_table(CACHE_TABLE)
     migration.execute(f"ALTER TABLE public.feature_flag_overrides DROP CONSTRAINT {CHECK}")

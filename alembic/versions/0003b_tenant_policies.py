@@ -20,11 +20,12 @@ policy is not a constraint), and the SECURITY DEFINER functions run as the
 table owner. `reserve preflight` lists, as a warning, existing rows that name
 another restaurant's rows (reserve.tenancy): service_role can no longer
 update them after this revision.
-Lock: ACCESS EXCLUSIVE on those ten tables, taken first by one LOCK TABLE with
-the swap's bounded wait and retries (-x swap_lock_timeout=2s,
-swap_lock_attempts=5, swap_lock_pause=3): a table locked early waits at most
-2 s for the others, then all are released and retried after the pause. Then
-catalog changes only (milliseconds); no row is read.
+Locks (reserve.locks): ACCESS EXCLUSIVE on those ten tables and ACCESS SHARE on
+zones (the new policies read it), taken first with the bounded wait and
+retries every revision uses (-x swap_lock_timeout=2s, swap_lock_attempts=5,
+swap_lock_pause=3): a table locked early waits at most 2 s for the others,
+then all are released and retried after the pause. Then catalog changes only
+(milliseconds); no row is read.
 Kept before 0004, so that `alembic downgrade -1` from head stays the swap's
 emergency rollback.
 """
@@ -40,10 +41,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    migration.lock_tables_of(revision)
+    migration.take_locks(revision, "upgrade")
     migration.run_schema_script("0003b_tenant_policies_up")
 
 
 def downgrade() -> None:
-    migration.lock_tables_of(revision)
+    migration.take_locks(revision, "downgrade")
     migration.run_schema_script("0003b_tenant_policies_down")

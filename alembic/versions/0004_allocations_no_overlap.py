@@ -1,7 +1,7 @@
 """The guard swap: allocations_resource_window_excl -> allocations_no_overlap.
 
 Revision ID: 0004_allocations_no_overlap
-Revises: 0003b_tenant_policies
+Revises: 0003c_maintenance_role
 
 Upgrade: replace the global, commit-time guard with one scoped by tenant and
 checked inside the statement (DEFERRABLE INITIALLY IMMEDIATE), and drop the
@@ -9,10 +9,15 @@ redundant index allocations_resource_window_idx.
 Checked first: nothing, when the catalog shows the old guard in place (it
 implies the new one); otherwise the table is scanned, before any lock, and
 the upgrade stops listing the offending allocation ids.
-Downgrade: first refuse, listing the ids, if any rows break the old guard
-(the same resource in two restaurants at once); then build the redundant
-index concurrently under a pending name (no lock on writers, nothing added
-to the heavy lock), then swap the guards back and rename the index.
+Downgrade (the emergency rollback): first refuse, listing the ids, if any rows
+break the old guard (the same resource in two restaurants at once); then swap
+the guards back under the lock and commit: from here bad bookings are stopped.
+Only then build the redundant index, concurrently: that build waits for every
+older transaction of the database (a report, a REPEATABLE READ transaction,
+pg_dump) but blocks no read or write, so it waits as long as -x
+index_build_wait (1h) allows. Interrupted there, the database keeps the old
+guard, `reserve verify` names the pending index, and a rerun of
+`alembic downgrade -1` goes straight to the index.
 Lock: ACCESS EXCLUSIVE on allocations for the swap only, taken with a short
 lock_timeout and bounded retries (-x swap_lock_timeout=2s,
 swap_lock_attempts=5, swap_lock_pause=3); held while PostgreSQL builds and
@@ -28,7 +33,7 @@ from reserve import migration
 from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
 
 revision = "0004_allocations_no_overlap"
-down_revision = "0003b_tenant_policies"
+down_revision = "0003c_maintenance_role"
 branch_labels = None
 depends_on = None
 
@@ -36,17 +41,17 @@ depends_on = None
 def upgrade() -> None:
     if not migration.guard_in_place(OLD_GUARD):
         migration.refuse_violations(NEW_GUARD, "add allocations_no_overlap")
-    migration.lock_tables_of(revision)
+    migration.take_locks(revision, "upgrade")
     op.execute(OLD_GUARD.drop_sql())
     op.execute(f"DROP INDEX public.{REDUNDANT_INDEX}")
     migration.add_guard(NEW_GUARD, "add allocations_no_overlap")
 
 
 def downgrade() -> None:
-    migration.refuse_violations(OLD_GUARD, "restore allocations_resource_window_excl")
-    pending = migration.prebuild_index_concurrently(
-        REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True))
-    migration.lock_tables_of(revision)
-    op.execute(NEW_GUARD.drop_sql())
-    migration.add_guard(OLD_GUARD, "restore allocations_resource_window_excl")
-    migration.put_index_in_place(pending, REDUNDANT_INDEX)
+    if not migration.guard_in_place(OLD_GUARD):  # else an earlier run restored it: straight to the index
+        migration.refuse_violations(OLD_GUARD, "restore allocations_resource_window_excl")
+        migration.take_locks(revision, "downgrade")
+        op.execute(NEW_GUARD.drop_sql())
+        migration.add_guard(OLD_GUARD, "restore allocations_resource_window_excl")
+    migration.build_index_after_commit(REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True),
+                                       step=f"downgrade {revision}", done=f"{OLD_GUARD.name} is restored")

@@ -172,14 +172,17 @@ def test_an_unknown_outcome_is_refused(head_db: Database, two_venues_with_events
 # ---------------------------------------------------------------- purge_booking_confirmation_results
 
 
-def test_purge_function_is_security_definer_with_a_pinned_search_path_for_service_role_only(head_db: Database):
+def test_purge_function_is_security_definer_with_a_pinned_search_path_for_the_maintenance_role_only(
+        head_db: Database):
     with head_db.connect() as conn:
         secdef, config = conn.execute(
             "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'purge_booking_confirmation_results'").fetchone()
         assert secdef and config == ["search_path=pg_catalog, pg_temp"]
         conn.execute("CREATE ROLE reserve_test_nobody NOLOGIN")
         signature = "public.purge_booking_confirmation_results(timestamptz, integer, boolean)"
-        assert scalar(conn, "SELECT has_function_privilege('service_role', %s, 'EXECUTE')", (signature,))
+        # 0003a granted it to service_role; 0003c_maintenance_role moved it to the platform's maintenance role.
+        assert scalar(conn, "SELECT has_function_privilege('reserve_maintenance', %s, 'EXECUTE')", (signature,))
+        assert not scalar(conn, "SELECT has_function_privilege('service_role', %s, 'EXECUTE')", (signature,))
         assert not scalar(conn, "SELECT has_function_privilege('reserve_test_nobody', %s, 'EXECUTE')", (signature,))
         conn.rollback()
 
@@ -241,9 +244,9 @@ def test_purge_skips_rows_a_confirmation_has_locked_instead_of_waiting(aged: Dat
         assert conn.execute(PURGE, (cutoff, 100, False)).fetchone() == (1, 0, False)
 
 
-def test_service_role_can_run_retention_for_the_whole_platform(aged: Database):
+def test_the_maintenance_role_runs_retention_for_the_whole_platform(aged: Database):
     with aged.connect() as conn:
-        act_as(conn, "service_role", scalar(conn, "SELECT id FROM restaurants LIMIT 1"))
+        act_as(conn, "reserve_maintenance")
         assert conn.execute(PURGE, (scalar(conn, "SELECT now() - interval '30 days'"), 100, False)).fetchone() == (6, 6, False)
         conn.commit()
 

@@ -9,7 +9,9 @@ import time
 import pytest
 from alembic.util import CommandError
 
-from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX
+from reserve.catalog import pending_indexes
+from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
+from reserve.verify import verify
 from tests.support import REVISIONS, Database, Venue, confirm, slot
 
 BELOW_SWAP = REVISIONS[-2]  # the revision `alembic downgrade -1` from head returns to
@@ -182,26 +184,48 @@ def test_readers_are_not_stalled_longer_than_the_lock_timeout_while_the_swap_wai
     assert baseline_db.current() == BELOW_SWAP
 
 
-def test_an_interrupted_rollback_leaves_head_plus_only_a_pending_index_and_a_rerun_finishes(head_db: Database):
-    from reserve.catalog import pending_indexes
-    from reserve.verify import verify
-
+def test_a_rollback_that_cannot_get_its_lock_changes_nothing_at_all(head_db: Database):
     at_head = head_db.snapshot()
     with head_db.connect() as blocker:
         blocker.execute("SELECT count(*) FROM allocations")
-        with pytest.raises(CommandError, match="could not lock"):
+        with pytest.raises(CommandError, match="could not lock public.allocations"):
             head_db.downgrade("-1", x=FAST_LOCK)
         blocker.rollback()
     assert head_db.current() == REVISIONS[-1]
     assert head_db.snapshot() == at_head
     with head_db.connect() as conn:
-        assert pending_indexes(conn) == [f"reserve_pending_{REDUNDANT_INDEX}"]
-    assert any(c.name == "leftovers" for c in verify(head_db.url).checks)
+        assert pending_indexes(conn) == []  # the index is built only after the guard is back
+
+
+def test_a_rollback_interrupted_in_its_index_build_keeps_the_old_guard_and_a_rerun_finishes(
+        head_db: Database, baseline_db: Database):
+    with head_db.connect() as reporter:
+        reporter.execute("SET application_name = 'weekly-report'")
+        reporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reporter.execute("SELECT count(*) FROM restaurants")  # a snapshot, and no lock on allocations
+        reporter_pid = reporter.info.backend_pid
+        with pytest.raises(CommandError) as interrupted:
+            head_db.downgrade("-1", x=[*FAST_LOCK, "index_build_wait=300ms"])
+        message = str(interrupted.value)
+        reporter.rollback()
+    assert "downgrade 0004_allocations_no_overlap: the concurrent build of index allocations_resource_window_idx" in message
+    assert f"pid {reporter_pid} (weekly-report" in message and "older snapshot" in message
+    assert "allocations_resource_window_excl is restored, and that is committed" in message
+    assert head_db.current() == REVISIONS[-1]
+    with head_db.connect() as conn:
+        assert is_in_place(conn, OLD_GUARD) and not is_in_place(conn, NEW_GUARD)
+    check = next(c for c in verify(head_db.url).checks if c.name == "catalog")
+    assert check.status == "fail" and check.data["command"] == "alembic downgrade -1"
+    assert REDUNDANT_INDEX in check.data["pending"]
 
     head_db.downgrade("-1", x=FAST_LOCK)
+    assert head_db.current() == BELOW_SWAP
     with head_db.connect() as conn:
         assert pending_indexes(conn) == []
-        assert conn.execute("SELECT to_regclass(%s)", (f"public.{REDUNDANT_INDEX}",)).fetchone()[0] is not None
+    rolled_back = head_db.snapshot()
+    assert [i for i in rolled_back["indexes"] if " ON public.allocations " in i] == [
+        i for i in baseline_db.snapshot()["indexes"] if " ON public.allocations " in i]
+    assert verify(head_db.url).exit_code == 0
 
 
 def test_lock_retry_options_are_validated(baseline_db: Database):
@@ -211,16 +235,19 @@ def test_lock_retry_options_are_validated(baseline_db: Database):
     assert baseline_db.current() == BELOW_SWAP
 
 
-def test_offline_downgrade_script_carries_the_old_guard_check_and_a_bounded_lock():
+def test_offline_downgrade_script_restores_the_guard_then_commits_then_builds_the_index():
     from tests.support import offline_sql
 
     script = offline_sql(f"downgrade {REVISIONS[-1]}:{BELOW_SWAP}")
     check = script.index("DO $check$")
     lock = script.index("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
-    assert check < script.index("CREATE INDEX CONCURRENTLY reserve_pending_") < lock
-    assert script.index(f"RENAME TO {REDUNDANT_INDEX}") > lock
+    guard = script.index(OLD_GUARD.add_sql())
+    commit = script.index("COMMIT;", guard)
+    build = script.index("CREATE INDEX CONCURRENTLY reserve_pending_")
+    assert check < lock < script.index(NEW_GUARD.drop_sql()) < guard < commit < build
     assert "SET LOCAL lock_timeout" in script[check:lock]
-    assert script.index(NEW_GUARD.drop_sql()) > lock
+    assert script.index(f"RENAME TO {REDUNDANT_INDEX}") > build
+    assert "SET lock_timeout = '1h'" in script[commit:build]  # the build's long wait, set after the commit
 
 
 def test_offline_swap_is_one_transaction_with_a_bounded_lock_wait():
