@@ -10,6 +10,11 @@
   advisory lock so that two concurrent ``alembic upgrade`` runs serialize.
   The session-level lock (not the xact variant) survives the commits that
   ``transaction_per_migration`` and ``autocommit_block()`` make.
+- A database error in a step becomes one ``FAILED:`` line (reserve.failures):
+  the step, the kind of failure, the table, who was in the way, and where
+  the database stands now. Tracebacks are left for programming errors.
+- ``-x lock_trace=FILE`` writes the lock trace (reserve.locktrace): the table
+  locks held after every statement, per step.
 - Offline (``--sql``) emits a script for ``psql -v ON_ERROR_STOP=1`` with the
   same timeouts and the same advisory lock.
 """
@@ -18,13 +23,17 @@ from __future__ import annotations
 
 import logging
 from logging.config import fileConfig
+from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from reserve import db, migration
+from reserve import alembic_runner, db, failures, locks, locktrace, migration
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -33,35 +42,13 @@ log = logging.getLogger("reserve.env")
 
 # pg_advisory_lock key shared by every run of this project. Arbitrary, fixed forever.
 MIGRATION_LOCK_KEY = 7_265_736_572_766_501
-SESSION_DEFAULTS = {
-    "lock_timeout": "5s",
-    "statement_timeout": "15min",
-    "migration_lock_wait": "10min",
-    # A client killed mid-build (deploy job timeout, SIGKILL) would otherwise leave its backend
-    # building the guard under ACCESS EXCLUSIVE until the statement ends: up to a minute at 1M rows.
-    # With this the server notices the dead client within a second and rolls back (PostgreSQL 14+).
-    "client_connection_check_interval": "1s",
-}
-
-
-def session_setting(name: str) -> str:
-    """A session setting for this run: ``-x name=value`` or the project default."""
-    return context.get_x_argument(as_dictionary=True).get(name, SESSION_DEFAULTS[name])
-
-
-def _check_x_options(offline: bool) -> None:
-    """Fail on a bad ``-x`` value before any revision runs, so a typo changes nothing (the swap options
-    are read only by 0004, which may come after other revisions, or after its downgrade's index build).
-    Online the server checks the session settings; offline they go into the script unchecked, so here."""
-    migration.LockPolicy.from_x_options()
-    if offline:
-        for name, default in SESSION_DEFAULTS.items():
-            migration.duration_option(name, default)
+VERSIONS = Path(__file__).resolve().parent / "versions"
+session_setting = migration.session_setting
 
 
 def run_migrations_offline() -> None:
     """Write the SQL script for a DBA to review and apply with psql."""
-    _check_x_options(offline=True)
+    migration.check_x_options(offline=True)
     context.configure(
         dialect_name="postgresql",
         dialect_opts={"paramstyle": "named"},
@@ -78,11 +65,14 @@ def run_migrations_offline() -> None:
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
 
 
-def _connect():
+def _url() -> URL:
     try:
-        url = db.sqlalchemy_url(config.attributes.get("database_url"))
+        return db.sqlalchemy_url(config.attributes.get("database_url"))
     except db.DatabaseUrlError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _connect(url: URL):
     engine = create_engine(
         url,
         poolclass=pool.NullPool,
@@ -122,16 +112,91 @@ def _take_migration_lock(connection) -> None:
     connection.commit()
 
 
+def _failing_step(tb: TracebackType | None) -> tuple[str | None, str | None]:
+    """(revision, direction) of the step a traceback went through, innermost first.
+
+    A revision's own frame names it (every revision module defines ``revision``);
+    an error in Alembic's bookkeeping after the revision's code (the version
+    table update) is found by Alembic's step in progress.
+    """
+    found: tuple[str | None, str | None] = (None, None)
+    while tb is not None:
+        frame = tb.tb_frame
+        if Path(frame.f_code.co_filename).parent == VERSIONS and frame.f_code.co_name in ("upgrade", "downgrade"):
+            found = (frame.f_globals.get("revision"), frame.f_code.co_name)
+        elif found == (None, None) and frame.f_code.co_name == "run_migrations":
+            info = getattr(frame.f_locals.get("step"), "info", None)
+            if info is not None and hasattr(info, "is_upgrade"):
+                found = (getattr(info, "up_revision_id", None), "upgrade" if info.is_upgrade else "downgrade")
+        tb = tb.tb_next
+    return found
+
+
+def _where_now(url: URL) -> str:
+    diagnose = failures.diagnoser(url)
+    recorded = diagnose(alembic_runner.current_revision)
+    if recorded is None and diagnose(lambda conn: True) is None:
+        return "could not reconnect to see where the database stands: run `reserve verify`"
+    return (f"its transaction was rolled back: alembic_version names {recorded or 'no revision'} "
+            "(`reserve verify` checks the catalog)")
+
+
+def _explain(exc: BaseException, url: URL, pid: int | None, trace: locktrace.LockTrace | None) -> str:
+    revision, direction = _failing_step(exc.__traceback__)
+    action = f"{direction} {revision}" if revision else "reading alembic_version"
+    if trace is not None:
+        trace.fail(action, revision, direction)
+    try:
+        wanted = dict(locks.declared(revision or "", direction or "").tables)
+    except KeyError:
+        wanted = {}
+    return db.scrub(failures.message(action, exc, wanted=wanted, diagnose=failures.diagnoser(url),
+                                     where_now=_where_now(url), exclude=(pid,) if pid else ()), url)
+
+
+def _lock_trace() -> tuple[locktrace.LockTrace | None, Path | None]:
+    """The trace a caller passed in (the rehearsal), or one for ``-x lock_trace=FILE``."""
+    passed = config.attributes.get("lock_trace")
+    target = migration.x_option("lock_trace", "")
+    if passed is not None:
+        return passed, Path(target) if target else None
+    return (locktrace.LockTrace(), Path(target)) if target else (None, None)
+
+
 def run_migrations_online() -> None:
     """Apply revisions to the database of DATABASE_URL, one transaction each."""
-    _check_x_options(offline=False)
-    with _connect() as connection:
+    migration.check_x_options(offline=False)
+    url = _url()
+    trace, trace_file = _lock_trace()
+    with _connect(url) as connection:
+        pid: int | None = connection.connection.driver_connection.info.backend_pid
         _take_migration_lock(connection)
+        callbacks: list[Any] = []
+        if trace is not None:
+            trace.attach(connection)
+            callbacks.append(trace.on_version_apply)
         try:
-            context.configure(connection=connection, transaction_per_migration=True)
+            context.configure(connection=connection, transaction_per_migration=True, on_version_apply=callbacks)
             with context.begin_transaction():
                 context.run_migrations()
+        except (DBAPIError, KeyboardInterrupt) as exc:
+            if isinstance(exc, DBAPIError) and failures.database_error(exc) is None:
+                raise
+            if not connection.closed and not connection.invalidated:
+                try:
+                    connection.rollback()  # release the step's locks before looking at who else holds some
+                except DBAPIError:
+                    pass
+            if isinstance(exc, KeyboardInterrupt):
+                revision, direction = _failing_step(exc.__traceback__)
+                raise CommandError(f"{direction or 'the run'} {revision or ''} interrupted (Ctrl-C). "
+                                   f"{_where_now(url)}") from None
+            raise CommandError(_explain(exc, url, pid, trace)) from None
         finally:
+            if trace is not None:
+                trace.detach(connection)
+                if trace_file is not None:
+                    trace_file.write_text(trace.render(), encoding="utf-8")
             if not connection.closed and not connection.invalidated:
                 connection.rollback()
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -23,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from reserve import db
+from reserve.report import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,12 +56,19 @@ def run_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedP
     return subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def upgrade(url: URL, revision: str = "head", x: list[str] | None = None) -> None:
-    command.upgrade(config(url, x=x), revision)
+def upgrade(url: URL, revision: str = "head", x: list[str] | None = None, *, trace: Any = None) -> None:
+    """``alembic upgrade``; ``trace`` (a reserve.locktrace.LockTrace) records the locks of every statement."""
+    cfg = config(url, x=x)
+    if trace is not None:
+        cfg.attributes["lock_trace"] = trace
+    command.upgrade(cfg, revision)
 
 
-def downgrade(url: URL, revision: str, x: list[str] | None = None) -> None:
-    command.downgrade(config(url, x=x), revision)
+def downgrade(url: URL, revision: str, x: list[str] | None = None, *, trace: Any = None) -> None:
+    cfg = config(url, x=x)
+    if trace is not None:
+        cfg.attributes["lock_trace"] = trace
+    command.downgrade(cfg, revision)
 
 
 def offline_sql(direction: str, revision_range: str, x: list[str] | None = None) -> str:
@@ -78,7 +87,7 @@ def head() -> str:
     return scripts().get_current_head()
 
 
-class UnknownRevision(ValueError):
+class UnknownRevision(UsageError, ValueError):
     """A revision name this package does not have."""
 
 

@@ -65,7 +65,10 @@ SECTIONS: dict[str, str] = {
     "columns": f"""
         SELECT n.nspname || '.' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
-               || COALESCE(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+               -- A default has no column references: deparsed without opening (and locking) its table,
+               -- so a snapshot never waits behind a migration's ACCESS EXCLUSIVE lock here.
+               || COALESCE(' default ' || pg_get_expr(ad.adbin, CASE WHEN a.attgenerated = '' THEN 0
+                                                                 ELSE ad.adrelid END), '')
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
-from reserve import __version__, alembic_runner, db
-from reserve.report import EXIT_USAGE, Report
+from reserve import __version__, db, failures
+from reserve.report import EXIT_USAGE, Report, UsageError
 
 
 def _url() -> URL:
@@ -31,21 +34,48 @@ def _fail_usage(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def _run(action: Callable[[], Report], as_json: bool) -> None:
-    """Run a report-producing library call, print it, exit with its code."""
+@contextmanager
+def _failures_reported() -> Iterator[None]:
+    """Around every command's library call: one message and a documented exit code for every failure.
+
+    Bad input and an unreachable database (every UsageError) exit 2 with the
+    library's message; any other database failure prints one message naming
+    the command, the kind of failure, the table and who was in the way
+    (reserve.failures), and exits 1, or 2 when the connection was lost or
+    the database refused the input. Anything else is a programming error,
+    and keeps its traceback.
+    """
     try:
-        report = action()
-    except (db.ConnectionFailed, alembic_runner.UnknownRevision) as exc:
+        yield
+    except UsageError as exc:
         _fail_usage(str(exc))
-        return
-    click.echo(report.to_json() if as_json else report.to_text())
+    except (psycopg.Error, DBAPIError) as exc:
+        command = click.get_current_context().command_path
+        url = _url_or_none()
+        text = failures.message(command, exc, diagnose=failures.diagnoser(url) if url is not None else None)
+        click.echo(f"error: {db.scrub(text, url)}", err=True)
+        sys.exit(failures.exit_code(exc))
+
+
+def _run(action: Callable[[], Report], as_json: bool, render: Callable[[Report], str] | None = None) -> None:
+    """Run a report-producing library call, print its report, exit with its code."""
+    with _failures_reported():
+        report = action()
+    click.echo(report.to_json() if as_json else (render or Report.to_text)(report))
     sys.exit(report.exit_code)
+
+
+def _url_or_none() -> URL | None:
+    try:
+        return db.sqlalchemy_url()
+    except db.DatabaseUrlError:
+        return None
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="reserve", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reserve")
 def main() -> None:
     """Roll out the capacity-overlap change safely: check, rehearse, verify.
@@ -77,12 +107,8 @@ def snapshot(output: Path | None) -> None:
     from reserve.snapshots import capture
 
     url = _url()
-    try:
-        with db.connect(url, autocommit=True) as conn:
-            text = capture(conn)
-    except db.ConnectionFailed as exc:
-        _fail_usage(str(exc))
-        return
+    with _failures_reported(), db.connect(url, autocommit=True) as conn:
+        text = capture(conn)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -137,37 +163,14 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, as_json: b
     from reserve import rehearsal
 
     url = _url() if use_database_url else None
-    try:
+    with _failures_reported():
         result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json)
-    except (db.ConnectionFailed, rehearsal.RehearsalSetupError) as exc:
-        _fail_usage(str(exc))
-        return
     summary: dict[str, Any] = result.summary
     click.echo(json.dumps(summary, indent=2) if as_json else result.render())
     sys.exit(0 if summary["verdict"] == "go" else 1)
 
 
 # ---------------------------------------------------------------- after the deploy: flags, monitor, retention, analysis
-
-
-def _run_ops(action: Callable[[], Report], as_json: bool, render: Callable[[Report], str] | None = None) -> None:
-    """Like _run, for the operations commands: bad input (unknown mode, unknown restaurant, bad duration or
-    batch size) and a database that refuses are usage errors (exit 2), with the library's message."""
-    import psycopg
-
-    from reserve.capacity.flags import FlagError, UnknownRestaurant
-    from reserve.retention import RetentionError
-
-    try:
-        report = action()
-    except (db.ConnectionFailed, FlagError, UnknownRestaurant, RetentionError) as exc:
-        _fail_usage(str(exc))
-        return
-    except psycopg.Error as exc:
-        _fail_usage(f"the database refused: {str(exc).strip().splitlines()[0]}")
-        return
-    click.echo(report.to_json() if as_json else (render or Report.to_text)(report))
-    sys.exit(report.exit_code)
 
 
 restaurant_option = click.option(
@@ -194,7 +197,7 @@ def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
     from reserve.capacity.flags import report_list
 
     url = _url()
-    _run_ops(lambda: report_list(url, key, restaurant_id), as_json)
+    _run(lambda: report_list(url, key, restaurant_id), as_json)
 
 
 @flags.command("get")
@@ -206,7 +209,7 @@ def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
     from reserve.capacity.flags import report_get
 
     url = _url()
-    _run_ops(lambda: report_get(url, restaurant_id, key), as_json)
+    _run(lambda: report_get(url, restaurant_id, key), as_json)
 
 
 @flags.command("set")
@@ -219,7 +222,7 @@ def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
     from reserve.capacity.flags import report_set
 
     url = _url()
-    _run_ops(lambda: report_set(url, value, restaurant_id, key), as_json)
+    _run(lambda: report_set(url, value, restaurant_id, key), as_json)
 
 
 @flags.command("unset")
@@ -231,7 +234,7 @@ def flags_unset(restaurant_id: Any, key: str, as_json: bool) -> None:
     from reserve.capacity.flags import report_unset
 
     url = _url()
-    _run_ops(lambda: report_unset(url, restaurant_id, key), as_json)
+    _run(lambda: report_unset(url, restaurant_id, key), as_json)
 
 
 @main.command()
@@ -257,15 +260,16 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
         _fail_usage("give exactly one of --once or --serve PORT")
     url = _url()
     if once:
-        _run_ops(lambda: mon.once(url, probe_runs=50 if probe_runs is None else probe_runs), as_json,
-                 render=mon.render_table)
+        _run(lambda: mon.once(url, probe_runs=50 if probe_runs is None else probe_runs), as_json,
+             render=mon.render_table)
         return
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        mon.serve(url, port, min_interval=min_interval, probe_runs=5 if probe_runs is None else probe_runs,
-                  ready=click.echo, stop=stop)
-    except (db.ConnectionFailed, mon.PortInUse) as exc:
+        with _failures_reported():
+            mon.serve(url, port, min_interval=min_interval, probe_runs=5 if probe_runs is None else probe_runs,
+                      ready=click.echo, stop=stop)
+    except mon.PortInUse as exc:
         _fail_usage(str(exc))
     except OSError as exc:
         _fail_usage(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}")
@@ -290,7 +294,7 @@ def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_
         age = ret.parse_duration(older_than)  # bad input fails before connecting
         return ret.purge(_url(), age, batch_size=batch_size, dry_run=dry_run, pause_s=pause)
 
-    _run_ops(action, as_json)
+    _run(action, as_json)
 
 
 @main.group()
@@ -305,4 +309,4 @@ def analyze_confirmations(as_json: bool) -> None:
     from reserve.analysis import confirmations
 
     url = _url()
-    _run_ops(lambda: confirmations(url), as_json)
+    _run(lambda: confirmations(url), as_json)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import psycopg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from reserve.report import UsageError
+
 ENV_VAR = "DATABASE_URL"
 
 
-class DatabaseUrlError(Exception):
+class DatabaseUrlError(UsageError):
     """DATABASE_URL is missing or not a PostgreSQL URL. The message never holds the password."""
 
 
@@ -27,6 +30,17 @@ def sqlalchemy_url(raw: str | None = None) -> URL:
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise DatabaseUrlError(f"{ENV_VAR} must be a postgresql:// URL, not {url.get_backend_name()}://")
     return url.set(drivername="postgresql+psycopg")
+
+
+def is_local(url: URL) -> bool:
+    """Is the server on this machine: a unix socket, localhost, or any loopback address (127.0.0.0/8, ::1)?"""
+    host = url.host or url.query.get("host")
+    if not host or str(host).startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(host)).is_loopback
+    except ValueError:
+        return False
 
 
 def libpq_url(url: URL) -> str:
@@ -51,14 +65,27 @@ def scrub(text: str, url: URL | None) -> str:
     return text
 
 
-class ConnectionFailed(Exception):
+class ConnectionFailed(UsageError):
     """The server could not be reached or refused the login. The message never holds the password."""
+
+
+# How long a tool's statement may wait for a lock before it fails with a message naming who holds it,
+# instead of hanging behind a long transaction. PGOPTIONS='-c lock_timeout=…' changes it.
+TOOL_LOCK_TIMEOUT = "10s"
+
+
+def session_options() -> str:
+    """libpq ``options`` for a tool's session: PGOPTIONS, plus the tools' lock_timeout unless it sets one."""
+    given = os.environ.get("PGOPTIONS", "")
+    return given if "lock_timeout" in given else f"{given} -c lock_timeout={TOOL_LOCK_TIMEOUT}".strip()
 
 
 def connect(url: URL, **kwargs: object) -> psycopg.Connection:
     """A psycopg connection to ``url``, failing with a one-line, password-free reason."""
+    kwargs.setdefault("options", session_options())
+    kwargs.setdefault("application_name", "reserve")
     try:
-        return psycopg.connect(libpq_url(url), connect_timeout=10, application_name="reserve", **kwargs)
+        return psycopg.connect(libpq_url(url), connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         reason = " ".join(line.strip() for line in str(exc).strip().splitlines())
         raise ConnectionFailed(f"cannot connect to {masked(url)}: {scrub(reason, url)}") from None

@@ -16,18 +16,17 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, db, expectations, guards, migration, tenancy
+from reserve import alembic_runner, db, expectations, guards, locks, tenancy
 from reserve.report import FAIL, OK, WARN, Report
 
 SWAP_REVISION = "0004_allocations_no_overlap"
 REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
-LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 REFERENCE_MAJOR = 15
 
 
 def is_production_looking(url: URL) -> bool:
     """Anything not on this machine is treated as production until the operator says otherwise."""
-    return url.host not in LOCAL_HOSTS and not str(url.host or "").startswith("/")
+    return not db.is_local(url)
 
 
 def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
@@ -54,7 +53,7 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         crosses_swap = SWAP_REVISION in revisions
         check_guard_data(conn, report, direction if crosses_swap else "none")
         check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in revisions)
-        check_activity(conn, report, exclusively_locked(revisions), long_transaction_s)
+        check_activity(conn, report, [(revision, direction) for revision in revisions], long_transaction_s)
         check_size_and_hold(conn, report, direction if crosses_swap else "none")
         check_backup(conn, report, url, backup_confirmed)
     return report
@@ -138,50 +137,44 @@ def check_tenant_references(conn: psycopg.Connection[Any], report: Report, appli
                rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
 
 
-def exclusively_locked(revisions: list[str]) -> tuple[str, ...]:
-    """The tables the step will lock ACCESS EXCLUSIVE (migration.EXCLUSIVE_LOCKS), in lock order."""
-    tables: dict[str, None] = {}
-    for revision in revisions:
-        tables.update(dict.fromkeys(migration.EXCLUSIVE_LOCKS.get(revision, ())))
-    return tuple(tables)
+def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float) -> None:
+    """Sessions whose locks conflict with what the step will take (reserve.locks.DECLARED), and long transactions.
 
-
-def check_activity(conn: psycopg.Connection[Any], report: Report, locked: tuple[str, ...], long_s: float) -> None:
-    """Lock holders on the tables the step locks exclusively (on allocations when it locks none), and
-    long transactions: the step's LOCK TABLE would queue behind them, and readers behind it."""
-    blocking = bool(locked)
-    watched = locked or (guards.TABLE,)
-    holders = conn.execute(
-        "SELECT a.pid, COALESCE(a.application_name, ''), l.relation::regclass::text, l.mode, "
-        "       round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1) "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) "
-        "  AND l.pid <> pg_backend_pid() AND l.granted "
-        "ORDER BY a.xact_start, 3",
-        (list(watched),),
-    ).fetchall()
+    A conflicting holder makes each of the step's bounded lock attempts time
+    out (readers queue behind every attempt meanwhile), so it is a no-go; when
+    the step locks nothing, holders on allocations are shown as a warning.
+    A long transaction that holds no such lock blocks nothing here: a warning,
+    because it holds back vacuum and because the swap's rollback, after it has
+    restored the guard, builds its index concurrently and that build waits for
+    every older snapshot (blocking nobody).
+    """
+    wanted = locks.step_tables(steps)
+    watched = wanted or {guards.TABLE: "ACCESS EXCLUSIVE"}
+    found = locks.holders(conn, watched)
+    names = ", ".join(sorted(t.removeprefix("public.") for t in watched))
+    if found:
+        report.add("lock holders", FAIL if wanted else WARN, "; ".join(h.describe() for h in found),
+                   holders=[h.as_dict() for h in found])
+    else:
+        report.add("lock holders", OK, f"nobody holds a lock that conflicts with this step on {names}")
     long_running = conn.execute(
         "SELECT pid, COALESCE(application_name, ''), state, "
-        "       round(extract(epoch FROM clock_timestamp() - xact_start)::numeric, 1) "
+        "       round(extract(epoch FROM clock_timestamp() - xact_start)::numeric, 1)::float8 "
         "FROM pg_stat_activity WHERE xact_start < clock_timestamp() - make_interval(secs => %s) "
         "AND pid <> pg_backend_pid() AND datname = current_database() ORDER BY xact_start",
         (long_s,),
     ).fetchall()
-    described = [f"pid {p} ({app or 'no name'}) {mode} on {table} for {age}s" for p, app, table, mode, age in holders]
-    names = ", ".join(t.removeprefix("public.") for t in watched)
-    if holders:
-        report.add("lock holders", FAIL if blocking else WARN, "; ".join(described),
-                   holders=[{"pid": p, "application": app, "table": table, "mode": mode, "xact_s": float(age)}
-                            for p, app, table, mode, age in holders])
-    else:
-        report.add("lock holders", OK, f"nobody holds a lock on {names}")
-    if long_running:
-        report.add("long transactions", FAIL if blocking else WARN,
-                   "; ".join(f"pid {p} ({app or 'no name'}, {state}) open for {age}s" for p, app, state, age in long_running),
-                   transactions=[{"pid": p, "application": app, "state": state, "xact_s": float(age)}
-                                 for p, app, state, age in long_running])
-    else:
+    if not long_running:
         report.add("long transactions", OK, f"none open longer than {long_s:g}s")
+        return
+    rollback = (SWAP_REVISION, "downgrade") in steps
+    effect = ("the rollback restores the guard without waiting for them; its index build afterwards waits for them, "
+              "blocking nobody" if rollback else "they block this step only if listed under lock holders")
+    report.add("long transactions", WARN,
+               "; ".join(f"pid {p} ({app or 'no application_name'}, {state}) open for {age}s"
+                         for p, app, state, age in long_running) + f" ({effect})",
+               transactions=[{"pid": p, "application": app, "state": state, "xact_s": age}
+                             for p, app, state, age in long_running])
 
 
 def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:

@@ -25,21 +25,23 @@ import psycopg
 from rich.console import Console
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, dataset, db, probes, qa, snapshots
-from reserve.ephemeral import EphemeralPostgres
+from reserve import alembic_runner, dataset, db, locktrace, probes, qa, snapshots
 from reserve.guards import NEW_GUARD
 from reserve.lockwatch import LockWatch
 from reserve.preflight import preflight
+from reserve.report import UsageError
+from reserve.scratch import scratch_database
 from reserve.verify import verify
 
 DEFAULT_ROWS = 100_000
 ARTIFACTS = (
     "pre-migration-state.txt", "post-migration-state.txt", "db-diff.txt", "migration-output.log",
-    "new-constraint.txt", "new-table.txt", "performance-test.txt", "tests.txt", "summary.json", "SUMMARY.md",
+    "new-constraint.txt", "new-table.txt", "performance-test.txt", "tests.txt", "locks.txt", "summary.json",
+    "SUMMARY.md",
 )
 
 
-class RehearsalSetupError(Exception):
+class RehearsalSetupError(UsageError):
     """The rehearsal could not start (output directory, database creation): exit 2."""
 
 
@@ -54,6 +56,8 @@ class Step:
     seconds: float
     detail: str = ""
     lock_hold_s: float | None = None
+    # For a migration step: statements traced, the strongest lock per table, locks beyond the declaration.
+    lock_trace: dict[str, Any] | None = None
 
 
 @dataclass
@@ -108,36 +112,23 @@ def _capture_logs(path: Path, url: URL) -> Iterator[logging.Handler]:
 
 
 def _output_dir(out_dir: Path) -> Path:
+    """``<out_dir>/<UTC timestamp>``, made new; a second run in the same second gets ``-2``, ``-3``…"""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = out_dir / stamp
-    try:
-        target.mkdir(parents=True, exist_ok=False)
-        (target / ".write-test").write_text("")
-        (target / ".write-test").unlink()
-    except OSError as exc:
-        raise RehearsalSetupError(f"cannot write the evidence bundle to {target}: {exc.strerror}") from None
-    return target
-
-
-@contextmanager
-def _rehearsal_database(url: URL | None) -> Iterator[URL]:
-    """A new, empty database: on a throw-away server, or created (and dropped) on the server of ``url``."""
-    with ExitStack() as stack:
-        if url is None:
-            server = stack.enter_context(EphemeralPostgres())
-            url = server.url("postgres")
-        name = "reserve_rehearsal_" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-        with db.connect(url, autocommit=True) as admin:
-            try:
-                admin.execute(f'CREATE DATABASE "{name}"')
-            except psycopg.Error as exc:
-                raise RehearsalSetupError(f"cannot create the rehearsal database on {db.masked(url)}: "
-                                          f"{str(exc).splitlines()[0]}") from None
+    for attempt in range(1, 100):
+        target = out_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
         try:
-            yield url.set(database=name)
-        finally:
-            with db.connect(url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            target.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RehearsalSetupError(f"cannot write the evidence bundle to {target}: {exc.strerror}") from None
+        try:
+            (target / ".write-test").write_text("")
+            (target / ".write-test").unlink()
+        except OSError as exc:
+            raise RehearsalSetupError(f"cannot write the evidence bundle to {target}: {exc.strerror}") from None
+        return target
+    raise RehearsalSetupError(f"cannot find a new directory for the evidence bundle in {out_dir}")
 
 
 def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path = Path("artifacts"),
@@ -147,9 +138,11 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
     result = Result(out)
     console = Console(stderr=True, quiet=not progress)
     facts: dict[str, Any] = {}
-    with _rehearsal_database(url) as target, _capture_logs(out / "migration-output.log", target):
+    with scratch_database(url, "reserve_rehearsal") as target, _capture_logs(out / "migration-output.log", target):
         log = logging.getLogger("reserve.rehearsal")
         head = alembic_runner.head()
+
+        traces: dict[str, locktrace.LockTrace] = {}
 
         def step(name: str, action: Callable[[], str | None], watch_lock: bool = False) -> None:
             with console.status(f"[bold]{name}[/bold]…"):
@@ -161,12 +154,16 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                         if watch_lock:
                             lock = stack.enter_context(LockWatch(target))
                         detail = action() or ""
+                    beyond = locktrace.undeclared(traces[name].steps) if name in traces else []
+                    if beyond:
+                        raise StepFailed(f"took locks its revision does not declare: {'; '.join(beyond[:3])}")
                     ok = True
                 except Exception as exc:  # every failure is reported with its step, never swallowed
                     detail, ok = db.scrub(f"{type(exc).__name__}: {exc}", target).splitlines()[0], False
                 seconds = time.perf_counter() - started
                 record = Step(name, ok, round(seconds, 3), detail,
-                              round(lock.longest_s, 3) if lock is not None else None)
+                              round(lock.longest_s, 3) if lock is not None else None,
+                              _trace_summary(traces[name]) if name in traces else None)
                 result.steps.append(record)
                 log.info("step %s: %s in %.2fs %s", name, "ok" if ok else "FAILED", seconds, detail)
             console.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name} ({seconds:.2f}s) {detail}")
@@ -175,6 +172,13 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
 
         def connect() -> psycopg.Connection[Any]:
             return db.connect(target, autocommit=True)
+
+        def migrate(name: str, run: Callable[..., None], revision: str, done: str) -> Callable[[], str]:
+            def action() -> str:
+                traces[name] = locktrace.LockTrace()
+                run(target, revision, trace=traces[name])
+                return done
+            return action
 
         def load_dataset() -> str:
             with connect() as conn:
@@ -260,13 +264,13 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             ("dataset", load_dataset, False),
             ("preflight", run_preflight, False),
             ("snapshot before", write_snapshot("pre-migration-state.txt"), False),
-            *[(f"upgrade {rev}", (lambda rev=rev: alembic_runner.upgrade(target, rev) or rev), True)
+            *[(f"upgrade {rev}", migrate(f"upgrade {rev}", alembic_runner.upgrade, rev, rev), True)
               for rev in alembic_runner.chain()[1:]],
             ("verify head", run_verify(head), False),
             ("performance probe", performance, False),
-            ("downgrade -1", lambda: alembic_runner.downgrade(target, "-1") or "emergency rollback", True),
+            ("downgrade -1", migrate("downgrade -1", alembic_runner.downgrade, "-1", "emergency rollback"), True),
             ("verify rollback", run_verify(alembic_runner.chain()[-2]), False),
-            ("upgrade head again", lambda: alembic_runner.upgrade(target, "head") or head, True),
+            ("upgrade head again", migrate("upgrade head again", alembic_runner.upgrade, "head", head), True),
             ("snapshot after", write_snapshot("post-migration-state.txt"), False),
             ("diff", diff_snapshots, False),
             ("new objects", describe_new_objects, False),
@@ -277,10 +281,29 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                 step(name, action, watch)
         except StepFailed:
             pass
+        finally:
+            (out / "locks.txt").write_text(_render_traces(traces), encoding="utf-8")
     result.summary = _summary(result, facts, rows)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "SUMMARY.md").write_text(_human_summary(result), encoding="utf-8")
     return result
+
+
+def _trace_summary(trace: locktrace.LockTrace) -> dict[str, Any]:
+    """A migration step's lock trace in summary.json: per revision, statements and the strongest lock per table."""
+    return {
+        "statements": trace.statement_count,
+        "revisions": {step.step: {"statements": len(step.statements), "strongest": step.strongest(),
+                                  "completed": step.completed} for step in trace.steps},
+        "undeclared": locktrace.undeclared(trace.steps),
+    }
+
+
+def _render_traces(traces: dict[str, locktrace.LockTrace]) -> str:
+    """locks.txt: the lock trace of every migration step, in the order they ran."""
+    header = ("# The table locks the migrating session held after each statement (reserve.locktrace),\n"
+              "# checked against what each revision declares (reserve.locks.DECLARED).\n\n")
+    return header + "\n".join(f"## rehearsal step: {name}\n\n{trace.render()}" for name, trace in traces.items())
 
 
 def _summary(result: Result, facts: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -294,6 +317,7 @@ def _summary(result: Result, facts: dict[str, Any], rows: int) -> dict[str, Any]
         "rows": facts.get("rows"),
         "steps": [asdict(s) for s in result.steps],
         "lock_hold_s": locks,
+        "lock_trace_statements": sum((s.lock_trace or {}).get("statements", 0) for s in result.steps),
         "predicted_lock_hold_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_lock_hold_s"),
         "probe_ms": facts.get("probe"),
         "qa": facts.get("qa"),

@@ -14,6 +14,10 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 EXIT_OK, EXIT_NO_GO, EXIT_USAGE = 0, 1, 2
 
 
+class UsageError(Exception):
+    """Bad input or an unreachable database: the command prints the message and exits 2, changing nothing."""
+
+
 @dataclass
 class Check:
     name: str

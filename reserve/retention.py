@@ -2,7 +2,9 @@
 
 The work is done by the SQL function ``purge_booking_confirmation_results``
 (revision 0003a_operations), so a scheduler (pg_cron) and this command share
-one implementation. The cutoff is fixed once, from the server's clock, when
+one implementation. It runs as the platform's maintenance role
+(``reserve_maintenance``, revision 0003c_maintenance_role), never as a
+venue's service_role: it deletes every venue's old evidence. The cutoff is fixed once, from the server's clock, when
 the run starts; each batch is its own short transaction on an autocommit
 connection; rows a running confirmation has locked are skipped, not waited
 for. Running it again with the same cutoff deletes nothing.
@@ -19,16 +21,17 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from reserve import db
-from reserve.report import OK, WARN, Report
+from reserve.report import OK, WARN, Report, UsageError
 
 FUNCTION = "purge_booking_confirmation_results"
+MAINTENANCE_ROLE = "reserve_maintenance"
 DEFAULT_BATCH_SIZE = 1000
 MINIMUM_AGE = timedelta(days=1)  # the function refuses younger cutoffs too
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PART = re.compile(r"(\d+)\s*([smhdw])")
 
 
-class RetentionError(ValueError):
+class RetentionError(UsageError, ValueError):
     """Bad input (duration, batch size), or a database without the retention function."""
 
 
@@ -66,8 +69,9 @@ def purge(url: URL, older_than: timedelta, *, batch_size: int = DEFAULT_BATCH_SI
                              "is never purged (a replayed confirmation is answered from it)")
     report = Report("retention")
     with db.connect(url, autocommit=True) as conn:
+        role = _take_maintenance_role(conn)
         cutoff: datetime = conn.execute("SELECT now() - %s::interval", (older_than,)).fetchone()[0]
-        report.facts.update({"database": db.masked(url), "older_than": _describe(older_than),
+        report.facts.update({"database": db.masked(url), "role": role, "older_than": _describe(older_than),
                              "cutoff": cutoff.isoformat(), "batch_size": batch_size, "dry_run": dry_run})
         evidence = events = batches = 0
         more = True
@@ -91,6 +95,20 @@ def purge(url: URL, older_than: timedelta, *, batch_size: int = DEFAULT_BATCH_SI
     else:
         report.add("retention", OK, detail + f" in {batches} batch(es); none left")
     return report
+
+
+def _take_maintenance_role(conn: psycopg.Connection[Any]) -> str:
+    """Act as the maintenance role, to which 0003c_maintenance_role grants the purge, when this login may.
+
+    The purge is SECURITY DEFINER and reaches every venue's evidence: it is
+    platform work, never service_role's. Below 0003c (no such role yet) the
+    purge runs as the login itself, which then needs EXECUTE on it.
+    """
+    member = conn.execute("SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = %s",
+                          (MAINTENANCE_ROLE,)).fetchone()
+    if member and member[0]:
+        conn.execute(f"SET ROLE {MAINTENANCE_ROLE}")
+    return conn.execute("SELECT current_user").fetchone()[0]
 
 
 def _call(conn: psycopg.Connection[Any], cutoff: datetime, batch_size: int, dry_run: bool) -> tuple[int, int, bool]:

@@ -2,7 +2,7 @@
 
 Why: the rehearsal proves the chain on an idle database, but production runs
 it while ``confirm_hold_assignment_tx`` is being called. This soak starts the
-database one revision below head (``0003b_tenant_policies``, v12 installed, old
+database one revision below head (the swap's down revision: v12 installed, old
 guard) with generated data, starts N worker processes that create a hold and
 confirm it in a loop (one in ``overlap_every`` deliberately overlapping an
 existing allocation, so the overlap rejection happens under both guards), and
@@ -26,7 +26,6 @@ parallel with each other and with Alembic; their timestamps come from
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import multiprocessing as mp
 import os
@@ -37,10 +36,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +46,13 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from reserve import alembic_runner, dataset, db, expectations, guards
-from reserve.ephemeral import EphemeralPostgres, ServerError
+from reserve.ephemeral import ServerError
 from reserve.lockwatch import LockWatch
 from reserve.monitor import OVERLAP_SCAN_LIMIT
+from reserve.report import UsageError
+from reserve.scratch import scratch_database
 
-BEFORE_HEAD = "0003b_tenant_policies"
+BEFORE_HEAD = alembic_runner.chain()[-2]
 CHAIN: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upgrade head", ("upgrade", "head")),
     ("downgrade -1", ("downgrade", "-1")),
@@ -86,7 +86,7 @@ CONFIRM_SQL = (
 )
 
 
-class SoakSetupError(Exception):
+class SoakSetupError(UsageError):
     """The soak could not start (wrong revision, no data, not a loopback server): exit 2."""
 
 
@@ -525,38 +525,6 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
 # ---------------------------------------------------------------- the command
 
 
-def is_loopback(url: URL) -> bool:
-    """Only a server on this machine (TCP loopback or a unix socket) may be soaked: it is load and DDL."""
-    host = url.host or url.query.get("host")
-    if not host or str(host).startswith("/") or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(str(host)).is_loopback
-    except ValueError:
-        return False
-
-
-@contextmanager
-def scratch_database(url: URL | None) -> Iterator[URL]:
-    """A new empty database on a throw-away server, or created (and dropped) on the loopback server of ``url``."""
-    with ExitStack() as stack:
-        if url is None:
-            url = stack.enter_context(EphemeralPostgres()).url("postgres")
-        elif not is_loopback(url):
-            raise SoakSetupError(f"refusing to soak {db.masked(url)}: only a loopback server is allowed")
-        name = "reserve_soak_" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-        with db.connect(url, autocommit=True) as admin:
-            try:
-                admin.execute(f'CREATE DATABASE "{name}"')
-            except psycopg.Error as exc:
-                raise SoakSetupError(f"cannot create {name} on {db.masked(url)}: {str(exc).splitlines()[0]}") from None
-        try:
-            yield url.set(database=name)
-        finally:
-            with db.connect(url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reserve.soak",
@@ -573,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         url = db.sqlalchemy_url() if os.environ.get(db.ENV_VAR) else None
-        with scratch_database(url) as target:
+        with scratch_database(url, "reserve_soak", local_only=True) as target:
             print(f"preparing {args.rows} rows at {BEFORE_HEAD} …", file=sys.stderr)
             prepare(target, args.rows)
             result = run_soak(target, workers=args.workers, phase_seconds=args.phase_seconds,

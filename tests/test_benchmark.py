@@ -35,12 +35,22 @@ def test_bare_builds_of_other_keys_and_knobs_run_and_are_seen_from_the_database(
                                        settings=("maintenance_work_mem = '128MB'",))
     assert ") WITH (fillfactor = 100) WHERE ((NOT shadow))" in build.statements[0]
     measured = benchmark.measure_build(head_db.url, build)
-    assert measured["holds"] == 1 and measured["lock_s"] > 0 and measured["index_mb"] is not None
+    assert measured["index_mb"] is not None and measured["wall_s"] is not None
     index = benchmark.measure_build(head_db.url, benchmark.index_build("idx", benchmark.shipped_key()))
     assert index["holds"] == 0  # CREATE INDEX takes SHARE, not ACCESS EXCLUSIVE
     with head_db.connect() as conn:
         left = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'bench\\_%'").fetchone()[0]
     assert left == 0
+
+
+def test_a_timed_statement_sees_the_lock_it_holds_from_the_database(head_db: Database):
+    """The instrument, with a hold of known length (not a build's, which depends on the machine)."""
+    held = benchmark.timed_statements(head_db.url, ("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE",
+                                                    "SELECT pg_sleep(0.3)"))
+    assert held.holds == 1 and 0.1 < held.lock_s <= held.wall_s + 0.05
+    shared = benchmark.timed_statements(head_db.url, ("LOCK TABLE public.allocations IN SHARE MODE",
+                                                      "SELECT pg_sleep(0.1)"))
+    assert shared.holds == 0
 
 
 def test_quantile_interpolates():
@@ -65,7 +75,7 @@ def test_a_tiny_run_writes_every_key_of_the_results_document(pg_server, tmp_path
     json.dumps(result)  # serializable as written to bench/results
     swap = result["swap"]
     for key in ("upgrade_lock_s", "downgrade_lock_s", "floor_new_s", "floor_old_s", "seed_order_s", "index_only_s"):
-        assert swap[key] > 0, key
+        assert isinstance(swap[key], float), key  # measured, whatever its size at 1,200 rows
     for probe in ("restaurant_scoped", "point"):
         for key in ("before_p50_ms", "before_p95_ms", "after_p50_ms", "after_p95_ms"):
             assert result["probe"][probe][key] > 0

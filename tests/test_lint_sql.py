@@ -12,8 +12,9 @@ import pytest
 from reserve import lint_sql
 from tests.support import REVISIONS, ROOT
 
-pytestmark = pytest.mark.skipif(lint_sql.squawk_binary() is None,
-                                reason="squawk is not installed (pip install -e '.[lint]')")
+# Only the tests that run squawk need it; `make test` installs it (the lint extra).
+needs_squawk = pytest.mark.skipif(lint_sql.squawk_binary() is None,
+                                  reason="squawk is not installed (pip install -e '.[lint]')")
 
 
 def test_every_step_of_the_chain_is_linted_in_both_directions():
@@ -21,6 +22,7 @@ def test_every_step_of_the_chain_is_linted_in_both_directions():
         f"{revision}.{direction}" for revision in REVISIONS for direction in ("upgrade", "downgrade")]
 
 
+@needs_squawk
 def test_the_offline_sql_of_every_revision_is_clean_under_squawk():
     result = subprocess.run([sys.executable, "-m", "reserve.lint_sql"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
@@ -47,6 +49,7 @@ def test_exclusion_constraints_are_silenced_per_statement_because_postgresql_has
     assert lines[add - 1].startswith("-- squawk-ignore constraint-missing-not-valid -- PostgreSQL accepts NOT VALID only")
 
 
+@needs_squawk
 def test_a_risky_statement_that_nobody_silenced_is_a_finding(tmp_path: Path):
     risky = tmp_path / "risky.sql"
     risky.write_text("SET lock_timeout = '2s';\nSET statement_timeout = '1min';\nBEGIN;\n"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from reserve import dataset, guards, predictor
-from tests.support import Database
+from tests.support import ROOT, Database
 
 SMALL = dataset.Shape(restaurants=3, tables_per_restaurant=10, windows_per_table=20)  # 600 live rows
 
@@ -82,14 +85,19 @@ def test_rejects_an_unknown_direction(head_db: Database):
         predictor.predict_swap_hold(conn, "sideways")
 
 
-def test_scale_factor_is_the_measured_power_of_rows():
-    assert predictor.scale_factor(1000, 1000, 1.1) == 1.0
-    assert predictor.scale_factor(1_000_000, 50_000, 1.07) == pytest.approx(20 ** 1.07)
-    assert predictor.scale_factor(1_000_000, 50_000, growth=1.0) == pytest.approx(20)
+def _recorded(result: dict, direction: str) -> tuple[float, int, int, float]:
+    """(sample build s, sample live rows, live rows, measured hold s) of one direction of a make bench run."""
+    entry = result["predictor"] if direction == "upgrade" else result["predictor"]["downgrade"]
+    sample, live = (int(n.replace(",", "")) for n in re.search(r"\(([\d,]+) of ([\d,]+) live rows",
+                                                               result["predictor"]["method"]).groups())
+    return entry["sample_build_s"], sample, live, entry["actual_s"]
 
 
-
-def test_sampling_column_is_the_guards_leading_uuid_column():
-    assert predictor.sampling_column(guards.OLD_GUARD) == "resource_id"
-    assert predictor.sampling_column(guards.NEW_GUARD) == next(
-        c for c in guards.NEW_GUARD.key if c in ("restaurant_id", "resource_id"))
+@pytest.mark.parametrize(("direction", "guard"), [("upgrade", guards.NEW_GUARD), ("downgrade", guards.OLD_GUARD)])
+def test_the_shipped_growth_carries_the_recorded_sample_build_to_the_measured_hold(direction: str, guard: guards.Guard):
+    """GROWTH and CALIBRATION are fitted by make bench: against the run it records (bench/results/latest.json), the
+    prediction they give from that run's sample build must land within 25% of the hold it measured."""
+    result = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    build_s, sample, live, measured = _recorded(result, direction)
+    predicted = build_s * predictor.scale_factor(live, sample, predictor.GROWTH[guard.name]) * predictor.CALIBRATION
+    assert abs(predicted - measured) / measured <= 0.25, (direction, predicted, measured)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reserve import alembic_runner
+from reserve import alembic_runner, dataset
 from reserve.preflight import is_production_looking, preflight
 from reserve.report import FAIL, OK, WARN
 from tests.support import Database, Venue, act_as, slot
@@ -16,12 +16,15 @@ def _status(report, name: str) -> str:
 
 
 def test_baseline_with_valid_old_guard_is_go_without_a_table_scan(baseline_db: Database):
+    with baseline_db.connect(autocommit=True) as conn:
+        dataset.generate(conn, dataset.Shape(restaurants=2, tables_per_restaurant=5, windows_per_table=10))
     report = preflight(baseline_db.url, "head")
     assert report.verdict == "go", report.to_text()
     guard = next(c for c in report.checks if c.name == "guard data")
     assert "proved by the catalog" in guard.detail
     assert report.facts["step"].startswith("upgrade 0002_confirmation_results")
-    assert report.facts["predicted_lock_hold_s"] >= 0
+    hold = next(c for c in report.checks if c.name == "lock hold")
+    assert hold.data["predicted_s"] > 0 and "built allocations_no_overlap on a sample" in hold.detail
 
 
 def test_password_is_masked_in_the_report(baseline_db: Database):
@@ -59,7 +62,7 @@ def test_a_lock_holder_on_allocations_is_no_go_for_the_swap(baseline_db: Databas
         holder.execute("SELECT count(*) FROM allocations")
         report = preflight(baseline_db.url, "head")
         assert _status(report, "lock holders") == FAIL
-        assert "AccessShareLock" in report.to_text()
+        assert "holds ACCESS SHARE on public.allocations" in report.to_text()
         holder.rollback()
     assert _status(preflight(baseline_db.url, "head"), "lock holders") == OK
 
@@ -71,8 +74,8 @@ def test_lock_holders_are_no_go_on_every_table_the_step_locks_exclusively(baseli
         to_head = preflight(baseline_db.url, "head")
         holder.rollback()
     assert _status(to_head, "lock holders") == FAIL
-    assert "on table_inventory" in to_head.to_text()
-    baseline_db.upgrade("0003b_tenant_policies")  # next: only the swap, which does not lock table_inventory
+    assert "on public.table_inventory" in to_head.to_text()
+    baseline_db.upgrade("0003c_maintenance_role")  # next: only the swap, which does not lock table_inventory
     with baseline_db.connect() as holder:
         holder.execute("SELECT count(*) FROM table_inventory")
         swap_only = preflight(baseline_db.url, "head")
@@ -114,12 +117,14 @@ def test_a_relative_target_below_base_is_a_usage_error(baseline_db: Database):
 
 
 def test_remote_database_without_archiving_needs_backup_confirmation(baseline_db: Database):
-    assert is_production_looking(baseline_db.url.set(host="db.internal"))
-    assert not is_production_looking(baseline_db.url)
-    local = preflight(baseline_db.url, "head")
-    assert _status(local, "backup") != FAIL
-    confirmed = preflight(baseline_db.url, "head", backup_confirmed=True)
-    assert _status(confirmed, "backup") == OK
+    # The test server, reached under a name that is not this machine's: what preflight sees for production.
+    remote = baseline_db.url.set(host="db.internal", query={"hostaddr": baseline_db.url.host})
+    assert is_production_looking(remote) and not is_production_looking(baseline_db.url)
+    unconfirmed = preflight(remote, "head")
+    assert _status(unconfirmed, "backup") == FAIL and unconfirmed.verdict == "no-go"
+    assert "no --backup-confirmed for a remote database" in unconfirmed.to_text()
+    assert _status(preflight(remote, "head", backup_confirmed=True), "backup") == OK
+    assert _status(preflight(baseline_db.url, "head"), "backup") == WARN  # local: not required
 
 
 def test_unadopted_baseline_is_no_go(empty_db: Database):

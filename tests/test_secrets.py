@@ -162,7 +162,7 @@ def test_no_reserve_or_alembic_command_prints_logs_or_writes_the_password(deploy
         (("downgrade", "-1"), {0}),
         (("upgrade", "head"), {0}),
         (("upgrade", "head", "--sql"), {0}),
-        (("downgrade", "0004_allocations_no_overlap:0003b_tenant_policies", "--sql"), {0}),
+        (("downgrade", "0004_allocations_no_overlap:0003c_maintenance_role", "--sql"), {0}),
     ]
     for args, codes in alembic_runs:
         run = d.alembic(*args)

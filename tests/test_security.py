@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.support import Database, Venue, act_as, booking_rows, scalar, slot
+from tests.support import BASELINE_ROW_OWNER, Database, Venue, act_as, booking_rows, scalar, slot
 
 # Every SECURITY DEFINER function at head, with the roles (besides its owner) that may execute it.
 # SPEC section 7: confirm_hold_assignment_tx is for service_role only; the functions it calls and the
@@ -24,7 +24,7 @@ DEFINER_EXECUTE = {
         {"service_role"},
     "confirm_hold_assignment_tx(uuid,uuid,text,boolean,uuid,timestamp with time zone,timestamp with time zone,"
     "text,text,booking_status,text,jsonb,uuid)": {"service_role"},
-    "purge_booking_confirmation_results(timestamp with time zone,integer,boolean)": {"service_role"},
+    "purge_booking_confirmation_results(timestamp with time zone,integer,boolean)": {"reserve_maintenance"},
 }
 # The invoker functions the RLS policies and the definer functions call: same grants, same pinned path.
 INVOKER_EXECUTE = {
@@ -134,6 +134,62 @@ def test_supabase_default_privileges_do_not_widen_execute_on_the_definer_functio
         for signature, allowed in {**DEFINER_EXECUTE, **INVOKER_EXECUTE}.items():
             grantees, _ = conn.execute(GRANTEES, (f"public.{signature}",)).fetchone()
             assert set(grantees) == allowed, signature
+
+
+# ---------------------------------------------------------------- one venue, another venue's rows
+
+# Every SECURITY DEFINER function service_role may execute, called with venue A's context on venue B's rows.
+# A definer function runs as the table owner, past RLS (and on Supabase service_role bypasses RLS anyway):
+# each must check the tenant itself. A new one must be added here.
+CROSS_VENUE_CALLS = {
+    "apply_booking_state_transition(uuid,booking_status,uuid,text,jsonb)":
+        "SELECT public.apply_booking_state_transition(%(b_booking)s, 'cancelled')",
+    "assign_tables_atomic_v2(uuid,uuid[],text,boolean,uuid,timestamp with time zone,timestamp with time zone)":
+        "SELECT * FROM public.assign_tables_atomic_v2(%(b_booking)s, ARRAY[%(b_table)s]::uuid[])",
+    "confirm_hold_assignment_tx(uuid,uuid,text,boolean,uuid,timestamp with time zone,timestamp with time zone,"
+    "text,text,booking_status,text,jsonb,uuid)":
+        "SELECT * FROM public.confirm_hold_assignment_tx(%(b_hold)s, %(b_booking)s, 'cross-venue')",
+}
+
+
+def _venue_rows(conn: psycopg.Connection[Any], restaurant: uuid.UUID) -> dict[str, list[Any]]:
+    """Every row of every tenant table that belongs to ``restaurant``, as JSON, sorted."""
+    owners = {**BASELINE_ROW_OWNER, "booking_confirmation_results": "t.restaurant_id",
+              "confirmation_cache_events": "t.restaurant_id"}
+    return {table: [row[0] for row in conn.execute(
+                f"SELECT to_jsonb(t)::text FROM public.{table} t WHERE {owner} = %s ORDER BY 1", (restaurant,))]
+            for table, owner in owners.items()}
+
+
+def test_the_definer_functions_service_role_may_execute_are_exactly_the_ones_checked_across_venues(head_db: Database):
+    with head_db.connect() as conn:
+        executable = {signature for signature in DEFINER_EXECUTE
+                      if scalar(conn, "SELECT has_function_privilege('service_role', %s, 'EXECUTE')",
+                                (f"public.{signature}",))}
+    assert executable == set(CROSS_VENUE_CALLS)
+
+
+@pytest.mark.parametrize("signature", sorted(CROSS_VENUE_CALLS), ids=lambda s: s.split("(")[0])
+def test_a_definer_function_refuses_another_venues_rows_and_leaves_them_as_they_were(head_db: Database, signature):
+    with head_db.connect() as conn:
+        mine, theirs = Venue(conn, "A"), Venue(conn, "B")
+        booking = theirs.booking(slot(24))
+        hold = theirs.hold([theirs.tables[0]], slot(24), booking=booking)
+        conn.commit()
+        before = _venue_rows(conn, theirs.id)
+        act_as(conn, "service_role", mine.id)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another restaurant"):
+            conn.execute(CROSS_VENUE_CALLS[signature], {"b_booking": booking, "b_hold": hold, "b_table": theirs.tables[0]})
+        conn.rollback()
+        assert _venue_rows(conn, theirs.id) == before
+
+
+def test_service_role_cannot_run_the_platform_wide_purge(head_db: Database):
+    with head_db.connect() as conn:
+        venue = Venue(conn)
+        act_as(conn, "service_role", venue.id)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function"):
+            conn.execute("SELECT * FROM public.purge_booking_confirmation_results(now() - interval '30 days', 10)")
 
 
 # ---------------------------------------------------------------- look-alikes planted by an attacker
@@ -274,8 +330,10 @@ def test_definer_functions_never_call_or_read_look_alikes_in_the_callers_search_
         "SELECT * FROM public.assign_tables_atomic_v2(%s, ARRAY[%s, %s]::uuid[], 'planted-2', false, NULL, %s, %s)",
         (other, venue.tables[2], venue.tables[3], *slot(48))).fetchall()
     conn.execute("SELECT public.apply_booking_state_transition(%s, 'cancelled'::public.booking_status)", (other,))
+    conn.execute("SET LOCAL ROLE reserve_maintenance")  # retention is the platform's, not the venue's
     purged = conn.execute("SELECT * FROM public.purge_booking_confirmation_results("
                           "pg_catalog.now() - interval '30 days', 100, false)").fetchone()
+    conn.execute("SET LOCAL ROLE service_role")
     context = conn.execute("SELECT public.current_restaurant_id(), public.require_restaurant_context()").fetchone()
 
     assert _calls(conn) == []  # nothing planted was called or read, inside any of them

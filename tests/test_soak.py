@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from reserve import guards, soak
 from tests.support import REVISIONS, Database, Venue, confirm, slot
@@ -121,12 +120,3 @@ def test_work_items_never_collide_and_deliberate_overlaps_sit_on_generated_alloc
     for overlap, _, start, end in items:
         if overlap:  # across the generated 18:00-20:00 allocation of a day in 1..50
             assert 1 <= (start - day0).days <= 50 and start.hour == 19 and (end - start).seconds == 7200
-
-
-@pytest.mark.parametrize(("raw", "loopback"), [
-    ("postgresql://u@127.0.0.1:5432/db", True), ("postgresql://u@localhost/db", True),
-    ("postgresql://u@[::1]:5432/db", True), ("postgresql:///db?host=/run/postgresql", True),
-    ("postgresql://u@db.internal:5432/db", False), ("postgresql://u@10.0.0.5/db", False),
-])
-def test_only_a_loopback_server_is_soaked(raw: str, loopback: bool):
-    assert soak.is_loopback(make_url(raw)) is loopback

@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.capacity import adjacency
-from reserve.report import OK, Report
+from reserve.report import OK, Report, UsageError
 
 VENUE, GLOBAL, ENVIRONMENT, DEFAULT = "venue override", "global override", "environment", "default"
 # The all-venues row's stand-in in the unique index feature_flag_overrides_scope_key.
@@ -54,11 +54,11 @@ ADJACENCY_MODE = Flag("allocator.adjacency_mode", "FEATURE_ALLOCATOR_ADJACENCY_M
 FLAGS = {flag.key: flag for flag in (ADJACENCY_MODE,)}
 
 
-class FlagError(ValueError):
+class FlagError(UsageError, ValueError):
     """An unknown flag, or a value the flag does not allow."""
 
 
-class UnknownRestaurant(LookupError):
+class UnknownRestaurant(UsageError, LookupError):
     """No restaurant has this id (or it is not visible to this role)."""
 
     def __init__(self, restaurant_id: object) -> None:

@@ -11,7 +11,7 @@ from tests.support import REVISIONS, Database, offline_sql, script_directory
 
 def test_chain_is_linear_with_a_single_head_in_spec_order():
     scripts = script_directory()
-    assert scripts.get_heads() == [REVISIONS[-1]] if len(REVISIONS) else True
+    assert scripts.get_heads() == [REVISIONS[-1]]
     walked = [rev.revision for rev in scripts.walk_revisions("base", "heads")]
     assert list(reversed(walked)) == REVISIONS
 

@@ -176,25 +176,28 @@ def test_x_timeouts_are_the_session_settings_of_every_revision(empty_db: Databas
         event.remove(Engine, "after_cursor_execute", probe)
     assert len(seen) == len(REVISIONS)
     assert [statement for _, statement in seen] == ["98765ms"] * len(REVISIONS)
-    # The revisions that take ACCESS EXCLUSIVE on allocations bound that wait with a transaction-local
-    # swap_lock_timeout (tests/migrations/test_revisions.py, test_0003b_tenant_policies.py).
-    heavy = {"0003b_tenant_policies", "0004_allocations_no_overlap"}
-    assert [lock for (lock, _), rev in zip(seen, REVISIONS, strict=True) if rev not in heavy] \
-        == ["1234ms"] * (len(REVISIONS) - len(heavy))
-    assert [lock for (lock, _), rev in zip(seen, REVISIONS, strict=True) if rev in heavy] == ["2s"] * len(heavy)
+    # The declared locks are taken with swap_lock_timeout (2s) per attempt; afterwards every statement,
+    # the version update included, runs under the session's lock_timeout again.
+    assert [lock for lock, _ in seen] == ["1234ms"] * len(REVISIONS)
 
 
-def test_x_lock_timeout_stops_a_revision_that_waits_for_a_lock_and_changes_nothing(baseline_db: Database):
-    # 0002 adds a foreign key to bookings, so it needs a lock that conflicts with ACCESS EXCLUSIVE.
+def test_a_revision_that_cannot_get_its_declared_locks_gives_up_naming_the_holder_and_changes_nothing(
+        baseline_db: Database):
+    # 0002 adds a foreign key to bookings: it declares SHARE ROW EXCLUSIVE there, which waits for this lock.
     with baseline_db.connect() as blocker:
+        blocker.execute("SET application_name = 'nightly-report'")
         blocker.execute("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE")
+        blocker_pid = blocker.info.backend_pid
         try:
-            result = alembic_cli(baseline_db.url, "-x", "lock_timeout=500ms", "upgrade", "0002_confirmation_results",
-                                 timeout=120)
+            result = alembic_cli(baseline_db.url, "-x", "swap_lock_timeout=300ms", "-x", "swap_lock_attempts=2",
+                                 "-x", "swap_lock_pause=0.1", "upgrade", "0002_confirmation_results", timeout=120)
         finally:
             blocker.rollback()
-    assert result.returncode != 0
-    assert "lock timeout" in result.stderr, db.scrub(result.stderr, baseline_db.url)
+    failed = [line for line in output(result).splitlines() if line.startswith("FAILED:")]
+    assert result.returncode != 0 and len(failed) == 1, db.scrub(output(result), baseline_db.url)
+    assert "upgrade 0002_confirmation_results: could not lock public.bookings, public.restaurants" in failed[0]
+    assert f"pid {blocker_pid} (nightly-report) holds ACCESS EXCLUSIVE on public.bookings" in failed[0]
+    assert "Nothing was changed" in failed[0] and "Traceback" not in output(result)
     assert baseline_db.url.password not in output(result)
     assert version_rows(baseline_db) == ["0001_baseline"]
     assert not table_exists(baseline_db, "booking_confirmation_results")
