@@ -39,29 +39,29 @@ test: venv postgres
 rehearse: venv postgres
 	$(BIN)/reserve rehearse
 
-## Regenerate reserve/expected/ (the catalog each revision must produce) after changing a revision.
+## Regenerate reserve/schema/expected/ (the catalog each revision must produce) after changing a revision.
 expected: venv postgres
-	$(BIN)/python -m reserve.expectations --write
+	$(BIN)/python -m tools.expected
 
-## Live traffic (issue 5): workers confirm holds while the chain runs upgrade head, downgrade -1, upgrade head.
+## Live traffic: workers confirm holds while the chain runs upgrade head, downgrade -1, upgrade head.
 ## Writes artifacts/soak.json; exit 1 if an invariant broke (overlap, lost row, missing evidence, unexpected error).
 SOAK_ROWS ?= 100000
 SOAK_WORKERS ?= 4
 soak: venv postgres
 	@mkdir -p artifacts
-	$(BIN)/python -m reserve.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 --out artifacts/soak.json
+	$(BIN)/python -m tools.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 --out artifacts/soak.json
 
-## Benchmarks at scale (issue 6): the swap's lock hold, overlap probes, confirm throughput.
+## Benchmarks at scale: the swap's lock hold, overlap probes, confirm throughput.
 ## Writes bench/results/<timestamp>.json, bench/results/latest.json and docs/BENCHMARKS.md. ROWS=… to change the size.
 ROWS ?= 1000000
 bench: venv postgres
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run --rows $(ROWS)
 
-## Ruff on the code; squawk on each revision's offline SQL, one file per step (silenced rules: reserve/lint_sql.py).
+## Ruff on the code; squawk on each revision's offline SQL, one file per step (silenced rules: tools/lint_sql.py).
 lint: venv
-	$(BIN)/ruff check reserve alembic tests bench
-	$(BIN)/python -m reserve.lint_sql
+	$(BIN)/ruff check reserve alembic tests bench tools
+	$(BIN)/python -m tools.lint_sql
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -10,10 +10,10 @@
   advisory lock so that two concurrent ``alembic upgrade`` runs serialize.
   The session-level lock (not the xact variant) survives the commits that
   ``transaction_per_migration`` and ``autocommit_block()`` make.
-- A database error in a step becomes one ``FAILED:`` line (reserve.failures):
+- A database error in a step becomes one ``FAILED:`` line (reserve.schema.failures):
   the step, the kind of failure, the table, who was in the way, and where
   the database stands now. Tracebacks are left for programming errors.
-- ``-x lock_trace=FILE`` writes the lock trace (reserve.locktrace): the table
+- ``-x lock_trace=FILE`` writes the lock trace (reserve.schema.locktrace): the table
   locks held after every statement, per step.
 - Offline (``--sql``) emits a script for ``psql -v ON_ERROR_STOP=1`` with the
   same timeouts and the same advisory lock.
@@ -33,7 +33,8 @@ from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from reserve import alembic_runner, db, failures, locks, locktrace, migration
+from reserve import db
+from reserve.schema import failures, locks, locktrace, migration, revisions
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -134,7 +135,7 @@ def _failing_step(tb: TracebackType | None) -> tuple[str | None, str | None]:
 
 def _where_now(url: URL) -> str:
     diagnose = failures.diagnoser(url)
-    recorded = diagnose(alembic_runner.current_revision)
+    recorded = diagnose(revisions.current_revision)
     if recorded is None and diagnose(lambda conn: True) is None:
         return "could not reconnect to see where the database stands: run `reserve verify`"
     return (f"its transaction was rolled back: alembic_version names {recorded or 'no revision'} "

@@ -82,7 +82,7 @@ def results_markdown(result: dict[str, Any], plotted: bool) -> str:
         f"(other work shares this machine), {result['elapsed_s'] / 60:.0f} minutes. "
         f"Statistic: {swap['statistic']}. Raw data: `bench/results/{result.get('timestamp', 'latest')}.json`. "
         f"Key order of `allocations_no_overlap` measured as shipped: ({swap['shipped_key']}), from "
-        f"{swap.get('key_source', 'reserve/guards.py NEW_GUARD')}.",
+        f"{swap.get('key_source', 'reserve/schema/guards.py NEW_GUARD')}.",
         "",
         "### Targets",
         "",

@@ -19,8 +19,10 @@ import time
 
 import psycopg
 
-from reserve import alembic_runner, dataset, db, guards
-from reserve.ephemeral import EphemeralPostgres
+from reserve import db
+from reserve.rollout import alembic_runner, dataset
+from reserve.rollout.ephemeral import EphemeralPostgres
+from reserve.schema import guards, revisions
 
 
 def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
@@ -61,7 +63,7 @@ def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
             return {"rows": rows, "guard_restored_s": round(restored_s, 2), "report_s": report_s,
                     "still_waiting_for_the_index_while_the_report_ran": waiting,
                     "finished_after_they_ended_s": round(time.monotonic() - released, 2),
-                    "exit_code": proc.returncode, "ended_at": alembic_runner.current_revision(dba)}
+                    "exit_code": proc.returncode, "ended_at": revisions.current_revision(dba)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import render
-from reserve import benchmark
+from bench import benchmark, render
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -37,7 +36,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--confirm-rounds", type=int, default=5)
     parser.add_argument("--confirm-seconds", type=float, default=4.0, help="target length of one pgbench run")
     parser.add_argument("--new-guard-key", default=None,
-                        help="measure this key order (comma-separated) as if reserve/guards.py NEW_GUARD shipped it")
+                        help="measure this key order (comma-separated) as if reserve/schema/guards.py NEW_GUARD shipped it")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-docs", action="store_true", help="do not refresh docs/BENCHMARKS.md and its plot")
     return parser.parse_args(argv)

@@ -18,8 +18,9 @@ import psycopg
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from reserve import __version__, db, failures
+from reserve import __version__, db
 from reserve.report import EXIT_USAGE, Report, UsageError
+from reserve.schema import failures
 
 
 def _url() -> URL:
@@ -41,7 +42,7 @@ def _failures_reported() -> Iterator[None]:
     Bad input and an unreachable database (every UsageError) exit 2 with the
     library's message; any other database failure prints one message naming
     the command, the kind of failure, the table and who was in the way
-    (reserve.failures), and exits 1, or 2 when the connection was lost or
+    (reserve.schema.failures), and exits 1, or 2 when the connection was lost or
     the database refused the input. Anything else is a programming error,
     and keeps its traceback.
     """
@@ -93,7 +94,7 @@ def main() -> None:
 @json_option
 def preflight(target: str, backup_confirmed: bool, long_transaction_seconds: float, as_json: bool) -> None:
     """Go / no-go for moving DATABASE_URL to --target."""
-    from reserve.preflight import preflight as run
+    from reserve.rollout.preflight import preflight as run
 
     url = _url()
     _run(lambda: run(url, target, backup_confirmed=backup_confirmed, long_transaction_s=long_transaction_seconds),
@@ -104,7 +105,7 @@ def preflight(target: str, backup_confirmed: bool, long_transaction_seconds: flo
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
 def snapshot(output: Path | None) -> None:
     """The catalog state of DATABASE_URL, its revision and row counts (ids and counts only)."""
-    from reserve.snapshots import capture
+    from reserve.rollout.snapshots import capture
 
     url = _url()
     with _failures_reported(), db.connect(url, autocommit=True) as conn:
@@ -124,7 +125,7 @@ def snapshot(output: Path | None) -> None:
 @click.argument("after", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def diff(before: Path, after: Path) -> None:
     """Unified diff of two snapshots. Exit 0 when equal, 1 when they differ."""
-    from reserve.snapshots import diff as unified
+    from reserve.rollout.snapshots import diff as unified
 
     text = unified(before.read_text(encoding="utf-8"), after.read_text(encoding="utf-8"), str(before), str(after))
     click.echo(text or "snapshots are identical", nl=not text)
@@ -135,7 +136,7 @@ def diff(before: Path, after: Path) -> None:
 @json_option
 def verify(as_json: bool) -> None:
     """DATABASE_URL matches what its revision promises; the guard serves the overlap probe."""
-    from reserve.verify import verify as run
+    from reserve.rollout.verify import verify as run
 
     url = _url()
     _run(lambda: run(url), as_json)
@@ -145,7 +146,7 @@ def verify(as_json: bool) -> None:
 @json_option
 def adopt(as_json: bool) -> None:
     """Stamp an existing baseline database as 0001_baseline, after proving it is one."""
-    from reserve.adopt import adopt as run
+    from reserve.rollout.adopt import adopt as run
 
     url = _url()
     _run(lambda: run(url), as_json)
@@ -160,7 +161,7 @@ def adopt(as_json: bool) -> None:
 @json_option
 def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, as_json: bool) -> None:
     """Rehearse the whole rollout on a throw-away database and write the evidence bundle."""
-    from reserve import rehearsal
+    from reserve.rollout import rehearsal
 
     url = _url() if use_database_url else None
     with _failures_reported():
@@ -254,7 +255,7 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
     import signal
     import threading
 
-    from reserve import monitor as mon
+    from reserve.operations import monitor as mon
 
     if once == (port is not None):
         _fail_usage("give exactly one of --once or --serve PORT")
@@ -288,7 +289,7 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
 @json_option
 def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_json: bool) -> None:
     """Delete booking_confirmation_results rows (and cache events) older than --older-than, in batches."""
-    from reserve import retention as ret
+    from reserve.operations import retention as ret
 
     def action() -> Report:
         age = ret.parse_duration(older_than)  # bad input fails before connecting
@@ -306,7 +307,7 @@ def analyze() -> None:
 @json_option
 def analyze_confirmations(as_json: bool) -> None:
     """Bookings with more than one evidence row and why, the cache hit rate, and the unique-constraint decision."""
-    from reserve.analysis import confirmations
+    from reserve.operations.analysis import confirmations
 
     url = _url()
     _run(lambda: confirmations(url), as_json)

@@ -1,7 +1,7 @@
 """The test harness: one throw-away PostgreSQL per test session, a template database per
 migration state, and a fresh clone of the right template for every test.
 
-The server comes from reserve.ephemeral (which runs PostgreSQL as an unprivileged
+The server comes from reserve.rollout.ephemeral (which runs PostgreSQL as an unprivileged
 user when the tests run as root), or from TEST_DATABASE_URL: the URL of an existing
 server and a role that may create databases (its database is the maintenance one).
 Templates are migrated once per session; each test gets ``CREATE DATABASE … TEMPLATE``,
@@ -19,7 +19,7 @@ from alembic import command
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import URL, make_url
 
-from reserve.ephemeral import EphemeralPostgres
+from reserve.rollout.ephemeral import EphemeralPostgres
 from tests.support import Database, alembic_config
 
 TEMPLATES = {"empty": None, "baseline": "0001_baseline", "head": "head"}

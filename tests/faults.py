@@ -25,7 +25,9 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, catalog, db, expectations
+from reserve import db
+from reserve.rollout import alembic_runner
+from reserve.schema import catalog, expectations, revisions
 
 MIGRATION_APPLICATION = "reserve-migrations"
 
@@ -154,10 +156,10 @@ def boundary(conn: psycopg.Connection[Any]) -> Boundary:
     next run) are not part of any revision's schema and are listed apart.
     """
     live = catalog.snapshot(conn)
-    recorded = alembic_runner.current_revision(conn)
-    matching = [rev for rev in expectations.revisions() if not expectations.compare(expectations.expected(rev), live)]
+    recorded = revisions.current_revision(conn)
+    matching = [rev for rev in expectations.shipped() if not expectations.compare(expectations.expected(rev), live)]
     differences: list[str] = []
-    if recorded in expectations.revisions():
+    if recorded in expectations.shipped():
         differences = expectations.summarize(expectations.compare(expectations.expected(recorded), live))
     return Boundary(recorded, matching, catalog.pending_indexes(conn), differences)
 

@@ -18,9 +18,11 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
-from reserve import alembic_runner, catalog, db
+from reserve import db
+from reserve.rollout import alembic_runner
+from reserve.schema import catalog, revisions
 
-ROOT = alembic_runner.PROJECT_ROOT
+ROOT = revisions.PROJECT_ROOT
 REVISIONS = [
     "0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations", "0003b_tenant_policies",
     "0003c_maintenance_role", "0004_allocations_no_overlap",
@@ -29,11 +31,11 @@ REVISIONS = [
 
 def alembic_config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:
     """An in-process Alembic config for ``url`` (never via the environment, never logged)."""
-    return alembic_runner.config(url, x=x, output=output)
+    return revisions.config(url, x=x, output=output)
 
 
 def script_directory() -> ScriptDirectory:
-    return alembic_runner.scripts()
+    return revisions.scripts()
 
 
 def offline_sql(revision_range: str, x: list[str] | None = None) -> str:

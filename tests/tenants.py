@@ -1,5 +1,5 @@
 """A world of restaurants for the tenant-isolation tests: rows in every tenant table, and the writes
-that name another tenant's rows. Shared by tests/test_rls_property.py, tests/test_tenancy.py and
+that name another tenant's rows. Shared by tests/sql/test_rls_property.py, tests/schema/test_tenancy.py and
 tests/migrations/test_0003b_tenant_policies.py.
 """
 

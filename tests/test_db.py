@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from reserve import db
-from reserve.preflight import is_production_looking
+from reserve.rollout.preflight import is_production_looking
 
 
 @pytest.mark.parametrize(("raw", "local"), [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from reserve import alembic_runner, locks
+from reserve.schema import locks, revisions
 from tests.support import ROOT
 
 
@@ -26,7 +26,7 @@ def _modes_named(cell: str) -> set[str]:
 
 def test_the_readme_lock_table_has_every_revision_and_names_the_modes_each_declares():
     table = _lock_table()
-    assert list(table) == alembic_runner.chain()
+    assert list(table) == revisions.chain()
     for revision, (upgrade, downgrade) in table.items():
         for direction, cell in (("upgrade", upgrade), ("downgrade", downgrade)):
             declared = set(locks.declared(revision, direction).tables.values())

@@ -2,7 +2,7 @@
 `alembic`, not in a log, not in any file they write, whether the run succeeds or cannot connect.
 
 The server of the test session listens on 127.0.0.1 with scram-sha-256 for TCP logins (see
-reserve.ephemeral), so the password below is really used to log in. It is given to a role of its own
+reserve.rollout.ephemeral), so the password below is really used to log in. It is given to a role of its own
 (a superuser, as the deploying role is for the rehearsal's CREATE DATABASE and the revisions), so the
 session's own role keeps its password for the other tests.
 """

@@ -18,7 +18,7 @@ Existing databases that already hold this schema are adopted with
 
 from __future__ import annotations
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0001_baseline"
 down_revision = None

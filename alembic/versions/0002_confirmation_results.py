@@ -9,14 +9,14 @@ its RLS, its one policy and its grants: service_role may manage only the rows
 of require_restaurant_context(); anon and authenticated get nothing.
 Downgrade: move the table with its rows to schema reserve_archive, which
 grants nothing to anyone; an empty table is simply dropped. No row is deleted.
-Locks (reserve.locks): SHARE ROW EXCLUSIVE on bookings and restaurants up (the
+Locks (reserve.schema.locks): SHARE ROW EXCLUSIVE on bookings and restaurants up (the
 new foreign keys add their triggers there); ACCESS EXCLUSIVE on them down (an
 empty table is dropped, which removes those triggers). Nothing on allocations.
 """
 
 from __future__ import annotations
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0002_confirmation_results"
 down_revision = "0001_baseline"

@@ -12,7 +12,7 @@ Locks: no table lock (CREATE OR REPLACE FUNCTION only).
 
 from __future__ import annotations
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0003_confirm_v12"
 down_revision = "0002_confirmation_results"

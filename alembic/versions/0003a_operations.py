@@ -19,7 +19,7 @@ Upgrade:
   cache events, for `reserve retention` and pg_cron; EXECUTE for service_role.
 Downgrade: drop the function; archive confirmation_cache_events to
 reserve_archive when it has rows (dropped when empty); drop the check.
-Locks (reserve.locks): ACCESS EXCLUSIVE on feature_flag_overrides (a small
+Locks (reserve.schema.locks): ACCESS EXCLUSIVE on feature_flag_overrides (a small
 table) for the check, SHARE ROW EXCLUSIVE on bookings and restaurants for the
 cache table's foreign keys (ACCESS EXCLUSIVE on both down, when the empty table
 is dropped); nothing on allocations. Kept before 0004 so that the lock-heavy
@@ -31,7 +31,7 @@ from __future__ import annotations
 from alembic import context, op
 from alembic.util import CommandError
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0003a_operations"
 down_revision = "0003_confirm_v12"

@@ -18,9 +18,9 @@ Downgrade (…_down.sql): the previous policies, exactly.
 Checked first: nothing by the revision; existing rows are not rechecked (a
 policy is not a constraint), and the SECURITY DEFINER functions run as the
 table owner. `reserve preflight` lists, as a warning, existing rows that name
-another restaurant's rows (reserve.tenancy): service_role can no longer
+another restaurant's rows (reserve.schema.tenancy): service_role can no longer
 update them after this revision.
-Locks (reserve.locks): ACCESS EXCLUSIVE on those ten tables and ACCESS SHARE on
+Locks (reserve.schema.locks): ACCESS EXCLUSIVE on those ten tables and ACCESS SHARE on
 zones (the new policies read it), taken first with the bounded wait and
 retries every revision uses (-x swap_lock_timeout=2s, swap_lock_attempts=5,
 swap_lock_pause=3): a table locked early waits at most 2 s for the others,
@@ -32,7 +32,7 @@ emergency rollback.
 
 from __future__ import annotations
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0003b_tenant_policies"
 down_revision = "0003a_operations"

@@ -20,7 +20,7 @@ from head stays the swap's emergency rollback.
 
 from __future__ import annotations
 
-from reserve import migration
+from reserve.schema import migration
 
 revision = "0003c_maintenance_role"
 down_revision = "0003b_tenant_policies"

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from alembic import op
 
-from reserve import migration
-from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
+from reserve.schema import migration
+from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
 
 revision = "0004_allocations_no_overlap"
 down_revision = "0003c_maintenance_role"

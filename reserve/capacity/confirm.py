@@ -20,7 +20,7 @@ Every call's latency goes to the Prometheus histogram
 ``reserve_confirm_duration_seconds{outcome="hit|miss|error"}``; errors are also
 counted by kind in ``reserve_confirm_errors_total{error=…}``. Both live in the
 default registry of prometheus_client, which the application exposes (or
-``reserve.monitor.start_exporter`` does, in-process).
+``reserve.operations.monitor.start_exporter`` does, in-process).
 """
 
 from __future__ import annotations

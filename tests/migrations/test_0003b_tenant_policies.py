@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from alembic.util import CommandError
 
-from reserve import catalog, expectations
+from reserve.schema import catalog, expectations
 from tests.support import REVISIONS, Database, Venue, act_as, assign_tables, confirm, offline_sql, scalar, slot
 from tests.tenants import CROSS_REFERENCES, Shape, build, refused_sqlstate
 

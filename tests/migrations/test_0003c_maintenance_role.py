@@ -8,7 +8,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from reserve import retention
+from reserve.operations import retention
 from tests.support import Database, Venue, act_as, scalar, slot
 
 BEFORE, THIS = "0003b_tenant_policies", "0003c_maintenance_role"

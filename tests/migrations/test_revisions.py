@@ -9,9 +9,9 @@ import time
 import pytest
 from alembic.util import CommandError
 
-from reserve.catalog import pending_indexes
-from reserve.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
-from reserve.verify import verify
+from reserve.rollout.verify import verify
+from reserve.schema.catalog import pending_indexes
+from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
 from tests.support import REVISIONS, Database, Venue, confirm, slot
 
 BELOW_SWAP = REVISIONS[-2]  # the revision `alembic downgrade -1` from head returns to

@@ -17,9 +17,11 @@ from typing import Any
 import psycopg
 from click.testing import CliRunner
 
-from reserve import alembic_runner, catalog, dataset, db, guards, locks
+from reserve import db
 from reserve.cli import main
-from reserve.ephemeral import EphemeralPostgres, find_bindir
+from reserve.rollout import alembic_runner, dataset
+from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir
+from reserve.schema import catalog, guards, locks, revisions
 from tests import faults
 from tests.support import REVISIONS, Database
 
@@ -120,7 +122,7 @@ def test_the_rollback_does_not_wait_for_autovacuum():
             assert done.returncode == 0, db.scrub(done.stdout + done.stderr, url)
             assert took < PROMPTLY_S
             assert guards.is_in_place(conn, guards.OLD_GUARD)
-            assert alembic_runner.current_revision(conn) == BELOW_SWAP
+            assert revisions.current_revision(conn) == BELOW_SWAP
 
 
 def test_preflight_for_the_rollback_names_a_running_pg_dump_by_pid_and_application(head_db: Database):

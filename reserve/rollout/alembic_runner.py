@@ -1,0 +1,63 @@
+"""Run this package's Alembic chain in-process, against a URL given explicitly.
+
+The URL travels in the Alembic config's attributes, never through the
+environment or the ini file, so tools can target any database without
+exporting a secret. ``start_cli``/``run_cli`` run the real ``alembic``
+command instead, as an operator would (DATABASE_URL in the child's
+environment only), for the soak and the fault tests, which must watch,
+time, interrupt or kill it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from typing import Any
+
+from alembic import command
+from sqlalchemy.engine import URL
+
+from reserve import db
+from reserve.schema.revisions import PROJECT_ROOT, config
+
+
+def _cli(url: URL, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
+    return [sys.executable, "-m", "alembic", *args], env
+
+
+def start_cli(url: URL, *args: str) -> subprocess.Popen[str]:
+    """Start ``alembic <args>`` against ``url``; stdout and stderr merged, to be read by the caller."""
+    argv, env = _cli(url, args)
+    return subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``alembic <args>`` against ``url`` to the end; raises subprocess.TimeoutExpired after ``timeout``."""
+    argv, env = _cli(url, args)
+    return subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def upgrade(url: URL, revision: str = "head", x: list[str] | None = None, *, trace: Any = None) -> None:
+    """``alembic upgrade``; ``trace`` (a reserve.schema.locktrace.LockTrace) records the locks of every statement."""
+    cfg = config(url, x=x)
+    if trace is not None:
+        cfg.attributes["lock_trace"] = trace
+    command.upgrade(cfg, revision)
+
+
+def downgrade(url: URL, revision: str, x: list[str] | None = None, *, trace: Any = None) -> None:
+    cfg = config(url, x=x)
+    if trace is not None:
+        cfg.attributes["lock_trace"] = trace
+    command.downgrade(cfg, revision)
+
+
+def offline_sql(direction: str, revision_range: str, x: list[str] | None = None) -> str:
+    """The script ``alembic <direction> <range> --sql`` writes."""
+    out = io.StringIO()
+    run = command.upgrade if direction == "upgrade" else command.downgrade
+    run(config(output=out, x=x), revision_range, sql=True)
+    return out.getvalue()

@@ -1,0 +1,174 @@
+"""Predict how long the swap (or its rollback) will hold ACCESS EXCLUSIVE on allocations.
+
+Almost all of the hold is PostgreSQL building the guard's GiST index and then
+checking every live row against it (one index probe per row). Neither can be
+done ahead of time, and both depend on this server's speed and on the shape
+of the data, so the prediction measures instead of assuming:
+
+1. copy a sample of allocations into a temporary table: every row of a
+   pseudo-random subset of the groups of the guard's leading uuid column
+   (whole restaurants for a restaurant-led ``allocations_no_overlap``, whole
+   resources for the old guard), about 50,000 live rows, so that each
+   sampled group keeps all its rows and the sample's GiST tree looks,
+   locally, like the real one;
+2. build the very same constraint (``guards.NEW_GUARD`` for an upgrade,
+   ``guards.OLD_GUARD`` for a rollback) on that sample, on this server, and
+   time it;
+3. scale by (live rows / sample live rows) ** ``GROWTH``. Each of the N rows
+   is inserted into the tree and then probed against it, and the cost of
+   each operation grows with the tree: with its depth, with the overlap of
+   key ranges between pages (random uuids), and once the index outgrows
+   shared_buffers with cache misses. ``make bench`` measures the exponent,
+   per guard, at 100k, 300k and 1M rows: 1.07 for ``allocations_no_overlap``
+   (restaurant, window first: close to N·log N) and 1.15 for the old guard
+   (resource first: key ranges overlap more as the tree grows);
+   ``CALIBRATION`` absorbs what the sample does not do (WAL for the index,
+   the commit), also measured by ``make bench`` (docs/BENCHMARKS.md).
+
+Only ACCESS SHARE is taken on allocations, for the copy (one short
+transaction, with a lock_timeout so it never queues behind a pending swap);
+the build runs on the session's own temporary table, dropped afterwards.
+A few seconds at any table size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from reserve.schema import guards
+from reserve.schema.guards import TABLE, Guard
+
+# Live rows built in the sample: large enough that the fixed costs of a build
+# vanish and that one group more or less does not matter.
+SAMPLE_ROWS = 50_000
+# How the build-and-check time grows with live rows: time ~ rows ** growth,
+# per guard, fitted by `make bench` at 100k, 300k and 1M rows (docs/BENCHMARKS.md,
+# "The predictor"): the exponent that carried the 50k-row sample's build to each
+# measured hold was 1.085/1.066/1.063 for the new guard and 1.22/1.166/1.145 for
+# the old one; bench/results/20261125T114731Z.json checks them (-7%..+8%).
+# Refit when a guard's key changes.
+GROWTH = {guards.NEW_GUARD.name: 1.07, guards.OLD_GUARD.name: 1.15}
+# Real hold / scaled sample build, measured by `make bench`: what the sample
+# does not do (WAL for the index, shared buffers, the commit).
+CALIBRATION = 1.0
+SAMPLE_TABLE = "reserve_predict_sample"
+UUID_COLUMNS = ("restaurant_id", "resource_id")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted ACCESS EXCLUSIVE hold, and how it was obtained."""
+
+    seconds: float
+    rows: int
+    method: str
+    live_rows: int = 0
+    sample_live_rows: int = 0
+    sample_build_s: float = 0.0
+    elapsed_s: float = 0.0
+
+
+def guard_for(direction: str) -> Guard:
+    """The guard the swap builds under the lock: the new one up, the old one down."""
+    if direction == "upgrade":
+        return guards.NEW_GUARD
+    if direction == "downgrade":
+        return guards.OLD_GUARD
+    raise ValueError(f"direction must be 'upgrade' or 'downgrade', not {direction!r}")
+
+
+def sampling_column(guard: Guard) -> str:
+    """The guard's leading uuid column: sampling whole groups of it keeps the tree's local shape."""
+    return next(column for column in guard.equal_columns if column in UUID_COLUMNS)
+
+
+def scale_factor(live_rows: int, sample_live_rows: int, growth: float) -> float:
+    """(table's live rows / sample's live rows) ** growth; 1 when the sample is the table."""
+    if sample_live_rows >= live_rows or sample_live_rows < 1:
+        return 1.0
+    return (live_rows / sample_live_rows) ** growth
+
+
+def predict_swap_hold(conn: psycopg.Connection[Any], direction: str = "upgrade", *,
+                      sample_rows: int = SAMPLE_ROWS, calibration: float = CALIBRATION) -> Prediction:
+    """Predict the ACCESS EXCLUSIVE hold of the swap (``upgrade``) or its rollback (``downgrade``)."""
+    guard = guard_for(direction)
+    started = time.perf_counter()
+    column = sampling_column(guard)
+    if conn.autocommit:
+        # Copy in its own short transaction, so ACCESS SHARE is released before the build.
+        with conn.transaction():
+            rows, live, sample_live = _copy_sample(conn, column, sample_rows)
+        try:
+            with conn.transaction(force_rollback=True):
+                build_s = _timed_build(conn, guard)
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS pg_temp.{SAMPLE_TABLE}")
+    else:
+        # Inside the caller's transaction: a savepoint, rolled back, leaves nothing behind.
+        with conn.transaction(force_rollback=True):
+            rows, live, sample_live = _copy_sample(conn, column, sample_rows)
+            build_s = _timed_build(conn, guard)
+    if live == 0:
+        return Prediction(0.0, rows, "no live (non-shadow) allocations: the index build is instant",
+                          elapsed_s=time.perf_counter() - started)
+    growth = GROWTH[guard.name]
+    factor = scale_factor(live, sample_live, growth)
+    seconds = build_s * factor * calibration
+    share = 100.0 * sample_live / live
+    method = (
+        f"built {guard.name} on a sample of whole {column} groups ({sample_live:,} of {live:,} live rows, "
+        f"{share:.1f}%) in {build_s:.2f}s on this server; scaled by rows^{growth:g} (x{factor:.1f}) "
+        f"and calibration x{calibration:g}"
+    )
+    return Prediction(seconds, rows, method, live, sample_live, build_s, time.perf_counter() - started)
+
+
+def _copy_sample(conn: psycopg.Connection[Any], column: str, sample_rows: int) -> tuple[int, int, int]:
+    """Copy whole ``column`` groups, about ``sample_rows`` live rows, into a temporary table.
+
+    Groups are taken in the order of their hash (a fixed pseudo-random order,
+    for random and time-ordered uuids alike) until ``sample_rows`` live rows
+    are reached, so the sample is never empty and overshoots by one group at most.
+    """
+    conn.execute("SET LOCAL lock_timeout = '5s'")
+    _enlarge_temp_buffers(conn)
+    rows, live = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE NOT shadow) FROM {TABLE}").fetchone()
+    conn.execute(f"DROP TABLE IF EXISTS pg_temp.{SAMPLE_TABLE}")
+    conn.execute(
+        f"""CREATE TEMP TABLE {SAMPLE_TABLE} AS
+            SELECT a.* FROM {TABLE} a
+            WHERE a.{column} IN (
+              SELECT {column} FROM (
+                SELECT {column}, sum(live) OVER (ORDER BY uuid_hash({column}), {column}) - live AS live_before
+                FROM (SELECT {column}, count(*) FILTER (WHERE NOT shadow) AS live FROM {TABLE} GROUP BY {column}) g
+              ) ranked
+              WHERE live_before < %s)""",
+        (sample_rows,),
+    )
+    sample_live = conn.execute(f"SELECT count(*) FROM pg_temp.{SAMPLE_TABLE} WHERE NOT shadow").fetchone()[0]
+    return rows, live, sample_live
+
+
+def _enlarge_temp_buffers(conn: psycopg.Connection[Any]) -> None:
+    """Give the sample room in local buffers, as the real build has shared buffers.
+
+    Only possible before the session first touches a temporary table; otherwise
+    the session's current size is kept (the sample then runs a little slower).
+    """
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL temp_buffers = '64MB'")
+    except psycopg.errors.InvalidParameterValue:
+        pass
+
+
+def _timed_build(conn: psycopg.Connection[Any], guard: Guard) -> float:
+    sql = f"ALTER TABLE pg_temp.{SAMPLE_TABLE} ADD CONSTRAINT {SAMPLE_TABLE}_guard {guard.definition}"
+    started = time.perf_counter()
+    conn.execute(sql)
+    return time.perf_counter() - started

@@ -1,0 +1,222 @@
+"""Preflight: everything the checklist checked by hand before touching the database.
+
+For the step from the database's current revision to a target (head by
+default), upgrade or downgrade: who and where, extensions, drift from what
+this package expects, data that would break the target's guard (proved from
+the catalog when it can be), rows that name another venue's rows (before
+0003b's tenant policies), transactions that would make the swap wait,
+the size of allocations and the predicted ACCESS EXCLUSIVE hold, and backups.
+Read-only: it takes no lock beyond what plain SELECTs take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from reserve import db
+from reserve.report import FAIL, OK, WARN, Report
+from reserve.schema import expectations, guards, locks, revisions, tenancy
+
+SWAP_REVISION = "0004_allocations_no_overlap"
+REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
+REFERENCE_MAJOR = 15
+
+
+def is_production_looking(url: URL) -> bool:
+    """Anything not on this machine is treated as production until the operator says otherwise."""
+    return not db.is_local(url)
+
+
+def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
+              long_transaction_s: float = 60.0) -> Report:
+    """Run every check; raises db.ConnectionFailed or revisions.UnknownRevision (exit 2)."""
+    relative = target.startswith("-")
+    target_revision = None if relative else revisions.resolve(target)  # a typo fails before connecting
+    report = Report("preflight")
+    with db.connect(url, autocommit=True) as conn:
+        current = revisions.current_revision(conn)
+        if relative:
+            target_revision = revisions.resolve(target, current)
+        direction, moving = revisions.steps(current, target_revision)
+        report.facts.update({
+            "database": db.masked(url),
+            "server": conn.execute("SHOW server_version").fetchone()[0],
+            "current_revision": current or "none",
+            "target_revision": target_revision or "base",
+            "step": f"{direction} {' -> '.join(moving)}" if moving else "nothing to do",
+        })
+        check_server(conn, report)
+        check_extensions(conn, report)
+        check_drift(conn, report, current)
+        crosses_swap = SWAP_REVISION in moving
+        check_guard_data(conn, report, direction if crosses_swap else "none")
+        check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in moving)
+        check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s)
+        check_size_and_hold(conn, report, direction if crosses_swap else "none")
+        check_backup(conn, report, url, backup_confirmed)
+    return report
+
+
+def check_server(conn: psycopg.Connection[Any], report: Report) -> None:
+    major = conn.info.server_version // 10000
+    if major == REFERENCE_MAJOR:
+        report.add("server", OK, f"PostgreSQL {major}, the tested version")
+    else:
+        report.add("server", WARN, f"PostgreSQL {major}; this package is tested on {REFERENCE_MAJOR}")
+
+
+def check_extensions(conn: psycopg.Connection[Any], report: Report) -> None:
+    rows = dict(conn.execute(
+        "SELECT name, installed_version FROM pg_available_extensions WHERE name = ANY(%s)",
+        (list(REQUIRED_EXTENSIONS),),
+    ).fetchall())
+    missing = [name for name in REQUIRED_EXTENSIONS if name not in rows]
+    if missing:
+        report.add("extensions", FAIL, f"not available on this server: {', '.join(missing)}")
+    else:
+        state = ", ".join(f"{n} {'installed' if rows[n] else 'available'}" for n in REQUIRED_EXTENSIONS)
+        report.add("extensions", OK, state)
+
+
+def check_drift(conn: psycopg.Connection[Any], report: Report, current: str | None) -> None:
+    if current is None:
+        present = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE oid IN (to_regclass('public.allocations'), to_regclass('public.bookings'))"
+        ).fetchone()[0]
+        if present:
+            report.add("drift", FAIL, "booking tables exist but no alembic_version: run `reserve adopt` first")
+        else:
+            report.add("drift", OK, "empty database: nothing to compare")
+        return
+    found = expectations.drift(conn, current)
+    if found:
+        report.add("drift", FAIL, f"{len(found)} difference(s) from {current}: " + "; ".join(map(str, found[:10])),
+                   differences=[str(d) for d in found])
+    else:
+        report.add("drift", OK, f"catalog matches {current}")
+
+
+def check_guard_data(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
+    if direction == "none":
+        report.add("guard data", OK, "this step does not change the allocation guard")
+        return
+    if not conn.execute("SELECT to_regclass('public.allocations')").fetchone()[0]:
+        report.add("guard data", OK, "no allocations table yet: the guard is created on an empty table")
+        return
+    if direction == "upgrade" and guards.is_in_place(conn, guards.OLD_GUARD):
+        report.add("guard data", OK, f"proved by the catalog: {guards.OLD_GUARD.name} is valid and implies "
+                   f"{guards.NEW_GUARD.name}; no scan needed")
+        return
+    guard = guards.NEW_GUARD if direction == "upgrade" else guards.OLD_GUARD
+    pairs = guards.find_violations(conn, guard)
+    if pairs:
+        ids = sorted({i for pair in pairs for i in pair})[:20]
+        report.add("guard data", FAIL, f"{len(pairs)} overlapping pair(s) would break {guard.name}: {', '.join(ids)}",
+                   allocation_ids=ids)
+    else:
+        report.add("guard data", OK, f"scanned allocations: no rows break {guard.name}")
+
+
+def check_tenant_references(conn: psycopg.Connection[Any], report: Report, applies: bool) -> None:
+    """Rows that already name another venue's rows: 0003b lets them stay, but service_role can no
+    longer rewrite them. A warning, not a no-go: the step commits whole either way, and the repair is
+    a data decision for the operator, with the ids listed here."""
+    if not applies:
+        report.add("tenant references", OK, f"this step does not apply {tenancy.REVISION}")
+        return
+    found = tenancy.find_cross_tenant_rows(conn)
+    if not found:
+        report.add("tenant references", OK, "scanned: no row names another restaurant's row")
+        return
+    detail = "; ".join(f"{f.reference}: {f.count} row(s), e.g. {', '.join(f.ids[:5])}" for f in found)
+    report.add("tenant references", WARN,
+               f"rows naming another restaurant's row; after {tenancy.REVISION} service_role cannot update "
+               f"them (42501) until repaired: {detail}",
+               rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
+
+
+def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float) -> None:
+    """Sessions whose locks conflict with what the step will take (reserve.schema.locks.DECLARED), and long transactions.
+
+    A conflicting holder makes each of the step's bounded lock attempts time
+    out (readers queue behind every attempt meanwhile), so it is a no-go; when
+    the step locks nothing, holders on allocations are shown as a warning.
+    A long transaction that holds no such lock blocks nothing here: a warning,
+    because it holds back vacuum and because the swap's rollback, after it has
+    restored the guard, builds its index concurrently and that build waits for
+    every older snapshot (blocking nobody).
+    """
+    wanted = locks.step_tables(steps)
+    watched = wanted or {guards.TABLE: "ACCESS EXCLUSIVE"}
+    found = locks.holders(conn, watched)
+    names = ", ".join(sorted(t.removeprefix("public.") for t in watched))
+    if found:
+        report.add("lock holders", FAIL if wanted else WARN, "; ".join(h.describe() for h in found),
+                   holders=[h.as_dict() for h in found])
+    else:
+        report.add("lock holders", OK, f"nobody holds a lock that conflicts with this step on {names}")
+    long_running = conn.execute(
+        "SELECT pid, COALESCE(application_name, ''), state, "
+        "       round(extract(epoch FROM clock_timestamp() - xact_start)::numeric, 1)::float8 "
+        "FROM pg_stat_activity WHERE xact_start < clock_timestamp() - make_interval(secs => %s) "
+        "AND pid <> pg_backend_pid() AND datname = current_database() ORDER BY xact_start",
+        (long_s,),
+    ).fetchall()
+    if not long_running:
+        report.add("long transactions", OK, f"none open longer than {long_s:g}s")
+        return
+    rollback = (SWAP_REVISION, "downgrade") in steps
+    effect = ("the rollback restores the guard without waiting for them; its index build afterwards waits for them, "
+              "blocking nobody" if rollback else "they block this step only if listed under lock holders")
+    report.add("long transactions", WARN,
+               "; ".join(f"pid {p} ({app or 'no application_name'}, {state}) open for {age}s"
+                         for p, app, state, age in long_running) + f" ({effect})",
+               transactions=[{"pid": p, "application": app, "state": state, "xact_s": age}
+                             for p, app, state, age in long_running])
+
+
+def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
+    size = conn.execute(
+        "SELECT pg_total_relation_size('public.allocations'), pg_size_pretty(pg_total_relation_size('public.allocations'))"
+    ).fetchone() if conn.execute("SELECT to_regclass('public.allocations')").fetchone()[0] else None
+    if size is None:
+        report.add("allocations size", OK, "no allocations table yet")
+        return
+    rows = conn.execute("SELECT count(*) FROM public.allocations").fetchone()[0]
+    report.facts["allocations_rows"] = rows
+    report.add("allocations size", OK, f"{rows} rows, {size[1]}", rows=rows, bytes=size[0])
+    if direction == "none":
+        report.add("lock hold", OK, "this step takes no ACCESS EXCLUSIVE lock on allocations")
+        return
+    if any(c.name == "guard data" and c.status == FAIL for c in report.checks):
+        report.add("lock hold", WARN, "not predicted: the data would make the swap fail (see guard data)")
+        return
+    from reserve.rollout.predictor import predict_swap_hold
+
+    try:
+        prediction = predict_swap_hold(conn, direction)
+    except psycopg.Error as exc:
+        report.add("lock hold", WARN, f"could not predict the hold: {str(exc).splitlines()[0]}")
+        return
+    report.facts["predicted_lock_hold_s"] = round(prediction.seconds, 2)
+    report.add("lock hold", OK, f"ACCESS EXCLUSIVE on allocations for about {prediction.seconds:.1f}s "
+               f"({direction}; {prediction.method})", predicted_s=prediction.seconds)
+
+
+def check_backup(conn: psycopg.Connection[Any], report: Report, url: URL, confirmed: bool) -> None:
+    settings = dict(conn.execute(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('archive_mode', 'wal_level', 'archive_command')"
+    ).fetchall())
+    archiving = settings.get("archive_mode") in ("on", "always") and settings.get("wal_level") in ("replica", "logical")
+    shown = f"archive_mode={settings.get('archive_mode')}, wal_level={settings.get('wal_level')}"
+    if archiving:
+        report.add("backup", OK, f"WAL archiving is on ({shown}): point-in-time recovery is possible")
+    elif confirmed:
+        report.add("backup", OK, f"operator confirmed a backup/PITR ({shown} on this server)")
+    elif is_production_looking(url):
+        report.add("backup", FAIL, f"no WAL archiving visible ({shown}) and no --backup-confirmed for a remote database")
+    else:
+        report.add("backup", WARN, f"no WAL archiving ({shown}); local database, so not required")

@@ -1,0 +1,343 @@
+"""The rehearsal: the whole rollout, timed, on a throw-away database, with its evidence bundle.
+
+On a throw-away server (or a new database on the server of DATABASE_URL):
+baseline, a generated dataset, preflight, snapshot, upgrade revision by
+revision (timing each and the lock hold, seen from the database), verify,
+the overlap probes, the emergency rollback (timed), verify, upgrade again,
+snapshot, diff, then the QA flows against the rehearsed database. Every
+file of SPEC section 8 goes to ``<out>/<UTC timestamp>/``; none holds a
+password or a row's personal content (ids, definitions and counts only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from sqlalchemy.engine import URL
+
+from reserve import db
+from reserve.report import UsageError
+from reserve.rollout import alembic_runner, dataset, qa, snapshots
+from reserve.rollout.lockwatch import LockWatch
+from reserve.rollout.preflight import preflight
+from reserve.rollout.scratch import scratch_database
+from reserve.rollout.verify import verify
+from reserve.schema import locktrace, probes, revisions
+from reserve.schema.guards import NEW_GUARD
+
+DEFAULT_ROWS = 100_000
+ARTIFACTS = (
+    "pre-migration-state.txt", "post-migration-state.txt", "db-diff.txt", "migration-output.log",
+    "new-constraint.txt", "new-table.txt", "performance-test.txt", "tests.txt", "locks.txt", "summary.json",
+    "SUMMARY.md",
+)
+
+
+class RehearsalSetupError(UsageError):
+    """The rehearsal could not start (output directory, database creation): exit 2."""
+
+
+class StepFailed(Exception):
+    """A step ran and its outcome is a no-go."""
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+    lock_hold_s: float | None = None
+    # For a migration step: statements traced, the strongest lock per table, locks beyond the declaration.
+    lock_trace: dict[str, Any] | None = None
+
+
+@dataclass
+class Result:
+    out: Path
+    steps: list[Step] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = []
+        for step in self.steps:
+            lock = f"  lock {step.lock_hold_s:.2f}s" if step.lock_hold_s is not None else ""
+            lines.append(f"{'ok  ' if step.ok else 'FAIL'} {step.name:<28} {step.seconds:8.2f}s{lock}  {step.detail}")
+        verdict = self.summary.get("verdict", "no-go")
+        failed = self.summary.get("failed_step")
+        lines.append(f"verdict: {verdict.upper()}" + (f" (failed step: {failed})" if failed else ""))
+        lines.append(f"evidence: {self.out}")
+        return "\n".join(lines)
+
+
+class _Scrub(logging.Filter):
+    def __init__(self, url: URL) -> None:
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = db.scrub(record.getMessage(), self.url)
+        record.args = ()
+        return True
+
+
+@contextmanager
+def _capture_logs(path: Path, url: URL) -> Iterator[logging.Handler]:
+    """Alembic's and this package's log lines, password scrubbed, into migration-output.log."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s [%(name)s] %(message)s"))
+    handler.addFilter(_Scrub(url))
+    loggers = [logging.getLogger(name) for name in ("alembic", "reserve")]
+    previous = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    try:
+        yield handler
+    finally:
+        for lg, (level, propagate) in zip(loggers, previous, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+        handler.close()
+
+
+def _output_dir(out_dir: Path) -> Path:
+    """``<out_dir>/<UTC timestamp>``, made new; a second run in the same second gets ``-2``, ``-3``…"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(1, 100):
+        target = out_dir / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            target.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RehearsalSetupError(f"cannot write the evidence bundle to {target}: {exc.strerror}") from None
+        try:
+            (target / ".write-test").write_text("")
+            (target / ".write-test").unlink()
+        except OSError as exc:
+            raise RehearsalSetupError(f"cannot write the evidence bundle to {target}: {exc.strerror}") from None
+        return target
+    raise RehearsalSetupError(f"cannot find a new directory for the evidence bundle in {out_dir}")
+
+
+def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path = Path("artifacts"),
+             progress: bool = True) -> Result:
+    """Rehearse the rollout end to end; the Result's summary says go or no-go and which step failed."""
+    out = _output_dir(out_dir)
+    result = Result(out)
+    console = Console(stderr=True, quiet=not progress)
+    facts: dict[str, Any] = {}
+    with scratch_database(url, "reserve_rehearsal") as target, _capture_logs(out / "migration-output.log", target):
+        log = logging.getLogger("reserve.rollout.rehearsal")
+        head = revisions.head()
+
+        traces: dict[str, locktrace.LockTrace] = {}
+
+        def step(name: str, action: Callable[[], str | None], watch_lock: bool = False) -> None:
+            with console.status(f"[bold]{name}[/bold]…"):
+                log.info("step %s: start", name)
+                started = time.perf_counter()
+                lock = None
+                try:
+                    with ExitStack() as stack:
+                        if watch_lock:
+                            lock = stack.enter_context(LockWatch(target))
+                        detail = action() or ""
+                    beyond = locktrace.undeclared(traces[name].steps) if name in traces else []
+                    if beyond:
+                        raise StepFailed(f"took locks its revision does not declare: {'; '.join(beyond[:3])}")
+                    ok = True
+                except Exception as exc:  # every failure is reported with its step, never swallowed
+                    detail, ok = db.scrub(f"{type(exc).__name__}: {exc}", target).splitlines()[0], False
+                seconds = time.perf_counter() - started
+                record = Step(name, ok, round(seconds, 3), detail,
+                              round(lock.longest_s, 3) if lock is not None else None,
+                              _trace_summary(traces[name]) if name in traces else None)
+                result.steps.append(record)
+                log.info("step %s: %s in %.2fs %s", name, "ok" if ok else "FAILED", seconds, detail)
+            console.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name} ({seconds:.2f}s) {detail}")
+            if not ok:
+                raise StepFailed(name)
+
+        def connect() -> psycopg.Connection[Any]:
+            return db.connect(target, autocommit=True)
+
+        def migrate(name: str, run: Callable[..., None], revision: str, done: str) -> Callable[[], str]:
+            def action() -> str:
+                traces[name] = locktrace.LockTrace()
+                run(target, revision, trace=traces[name])
+                return done
+            return action
+
+        def load_dataset() -> str:
+            with connect() as conn:
+                counts = dataset.generate(conn, dataset.Shape.for_rows(rows))
+            facts["rows"] = counts
+            return f"{counts['allocations']} allocations, {counts['bookings']} bookings"
+
+        def run_preflight() -> str:
+            report = preflight(target, "head", backup_confirmed=True)
+            facts["preflight"] = report.as_dict()
+            log.info("preflight:\n%s", report.to_text())
+            if report.failures:
+                raise StepFailed("; ".join(f"{c.name}: {c.detail}" for c in report.failures))
+            return f"go; predicted lock hold {report.facts.get('predicted_lock_hold_s')}s"
+
+        def write_snapshot(filename: str) -> Callable[[], str]:
+            def action() -> str:
+                with connect() as conn:
+                    (out / filename).write_text(snapshots.capture(conn), encoding="utf-8")
+                return filename
+            return action
+
+        def run_verify(expect: str) -> Callable[[], str]:
+            def action() -> str:
+                report = verify(target)
+                log.info("verify:\n%s", report.to_text())
+                if report.facts.get("revision") != expect or report.failures:
+                    raise StepFailed("; ".join(f"{c.name}: {c.detail}" for c in report.failures) or "wrong revision")
+                return f"at {expect}, catalog as expected, probe served by the GiST index"
+            return action
+
+        def performance() -> str:
+            with connect() as conn:
+                params = probes.sample_parameters(conn)
+                scoped = probes.latency_ms(conn, probes.RESTAURANT_SCOPED, params)
+                point = probes.latency_ms(conn, probes.POINT, params)
+                text = [
+                    f"allocations rows: {facts['rows']['allocations']}",
+                    f"restaurant-scoped probe: p50 {scoped['p50_ms']} ms, p95 {scoped['p95_ms']} ms over {scoped['runs']} runs",
+                    f"point probe: p50 {point['p50_ms']} ms, p95 {point['p95_ms']} ms over {point['runs']} runs",
+                    "", "EXPLAIN (ANALYZE, BUFFERS) restaurant-scoped probe:",
+                    probes.plan(conn, probes.RESTAURANT_SCOPED, params),
+                    "", "EXPLAIN (ANALYZE, BUFFERS) point probe:", probes.plan(conn, probes.POINT, params),
+                ]
+            (out / "performance-test.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+            facts["probe"] = {"restaurant_scoped": scoped, "point": point}
+            return f"restaurant-scoped p95 {scoped['p95_ms']} ms, point p95 {point['p95_ms']} ms"
+
+        def describe_new_objects() -> str:
+            with connect() as conn:
+                constraint = conn.execute(
+                    "SELECT conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s",
+                    (NEW_GUARD.name,)).fetchone()[0]
+                index = conn.execute("SELECT pg_get_indexdef(%s::regclass), pg_size_pretty(pg_relation_size(%s::regclass))",
+                                     (NEW_GUARD.name, NEW_GUARD.name)).fetchone()
+                (out / "new-constraint.txt").write_text(
+                    f"{constraint}\nindex: {index[0]}\nindex size: {index[1]}\n", encoding="utf-8")
+                table = snapshots.capture(conn)
+            lines = [line for line in table.splitlines()
+                     if "booking_confirmation_results" in line or line.startswith("[")]
+            (out / "new-table.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            return "new-constraint.txt, new-table.txt"
+
+        def diff_snapshots() -> str:
+            before = (out / "pre-migration-state.txt").read_text(encoding="utf-8")
+            after = (out / "post-migration-state.txt").read_text(encoding="utf-8")
+            text = snapshots.diff(before, after, "pre-migration-state.txt", "post-migration-state.txt")
+            (out / "db-diff.txt").write_text(text or "no differences\n", encoding="utf-8")
+            return f"{sum(1 for line in text.splitlines() if line[:1] in '+-' and line[:3] not in ('+++', '---'))} changed lines"
+
+        def integration_checks() -> str:
+            with connect() as conn:
+                flows = qa.run_flows(conn)
+            (out / "tests.txt").write_text(qa.render(flows), encoding="utf-8")
+            facts["qa"] = [asdict(f) for f in flows]
+            failed = [f.name for f in flows if not f.passed]
+            if failed:
+                raise StepFailed(f"QA flows failed: {', '.join(failed)}")
+            return f"{len(flows)} QA flows passed"
+
+        plan: list[tuple[str, Callable[[], str | None], bool]] = [
+            ("baseline", lambda: alembic_runner.upgrade(target, "0001_baseline") or "0001_baseline", False),
+            ("dataset", load_dataset, False),
+            ("preflight", run_preflight, False),
+            ("snapshot before", write_snapshot("pre-migration-state.txt"), False),
+            *[(f"upgrade {rev}", migrate(f"upgrade {rev}", alembic_runner.upgrade, rev, rev), True)
+              for rev in revisions.chain()[1:]],
+            ("verify head", run_verify(head), False),
+            ("performance probe", performance, False),
+            ("downgrade -1", migrate("downgrade -1", alembic_runner.downgrade, "-1", "emergency rollback"), True),
+            ("verify rollback", run_verify(revisions.chain()[-2]), False),
+            ("upgrade head again", migrate("upgrade head again", alembic_runner.upgrade, "head", head), True),
+            ("snapshot after", write_snapshot("post-migration-state.txt"), False),
+            ("diff", diff_snapshots, False),
+            ("new objects", describe_new_objects, False),
+            ("integration checks", integration_checks, False),
+        ]
+        try:
+            for name, action, watch in plan:
+                step(name, action, watch)
+        except StepFailed:
+            pass
+        finally:
+            (out / "locks.txt").write_text(_render_traces(traces), encoding="utf-8")
+    result.summary = _summary(result, facts, rows)
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "SUMMARY.md").write_text(_human_summary(result), encoding="utf-8")
+    return result
+
+
+def _trace_summary(trace: locktrace.LockTrace) -> dict[str, Any]:
+    """A migration step's lock trace in summary.json: per revision, statements and the strongest lock per table."""
+    return {
+        "statements": trace.statement_count,
+        "revisions": {step.step: {"statements": len(step.statements), "strongest": step.strongest(),
+                                  "completed": step.completed} for step in trace.steps},
+        "undeclared": locktrace.undeclared(trace.steps),
+    }
+
+
+def _render_traces(traces: dict[str, locktrace.LockTrace]) -> str:
+    """locks.txt: the lock trace of every migration step, in the order they ran."""
+    header = ("# The table locks the migrating session held after each statement (reserve.schema.locktrace),\n"
+              "# checked against what each revision declares (reserve.schema.locks.DECLARED).\n\n")
+    return header + "\n".join(f"## rehearsal step: {name}\n\n{trace.render()}" for name, trace in traces.items())
+
+
+def _summary(result: Result, facts: dict[str, Any], rows: int) -> dict[str, Any]:
+    failed = next((s.name for s in result.steps if not s.ok), None)
+    locks = {s.name: s.lock_hold_s for s in result.steps if s.lock_hold_s is not None}
+    return {
+        "verdict": "go" if failed is None and result.steps else "no-go",
+        "failed_step": failed,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "requested_rows": rows,
+        "rows": facts.get("rows"),
+        "steps": [asdict(s) for s in result.steps],
+        "lock_hold_s": locks,
+        "lock_trace_statements": sum((s.lock_trace or {}).get("statements", 0) for s in result.steps),
+        "predicted_lock_hold_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_lock_hold_s"),
+        "probe_ms": facts.get("probe"),
+        "qa": facts.get("qa"),
+        "artifacts": [name for name in ARTIFACTS if (result.out / name).exists() or name in ("summary.json", "SUMMARY.md")],
+    }
+
+
+def _human_summary(result: Result) -> str:
+    s = result.summary
+    lines = [
+        "# Rehearsal of the capacity-overlap rollout", "",
+        f"**Verdict: {s['verdict'].upper()}**" + (f" — failed step: `{s['failed_step']}`" if s["failed_step"] else ""),
+        "", f"Generated {s['generated_at']} on a throw-away database with {s['rows'] or s['requested_rows']} rows.", "",
+        "| step | result | seconds | ACCESS EXCLUSIVE held (s) | detail |", "|---|---|---|---|---|",
+    ]
+    for step in result.steps:
+        lock = f"{step.lock_hold_s:.2f}" if step.lock_hold_s is not None else ""
+        lines.append(f"| {step.name} | {'ok' if step.ok else 'FAIL'} | {step.seconds:.2f} | {lock} | {step.detail} |")
+    lines += ["", f"Predicted lock hold of the swap (preflight): {s['predicted_lock_hold_s']} s.",
+              "", "Files: " + ", ".join(f"`{a}`" for a in s["artifacts"]), ""]
+    return "\n".join(lines)

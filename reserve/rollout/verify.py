@@ -1,0 +1,67 @@
+"""``reserve verify``: the live database is what its revision promises, and the guard serves the probe."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL
+
+from reserve import db
+from reserve.report import FAIL, OK, WARN, Report
+from reserve.schema import catalog, expectations, guards, pending, probes, revisions
+
+TOO_FEW_ROWS_TO_JUDGE = 1000
+
+
+def verify(url: URL) -> Report:
+    """Drift, guard validity, zero overlaps, and the probe's plan; raises db.ConnectionFailed (exit 2)."""
+    report = Report("verify")
+    with db.connect(url, autocommit=True) as conn:
+        current = revisions.current_revision(conn)
+        report.facts.update({"database": db.masked(url), "revision": current or "none"})
+        if current is None:
+            report.add("revision", FAIL, "no alembic_version: this database is not managed by reserve-migrations")
+            return report
+        leftovers = catalog.pending_indexes(conn)
+        live = catalog.snapshot(conn)
+        found = expectations.compare(expectations.expected(current), live)
+        between = pending.identify(current, live, leftovers) if found else None
+        if between is not None:
+            report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,
+                       command=between.command, differences=[str(d) for d in found])
+        else:
+            if leftovers:
+                report.add("leftovers", WARN, f"{', '.join(leftovers)} left by an interrupted rollback: rerun "
+                           "`alembic downgrade -1` to finish it, or DROP INDEX CONCURRENTLY it", indexes=leftovers)
+            report.add("catalog", FAIL if found else OK,
+                       "; ".join(map(str, found[:10])) if found else f"matches {current}",
+                       differences=[str(d) for d in found])
+        guard = next((g for g in (guards.NEW_GUARD, guards.OLD_GUARD) if guards.is_in_place(conn, g)), None)
+        if guard is None:
+            report.add("guard", FAIL, "no valid overlap guard on allocations")
+            return report
+        pairs = guards.find_violations(conn, guard)
+        report.add("overlaps", FAIL if pairs else OK,
+                   f"{len(pairs)} overlapping pair(s): {pairs}" if pairs else f"no live overlaps under {guard.name}")
+        params = probes.sample_parameters(conn)
+        if params["restaurant_id"] is None:
+            report.add("probe plan", OK, "no allocations to probe")
+            return report
+        plan = probes.plan(conn, probes.RESTAURANT_SCOPED, params)
+        index = guard.name
+        if probes.uses_index(plan, index):
+            report.add("probe plan", OK, f"the restaurant-scoped overlap probe uses the GiST index {index}", plan=plan)
+            return report
+        # A small table is cheaper to scan: show that the index serves the probe when a scan is not an option.
+        with conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")
+            forced = probes.plan(conn, probes.RESTAURANT_SCOPED, params)
+        if probes.uses_index(forced, index):
+            report.add("probe plan", OK, f"the restaurant-scoped overlap probe can use the GiST index {index} "
+                       "(the planner scans this small table instead)", plan=forced)
+            return report
+        rows = conn.execute("SELECT count(*) FROM public.allocations").fetchone()[0]
+        if rows < TOO_FEW_ROWS_TO_JUDGE:
+            report.add("probe plan", WARN, f"only {rows} allocations: too few for the plan to say anything", plan=forced)
+        else:
+            report.add("probe plan", FAIL, f"the restaurant-scoped overlap probe does not use the GiST index {index}",
+                       plan=forced)
+    return report

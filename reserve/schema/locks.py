@@ -1,0 +1,254 @@
+"""Table locks: the eight modes and what conflicts with what, the locks each revision declares, who holds them.
+
+Every revision declares here, in ``DECLARED``, the strongest lock it takes on
+each table that exists before it runs, per direction. The revisions take
+exactly these locks first, through one mechanism (``reserve.schema.migration.take_locks``:
+a short lock_timeout per attempt and bounded retries), so that no later
+statement of the revision waits in a lock queue; ``reserve preflight`` reads the
+same table to name whoever would make a step wait; and the lock trace
+(``reserve.schema.locktrace``) proves, statement by statement, that no revision takes
+a lock stronger than it declares or on a table it does not declare.
+
+Tables a revision creates are not declared: nobody else can see them before
+the revision commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+# pg_locks spelling -> SQL spelling, weakest first.
+MODES: dict[str, str] = {
+    "AccessShareLock": "ACCESS SHARE",
+    "RowShareLock": "ROW SHARE",
+    "RowExclusiveLock": "ROW EXCLUSIVE",
+    "ShareUpdateExclusiveLock": "SHARE UPDATE EXCLUSIVE",
+    "ShareLock": "SHARE",
+    "ShareRowExclusiveLock": "SHARE ROW EXCLUSIVE",
+    "ExclusiveLock": "EXCLUSIVE",
+    "AccessExclusiveLock": "ACCESS EXCLUSIVE",
+}
+_SQL = {sql: name for name, sql in MODES.items()}
+
+# PostgreSQL's conflict table ("Conflicting Lock Modes" in the manual), by SQL spelling.
+CONFLICTS: dict[str, frozenset[str]] = {
+    "ACCESS SHARE": frozenset({"ACCESS EXCLUSIVE"}),
+    "ROW SHARE": frozenset({"EXCLUSIVE", "ACCESS EXCLUSIVE"}),
+    "ROW EXCLUSIVE": frozenset({"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"}),
+    "SHARE UPDATE EXCLUSIVE": frozenset({"SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
+                                         "ACCESS EXCLUSIVE"}),
+    "SHARE": frozenset({"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE",
+                        "ACCESS EXCLUSIVE"}),
+    "SHARE ROW EXCLUSIVE": frozenset({"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                                      "EXCLUSIVE", "ACCESS EXCLUSIVE"}),
+    "EXCLUSIVE": frozenset({"ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+                            "EXCLUSIVE", "ACCESS EXCLUSIVE"}),
+    "ACCESS EXCLUSIVE": frozenset(MODES.values()),
+}
+
+
+def sql_mode(mode: str) -> str:
+    """'AccessExclusiveLock' or 'ACCESS EXCLUSIVE' -> 'ACCESS EXCLUSIVE'; ValueError for anything else."""
+    if mode in _SQL:
+        return mode
+    if mode in MODES:
+        return MODES[mode]
+    raise ValueError(f"not a table lock mode: {mode!r}")
+
+
+def conflicts(a: str, b: str) -> bool:
+    """Would a lock in mode ``a`` wait for one in mode ``b`` (and the other way round)?"""
+    return sql_mode(b) in CONFLICTS[sql_mode(a)]
+
+
+def covers(declared: str, taken: str) -> bool:
+    """True when ``taken`` blocks nobody that ``declared`` does not block already."""
+    return CONFLICTS[sql_mode(taken)] <= CONFLICTS[sql_mode(declared)]
+
+
+def strongest(modes: Iterable[str]) -> str | None:
+    """The mode that blocks the most, of ``modes`` (by the conflict table; ties by manual order)."""
+    order = list(MODES.values())
+    found = sorted({sql_mode(m) for m in modes}, key=lambda m: (len(CONFLICTS[m]), order.index(m)))
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------- what each revision declares
+
+
+@dataclass(frozen=True)
+class StepLocks:
+    """The locks one direction of one revision takes on tables that exist before it: table -> SQL mode."""
+
+    tables: Mapping[str, str]
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """(mode, tables) in the order they are taken: strongest mode first, tables by name within a mode."""
+        order = list(MODES.values())
+        by_mode: dict[str, list[str]] = {}
+        for table, mode in self.tables.items():
+            by_mode.setdefault(mode, []).append(table)
+        return [(mode, sorted(by_mode[mode])) for mode in sorted(by_mode, key=order.index, reverse=True)]
+
+
+AE, SRE, SUE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"
+BASELINE_TABLES = (
+    "public.restaurants", "public.zones", "public.table_inventory", "public.table_adjacencies", "public.bookings",
+    "public.booking_state_history", "public.allocations", "public.table_holds", "public.table_hold_members",
+    "public.booking_table_assignments", "public.booking_assignment_idempotency", "public.capacity_outbox",
+    "public.feature_flag_overrides",
+)
+# The ten tables whose policies 0003b rewrites.
+TENANT_POLICY_TABLES = (
+    "public.allocations", "public.booking_assignment_idempotency", "public.booking_confirmation_results",
+    "public.booking_table_assignments", "public.bookings", "public.capacity_outbox",
+    "public.confirmation_cache_events", "public.feature_flag_overrides", "public.table_holds",
+    "public.table_inventory",
+)
+ARCHIVED = ("reserve_archive.booking_confirmation_results", "reserve_archive.confirmation_cache_events")
+
+# revision -> direction -> the strongest lock per existing table. Why each one:
+DECLARED: dict[str, dict[str, StepLocks]] = {
+    "0001_baseline": {
+        # Creates every table; nothing existed before.
+        "upgrade": StepLocks({}),
+        # Drops every table (and the archive, when a later downgrade left one).
+        "downgrade": StepLocks({**dict.fromkeys(BASELINE_TABLES, AE), **dict.fromkeys(ARCHIVED, AE)}),
+    },
+    "0002_confirmation_results": {
+        # The new table's foreign keys add their triggers to bookings and restaurants; an archived table
+        # is moved back from reserve_archive.
+        "upgrade": StepLocks({"public.bookings": SRE, "public.restaurants": SRE, ARCHIVED[0]: AE}),
+        # The table is moved to reserve_archive (or dropped, which removes the triggers of its keys).
+        "downgrade": StepLocks({"public.booking_confirmation_results": AE, "public.bookings": AE,
+                                "public.restaurants": AE}),
+    },
+    "0003_confirm_v12": {
+        # CREATE OR REPLACE FUNCTION: no table lock.
+        "upgrade": StepLocks({}),
+        "downgrade": StepLocks({}),
+    },
+    "0003a_operations": {
+        # ADD CONSTRAINT … CHECK … NOT VALID on feature_flag_overrides; the cache table's foreign keys.
+        "upgrade": StepLocks({"public.feature_flag_overrides": AE, "public.bookings": SRE, "public.restaurants": SRE,
+                              ARCHIVED[1]: AE}),
+        "downgrade": StepLocks({"public.feature_flag_overrides": AE, "public.confirmation_cache_events": AE,
+                                "public.bookings": AE, "public.restaurants": AE}),
+    },
+    "0003b_tenant_policies": {
+        # DROP/CREATE POLICY on ten tables; the new WITH CHECKs read zones (ACCESS SHARE, as a query does).
+        "upgrade": StepLocks({**dict.fromkeys(TENANT_POLICY_TABLES, AE), "public.zones": "ACCESS SHARE"}),
+        "downgrade": StepLocks(dict.fromkeys(TENANT_POLICY_TABLES, AE)),
+    },
+    "0003c_maintenance_role": {
+        # GRANT and REVOKE on a function: no table lock.
+        "upgrade": StepLocks({}),
+        "downgrade": StepLocks({}),
+    },
+    "0004_allocations_no_overlap": {
+        # The guard swap: drop one exclusion constraint and add the other, under the one lock.
+        "upgrade": StepLocks({"public.allocations": AE}),
+        "downgrade": StepLocks({"public.allocations": AE}),
+    },
+}
+
+
+def declared(revision: str, direction: str) -> StepLocks:
+    """What ``revision`` declares for ``direction`` ('upgrade' or 'downgrade'); KeyError when undeclared."""
+    return DECLARED[revision][direction]
+
+
+def step_tables(steps: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The strongest lock per table over several (revision, direction) steps."""
+    result: dict[str, str] = {}
+    for revision, direction in steps:
+        for table, mode in declared(revision, direction).tables.items():
+            result[table] = strongest([mode, result[table]]) if table in result else mode
+    return result
+
+
+# ---------------------------------------------------------------- who holds locks now (this database only)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A session of this database that holds (or waits for) a lock on a table: ids and timings, never its query."""
+
+    pid: int
+    application: str
+    table: str
+    mode: str  # SQL spelling
+    granted: bool
+    state: str
+    xact_s: float | None
+
+    def describe(self) -> str:
+        age = f", in a transaction for {self.xact_s:.0f}s" if self.xact_s is not None else ""
+        verb = "holds" if self.granted else "waits for"
+        return f"pid {self.pid} ({self.application or 'no application_name'}) {verb} {self.mode} on {self.table}{age}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "application": self.application, "table": self.table, "mode": self.mode,
+                "granted": self.granted, "state": self.state, "xact_s": self.xact_s}
+
+
+# pg_locks and pg_stat_activity are cluster-wide, and a database made from a template shares the
+# template's relation OIDs: every query here is scoped to the current database.
+HOLDERS_SQL = """
+SELECT l.pid, COALESCE(a.application_name, ''), l.relation::regclass::text, l.mode, l.granted,
+       COALESCE(a.state, ''), round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)::float8
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation'
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
+  AND l.pid <> pg_backend_pid() AND NOT (l.pid = ANY (%s::int[]))
+ORDER BY a.xact_start NULLS LAST, l.pid, 3
+"""
+
+
+def holders(conn: psycopg.Connection[Any], wanted: Mapping[str, str], *, exclude: Sequence[int] = ()) -> list[Holder]:
+    """Sessions of this database whose lock on one of ``wanted``'s tables conflicts with the mode wanted there.
+
+    ``wanted`` maps table -> the mode a step will request. Waiting requests are
+    listed too: a request queued ahead of ours is served first.
+    """
+    if not wanted:
+        return []
+    rows = conn.execute(HOLDERS_SQL, (list(wanted), list(exclude))).fetchall()
+    found = []
+    for pid, app, table, mode, granted, state, xact_s in rows:
+        qualified = table if "." in table else f"public.{table}"
+        want = wanted.get(qualified) or wanted.get(table)
+        if want and conflicts(want, mode):
+            found.append(Holder(pid, app, qualified, sql_mode(mode), granted, state, xact_s))
+    return found
+
+
+def exclusive_holders(conn: psycopg.Connection[Any], *, exclude: Sequence[int] = ()) -> list[Holder]:
+    """Sessions of this database holding ACCESS EXCLUSIVE or EXCLUSIVE on any table: what makes readers wait."""
+    rows = conn.execute(
+        HOLDERS_SQL.replace("AND l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)",
+                            "AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock') AND l.granted "
+                            "AND l.relation IN (SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'))"),
+        (list(exclude),)).fetchall()
+    return [Holder(pid, app, table if "." in table else f"public.{table}", sql_mode(mode), granted, state, xact_s)
+            for pid, app, table, mode, granted, state, xact_s in rows]
+
+
+OLD_SNAPSHOTS_SQL = """
+SELECT pid, COALESCE(application_name, ''), COALESCE(state, ''),
+       round(extract(epoch FROM clock_timestamp() - xact_start)::numeric, 1)::float8
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND NOT (pid = ANY (%s::int[]))
+  AND backend_xmin IS NOT NULL AND backend_type = 'client backend'
+ORDER BY xact_start NULLS LAST
+"""
+
+
+def snapshot_holders(conn: psycopg.Connection[Any], *, exclude: Sequence[int] = ()) -> list[tuple[int, str, str, float | None]]:
+    """Sessions of this database holding a snapshot: what CREATE INDEX CONCURRENTLY waits for. (pid, app, state, age)."""
+    return [tuple(row) for row in conn.execute(OLD_SNAPSHOTS_SQL, (list(exclude),)).fetchall()]
