@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from reserve import db
-from reserve.schema import failures, locks, locktrace, migration, revisions
+from reserve.schema import failures, locks, locktrace, options, revisions
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -44,12 +44,12 @@ log = logging.getLogger("reserve.env")
 # pg_advisory_lock key shared by every run of this project. Arbitrary, fixed forever.
 MIGRATION_LOCK_KEY = 7_265_736_572_766_501
 VERSIONS = Path(__file__).resolve().parent / "versions"
-session_setting = migration.session_setting
+session_setting = options.session_setting
 
 
 def run_migrations_offline() -> None:
     """Write the SQL script for a DBA to review and apply with psql."""
-    migration.check_x_options(offline=True)
+    options.check_x_options(offline=True)
     context.configure(
         dialect_name="postgresql",
         dialect_opts={"paramstyle": "named"},
@@ -158,7 +158,7 @@ def _explain(exc: BaseException, url: URL, pid: int | None, trace: locktrace.Loc
 def _lock_trace() -> tuple[locktrace.LockTrace | None, Path | None]:
     """The trace a caller passed in (the rehearsal), or one for ``-x lock_trace=FILE``."""
     passed = config.attributes.get("lock_trace")
-    target = migration.x_option("lock_trace", "")
+    target = options.x_option("lock_trace", "")
     if passed is not None:
         return passed, Path(target) if target else None
     return (locktrace.LockTrace(), Path(target)) if target else (None, None)
@@ -166,7 +166,7 @@ def _lock_trace() -> tuple[locktrace.LockTrace | None, Path | None]:
 
 def run_migrations_online() -> None:
     """Apply revisions to the database of DATABASE_URL, one transaction each."""
-    migration.check_x_options(offline=False)
+    options.check_x_options(offline=False)
     url = _url()
     trace, trace_file = _lock_trace()
     with _connect(url) as connection:

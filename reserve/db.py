@@ -48,13 +48,8 @@ def libpq_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def masked(url: URL | str) -> str:
+def masked(url: URL) -> str:
     """The URL for humans and logs, password replaced by ***."""
-    if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except ArgumentError:
-            return "<invalid url>"
     return url.set(drivername="postgresql").render_as_string(hide_password=True)
 
 
@@ -63,6 +58,11 @@ def scrub(text: str, url: URL | None) -> str:
     if url is not None and url.password:
         text = text.replace(str(url.password), "***")
     return text
+
+
+def table_exists(conn: psycopg.Connection, table: str) -> bool:
+    """Does ``table`` (schema-qualified, e.g. ``public.allocations``) exist in the connected database?"""
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
 
 
 class ConnectionFailed(UsageError):

@@ -30,7 +30,7 @@ from __future__ import annotations
 from alembic import op
 
 from reserve.schema import migration
-from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
+from reserve.schema.guards import OLD_GUARD, REDUNDANT_INDEX, redundant_index_sql
 
 revision = "0004_allocations_no_overlap"
 down_revision = "0003c_maintenance_role"
@@ -39,19 +39,20 @@ depends_on = None
 
 
 def upgrade() -> None:
+    new_guard = migration.new_guard()
     if not migration.guard_in_place(OLD_GUARD):
-        migration.refuse_violations(NEW_GUARD, "add allocations_no_overlap")
+        migration.refuse_violations(new_guard, "add allocations_no_overlap")
     migration.take_locks(revision, "upgrade")
     op.execute(OLD_GUARD.drop_sql())
     op.execute(f"DROP INDEX public.{REDUNDANT_INDEX}")
-    migration.add_guard(NEW_GUARD, "add allocations_no_overlap")
+    migration.add_guard(new_guard, "add allocations_no_overlap")
 
 
 def downgrade() -> None:
     if not migration.guard_in_place(OLD_GUARD):  # else an earlier run restored it: straight to the index
         migration.refuse_violations(OLD_GUARD, "restore allocations_resource_window_excl")
         migration.take_locks(revision, "downgrade")
-        op.execute(NEW_GUARD.drop_sql())
+        op.execute(migration.new_guard().drop_sql())
         migration.add_guard(OLD_GUARD, "restore allocations_resource_window_excl")
     migration.build_index_after_commit(REDUNDANT_INDEX, lambda name: redundant_index_sql(name, concurrently=True),
                                        step=f"downgrade {revision}", done=f"{OLD_GUARD.name} is restored")

@@ -40,19 +40,26 @@ def run_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedP
     return subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def upgrade(url: URL, revision: str = "head", x: list[str] | None = None, *, trace: Any = None) -> None:
-    """``alembic upgrade``; ``trace`` (a reserve.schema.locktrace.LockTrace) records the locks of every statement."""
+def _passing(url: URL, x: list[str] | None, trace: Any, new_guard: Any) -> Any:
     cfg = config(url, x=x)
     if trace is not None:
         cfg.attributes["lock_trace"] = trace
-    command.upgrade(cfg, revision)
+    if new_guard is not None:
+        cfg.attributes["new_guard"] = new_guard
+    return cfg
 
 
-def downgrade(url: URL, revision: str, x: list[str] | None = None, *, trace: Any = None) -> None:
-    cfg = config(url, x=x)
-    if trace is not None:
-        cfg.attributes["lock_trace"] = trace
-    command.downgrade(cfg, revision)
+def upgrade(url: URL, revision: str = "head", x: list[str] | None = None, *, trace: Any = None,
+            new_guard: Any = None) -> None:
+    """``alembic upgrade``. ``trace`` (a reserve.schema.locktrace.LockTrace) records the locks of every
+    statement; ``new_guard`` (a reserve.schema.guards.Guard) is what the swap installs in this run only
+    (the benchmark's proposed key orders), instead of the shipped ``allocations_no_overlap``."""
+    command.upgrade(_passing(url, x, trace, new_guard), revision)
+
+
+def downgrade(url: URL, revision: str, x: list[str] | None = None, *, trace: Any = None,
+              new_guard: Any = None) -> None:
+    command.downgrade(_passing(url, x, trace, new_guard), revision)
 
 
 def offline_sql(direction: str, revision_range: str, x: list[str] | None = None) -> str:

@@ -58,6 +58,7 @@ class Step:
     seconds: float
     detail: str = ""
     lock_hold_s: float | None = None
+    lock_retries: int | None = None  # lock attempts that timed out and were retried (the soak counts them)
     # For a migration step: statements traced, the strongest lock per table, locks beyond the declaration.
     lock_trace: dict[str, Any] | None = None
 
@@ -164,8 +165,8 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                     detail, ok = db.scrub(f"{type(exc).__name__}: {exc}", target).splitlines()[0], False
                 seconds = time.perf_counter() - started
                 record = Step(name, ok, round(seconds, 3), detail,
-                              round(lock.longest_s, 3) if lock is not None else None,
-                              _trace_summary(traces[name]) if name in traces else None)
+                              lock_hold_s=round(lock.longest_s, 3) if lock is not None else None,
+                              lock_trace=_trace_summary(traces[name]) if name in traces else None)
                 result.steps.append(record)
                 log.info("step %s: %s in %.2fs %s", name, "ok" if ok else "FAILED", seconds, detail)
             console.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name} ({seconds:.2f}s) {detail}")

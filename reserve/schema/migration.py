@@ -10,11 +10,7 @@ concurrently after a commit, and reading ``-x`` options and session settings.
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,8 +18,10 @@ from alembic import context, op
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from reserve import db, sql
-from reserve.schema import catalog, failures, guards, locks
+from reserve import sql
+from reserve.schema import guards, locks
+from reserve.schema.index_build import build_index_after_commit  # noqa: F401 (for the revisions)
+from reserve.schema.options import LockPolicy, session_setting
 
 log = logging.getLogger("reserve.schema.migration")
 
@@ -47,95 +45,6 @@ def run_schema_script(name: str) -> None:
 def install_function(name: str, version: str) -> None:
     """Install ``version`` of function ``name`` from its released SQL file."""
     execute(sql.function_sql(name, version))
-
-
-# Session settings of every run, with their defaults (``-x name=value`` overrides each one). env.py sets
-# them on the migrating session; a step that changes one for a single statement puts it back from here.
-SESSION_DEFAULTS = {
-    "lock_timeout": "5s",
-    "statement_timeout": "15min",
-    "migration_lock_wait": "10min",
-    # A client killed mid-build (deploy job timeout, SIGKILL) would otherwise leave its backend
-    # building the guard under ACCESS EXCLUSIVE until the statement ends: up to a minute at 1M rows.
-    # With this the server notices the dead client within a second and rolls back (PostgreSQL 14+).
-    "client_connection_check_interval": "1s",
-}
-# How long the rollback's concurrent index build may wait for other transactions once the guard is back
-# (it blocks no booking meanwhile); 0 waits as long as it takes.
-INDEX_BUILD_WAIT = "1h"
-
-
-def x_option(name: str, default: str) -> str:
-    """An ``alembic -x name=value`` option, or its default: the one reader of ``-x``."""
-    return context.get_x_argument(as_dictionary=True).get(name, default)
-
-
-def session_setting(name: str) -> str:
-    """A session setting of this run (``SESSION_DEFAULTS``), as given with ``-x`` or by default."""
-    return x_option(name, SESSION_DEFAULTS[name])
-
-
-def check_x_options(*, offline: bool) -> None:
-    """Fail on a bad ``-x`` value before any revision runs, so that a typo changes nothing.
-
-    Some options are read only by a late step (the lock options by the first
-    revision that locks, the index wait by the rollback of the swap): checked
-    here, up front. Online the server checks the session settings itself when
-    env.py sets them; offline they go into the script unchecked, so here.
-    """
-    LockPolicy.from_x_options()
-    duration_option("index_build_wait", INDEX_BUILD_WAIT)
-    if offline:
-        for name, default in SESSION_DEFAULTS.items():
-            duration_option(name, default)
-
-
-@dataclass(frozen=True)
-class LockPolicy:
-    """How long one lock attempt may wait, and how often to try.
-
-    Every waiting attempt makes readers of the table queue behind it, so each
-    wait is short; the pauses between attempts let that queue drain.
-    """
-
-    lock_timeout: str = "2s"
-    attempts: int = 5
-    pause_s: float = 3.0
-
-    @classmethod
-    def from_x_options(cls) -> LockPolicy:
-        """Read ``-x swap_lock_timeout=…``, ``-x swap_lock_attempts=…``, ``-x swap_lock_pause=…``.
-
-        A bad value is a CommandError naming the option (env.py reads these before any revision runs,
-        so a typo changes nothing).
-        """
-        default = cls()
-        attempts = _number_option("swap_lock_attempts", default.attempts, int)
-        pause_s = _number_option("swap_lock_pause", default.pause_s, float)
-        if attempts < 1 or pause_s < 0:
-            raise CommandError("swap_lock_attempts must be >= 1 and swap_lock_pause >= 0")
-        return cls(duration_option("swap_lock_timeout", default.lock_timeout), attempts, pause_s)
-
-
-def _number_option(name: str, default: float, kind: type) -> Any:
-    value = x_option(name, str(default))
-    try:
-        return kind(value)
-    except ValueError:
-        raise CommandError(f"invalid -x {name}={value!r}: give a{'' if kind is int else ' decimal'} number, "
-                           f"e.g. {default}") from None
-
-
-# A PostgreSQL time setting: a number with an optional unit (lock_timeout = '2s', '500ms', '10min').
-_DURATION = re.compile(r"\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*")
-
-
-def duration_option(name: str, default: str) -> str:
-    """An ``-x`` option holding a PostgreSQL duration; CommandError when it is not one."""
-    value = x_option(name, default)
-    if not _DURATION.fullmatch(value):
-        raise CommandError(f"invalid -x {name}={value!r}: give a PostgreSQL duration, e.g. 2s, 500ms or 10min")
-    return value
 
 
 class Bind:
@@ -274,6 +183,13 @@ END
 $restore$""")
 
 
+def new_guard() -> guards.Guard:
+    """The guard the swap installs: ``guards.NEW_GUARD`` as shipped, unless the caller of this one Alembic run
+    passed another in the config's attributes (the benchmark measures a proposed key order through the real
+    revision that way, explicitly, instead of replacing the shipped definition for everyone)."""
+    return context.config.attributes.get("new_guard") or guards.NEW_GUARD
+
+
 def guard_in_place(guard: guards.Guard) -> bool:
     """Online: does the catalog prove ``guard`` holds? Offline there is no catalog: False."""
     return not context.is_offline_mode() and guards.is_in_place(Bind(), guard)
@@ -329,111 +245,3 @@ def add_guard(guard: guards.Guard, action: str) -> None:
         ) from None
 
 
-def build_index_after_commit(name: str, create_sql: Callable[[str], str], *, step: str, done: str) -> None:
-    """Commit what the revision did so far, then build index ``name`` concurrently, blocking nobody.
-
-    Why after the commit: CREATE INDEX CONCURRENTLY waits for every
-    transaction of the database that holds an older snapshot (a report query,
-    a REPEATABLE READ transaction, pg_dump), however unrelated; what the
-    revision did before (``done``, e.g. a restored guard) must not wait with
-    it. The build takes SHARE UPDATE EXCLUSIVE, which no read or write of the
-    table conflicts with, so it may wait long: ``-x index_build_wait`` (1h;
-    0 = as long as it takes) instead of the session's lock_timeout. Meanwhile
-    the sessions it waits for are logged.
-
-    Resumable: the index is built under a ``reserve_pending_`` name (outside
-    every revision's catalog) and renamed at the end. A rerun keeps a valid
-    pending index, drops an invalid one and builds again, and does nothing
-    when the index is already in place. A failure here says that ``done`` is
-    committed and that rerunning the same command finishes the index; until
-    then ``reserve verify`` names the pending index.
-    """
-    pending = f"{catalog.PENDING_INDEX_PREFIX}{name}"[:63]
-    wait = duration_option("index_build_wait", INDEX_BUILD_WAIT)
-    if context.is_offline_mode():
-        with op.get_context().autocommit_block():
-            _set_session_timeouts(wait)
-            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS public.{pending}")
-            op.execute(create_sql(pending))
-            op.execute(f"ALTER INDEX public.{pending} RENAME TO {name}")
-            _set_session_timeouts(None)
-        return
-    bind = op.get_bind()
-    url, pid = bind.engine.url, bind.connection.driver_connection.info.backend_pid
-    try:
-        with op.get_context().autocommit_block():
-            state = dict(Bind().execute(
-                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.oid IN (to_regclass(%s), to_regclass(%s))", (f"public.{name}", f"public.{pending}")).fetchall())
-            if state.get(name):
-                log.info("index %s is already in place", name)
-                return
-            log.info("%s; building index %s concurrently: it blocks no read or write, and waits up to %s for older "
-                     "transactions (interrupting it is safe: rerun the same command to finish)", done, name,
-                     wait if wait != "0" else "as long as it takes")
-            _set_session_timeouts(wait)
-            with _WaitReporter(url, pid, name):
-                if state.get(pending) is False:
-                    op.execute(f"DROP INDEX CONCURRENTLY public.{pending}")
-                if not state.get(pending):
-                    op.execute(create_sql(pending))
-            op.execute(f"ALTER INDEX public.{pending} RENAME TO {name}")
-            _set_session_timeouts(None)
-    except sa.exc.SQLAlchemyError as exc:  # the block's own commit fails too once the connection is gone
-        error = failures.find_database_error(exc)
-        if error is None:
-            raise
-        raise CommandError(failures.message(
-            f"{step}: the concurrent build of index {name}", error, wanted={guards.TABLE: "SHARE UPDATE EXCLUSIVE"},
-            diagnose=failures.diagnoser(url), exclude=(pid,),
-            where_now=f"{done}, and that is committed; alembic_version still names the revision. "
-                      f"Rerun the same command to finish the index (`reserve verify` names it until then)",
-        )) from None
-
-
-def _set_session_timeouts(wait: str | None) -> None:
-    """lock_timeout and statement_timeout: both ``wait`` for one long statement, or back to the run's settings."""
-    for setting in ("lock_timeout", "statement_timeout"):
-        value = wait if wait is not None else session_setting(setting)
-        if context.is_offline_mode():
-            op.execute(f"SET {setting} = '{value}'")
-        else:
-            op.get_bind().execute(sa.text("SELECT set_config(:n, :v, false)").bindparams(n=setting, v=value))
-
-
-class _WaitReporter:
-    """While a concurrent build runs, log every ``every_s`` what it is waiting for (pids and application names)."""
-
-    def __init__(self, url: sa.URL, pid: int, index: str, every_s: float = 5.0) -> None:
-        self.url = url
-        self.pid = pid
-        self.index = index
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="index-build-waits", daemon=True)
-
-    def __enter__(self) -> _WaitReporter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            with db.connect(self.url, autocommit=True) as conn:
-                conn.execute("SET statement_timeout = '5s'")
-                while not self._stop.wait(self.every_s):
-                    phase = conn.execute("SELECT phase FROM pg_stat_progress_create_index WHERE pid = %s",
-                                         (self.pid,)).fetchone()
-                    waiting = conn.execute(
-                        "SELECT a.pid, COALESCE(a.application_name, ''), "
-                        "       round(extract(epoch FROM clock_timestamp() - a.xact_start))::int "
-                        "FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s)) ORDER BY a.xact_start",
-                        (self.pid,)).fetchall()
-                    if waiting:
-                        log.info("index %s: %s; waiting for %s", self.index, phase[0] if phase else "building",
-                                 ", ".join(f"pid {p} ({app or 'no application_name'}, open {age}s)" for p, app, age in waiting))
-        except Exception as exc:  # a report, never a reason to fail the build
-            log.debug("index build reporter stopped: %s", exc)

@@ -1,0 +1,104 @@
+"""The ``-x`` options and session settings of a run: one reader, defaults in one place.
+
+env.py sets the session settings on the migrating connection; the revisions'
+mechanics read the lock options; a step that changes a setting for one long
+statement puts it back from here. Every value is checked before any revision
+runs (``check_x_options``), so a typo changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from alembic import context
+from alembic.util import CommandError
+
+# Session settings of every run, with their defaults (``-x name=value`` overrides each one). env.py sets
+# them on the migrating session; a step that changes one for a single statement puts it back from here.
+SESSION_DEFAULTS = {
+    "lock_timeout": "5s",
+    "statement_timeout": "15min",
+    "migration_lock_wait": "10min",
+    # A client killed mid-build (deploy job timeout, SIGKILL) would otherwise leave its backend
+    # building the guard under ACCESS EXCLUSIVE until the statement ends: up to a minute at 1M rows.
+    # With this the server notices the dead client within a second and rolls back (PostgreSQL 14+).
+    "client_connection_check_interval": "1s",
+}
+# How long the rollback's concurrent index build may wait for other transactions once the guard is back
+# (it blocks no booking meanwhile); 0 waits as long as it takes.
+INDEX_BUILD_WAIT = "1h"
+
+
+def x_option(name: str, default: str) -> str:
+    """An ``alembic -x name=value`` option, or its default: the one reader of ``-x``."""
+    return context.get_x_argument(as_dictionary=True).get(name, default)
+
+
+def session_setting(name: str) -> str:
+    """A session setting of this run (``SESSION_DEFAULTS``), as given with ``-x`` or by default."""
+    return x_option(name, SESSION_DEFAULTS[name])
+
+
+def check_x_options(*, offline: bool) -> None:
+    """Fail on a bad ``-x`` value before any revision runs, so that a typo changes nothing.
+
+    Some options are read only by a late step (the lock options by the first
+    revision that locks, the index wait by the rollback of the swap): checked
+    here, up front. Online the server checks the session settings itself when
+    env.py sets them; offline they go into the script unchecked, so here.
+    """
+    LockPolicy.from_x_options()
+    duration_option("index_build_wait", INDEX_BUILD_WAIT)
+    if offline:
+        for name, default in SESSION_DEFAULTS.items():
+            duration_option(name, default)
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long one lock attempt may wait, and how often to try.
+
+    Every waiting attempt makes readers of the table queue behind it, so each
+    wait is short; the pauses between attempts let that queue drain.
+    """
+
+    lock_timeout: str = "2s"
+    attempts: int = 5
+    pause_s: float = 3.0
+
+    @classmethod
+    def from_x_options(cls) -> LockPolicy:
+        """Read ``-x swap_lock_timeout=…``, ``-x swap_lock_attempts=…``, ``-x swap_lock_pause=…``.
+
+        A bad value is a CommandError naming the option (env.py reads these before any revision runs,
+        so a typo changes nothing).
+        """
+        default = cls()
+        attempts = _number_option("swap_lock_attempts", default.attempts, int)
+        pause_s = _number_option("swap_lock_pause", default.pause_s, float)
+        if attempts < 1 or pause_s < 0:
+            raise CommandError("swap_lock_attempts must be >= 1 and swap_lock_pause >= 0")
+        return cls(duration_option("swap_lock_timeout", default.lock_timeout), attempts, pause_s)
+
+
+def _number_option(name: str, default: float, kind: type) -> Any:
+    value = x_option(name, str(default))
+    try:
+        return kind(value)
+    except ValueError:
+        raise CommandError(f"invalid -x {name}={value!r}: give a{'' if kind is int else ' decimal'} number, "
+                           f"e.g. {default}") from None
+
+
+# A PostgreSQL time setting: a number with an optional unit (lock_timeout = '2s', '500ms', '10min').
+_DURATION = re.compile(r"\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*")
+
+
+def duration_option(name: str, default: str) -> str:
+    """An ``-x`` option holding a PostgreSQL duration; CommandError when it is not one."""
+    value = x_option(name, default)
+    if not _DURATION.fullmatch(value):
+        raise CommandError(f"invalid -x {name}={value!r}: give a PostgreSQL duration, e.g. 2s, 500ms or 10min")
+    return value
