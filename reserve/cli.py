@@ -7,6 +7,7 @@ listed), 2 usage or connection error. Nothing here prints a password.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,11 +59,17 @@ def _failures_reported() -> Iterator[None]:
         sys.exit(failures.exit_code(exc))
 
 
-def _run(action: Callable[[], Report], as_json: bool, render: Callable[[Report], str] | None = None) -> None:
+def _terminal_width() -> int | None:
+    """The terminal's width when stdout is one (tables wrap to it), else None (nothing wraps: logs, pipes)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def _run(action: Callable[[], Report], as_json: bool,
+         render: Callable[..., str] | None = None) -> None:
     """Run a report-producing library call, print its report, exit with its code."""
     with _failures_reported():
         report = action()
-    click.echo(report.to_json() if as_json else (render or Report.to_text)(report))
+    click.echo(report.to_json() if as_json else (render or Report.to_text)(report, width=_terminal_width()))
     sys.exit(report.exit_code)
 
 
@@ -167,7 +174,7 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, as_json: b
     with _failures_reported():
         result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json)
     summary: dict[str, Any] = result.summary
-    click.echo(json.dumps(summary, indent=2) if as_json else result.render())
+    click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=_terminal_width()))
     sys.exit(0 if summary["verdict"] == "go" else 1)
 
 
@@ -281,7 +288,7 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
 
 @main.command()
 @click.option("--older-than", required=True, metavar="DURATION",
-              help="Delete evidence older than this: 30d, 12h, 2w, 1d12h (at least 1d).")
+              help="Delete evidence older than this, a PostgreSQL interval: 30d, 12h, 2w, '1 day 12 hours' (at least 1d).")
 @click.option("--batch-size", default=1000, show_default=True, type=int, help="Rows per batch (one short transaction each).")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("--pause", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -291,11 +298,8 @@ def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_
     """Delete booking_confirmation_results rows (and cache events) older than --older-than, in batches."""
     from reserve.operations import retention as ret
 
-    def action() -> Report:
-        age = ret.parse_duration(older_than)  # bad input fails before connecting
-        return ret.purge(_url(), age, batch_size=batch_size, dry_run=dry_run, pause_s=pause)
-
-    _run(action, as_json)
+    url = _url()
+    _run(lambda: ret.purge(url, older_than, batch_size=batch_size, dry_run=dry_run, pause_s=pause), as_json)
 
 
 @main.group()

@@ -6,9 +6,15 @@ a failed step (every reason listed), 2 usage or connection error.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 EXIT_OK, EXIT_NO_GO, EXIT_USAGE = 0, 1, 2
@@ -56,11 +62,29 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, default=str)
 
-    def to_text(self) -> str:
+    def to_text(self, width: int | None = None) -> str:
+        """The facts, a table of the checks, and the verdict with every reason for a no-go."""
         lines = [f"reserve {self.command}"]
         lines += [f"  {key}: {value}" for key, value in self.facts.items()]
-        for check in self.checks:
-            lines.append(f"  [{check.status.upper():4}] {check.name}: {check.detail}")
+        lines.append(table(("status", "check", "detail"),
+                           [(c.status.upper(), c.name, c.detail) for c in self.checks], width=width).rstrip("\n"))
         reasons = "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
         lines.append(f"verdict: {self.verdict.upper()}" + (f" ({reasons})" if reasons else ""))
         return "\n".join(lines)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, width: int | None = None,
+          title: str | None = None) -> str:
+    """Rows as a terminal table (rich), rendered to text.
+
+    ``width`` is the terminal's (the CLI passes it when stdout is one; long
+    cells then wrap); without it nothing wraps, so logs, files and searches
+    see every value whole, on one line.
+    """
+    grid = Table(*columns, title=title, box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for row in rows:
+        grid.add_row(*(Text(str(cell)) for cell in row))
+    out = io.StringIO()
+    console = Console(file=out, width=width or 100_000, no_color=True, highlight=False, soft_wrap=width is None)
+    console.print(grid)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"

@@ -15,12 +15,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import URL, make_url
 
+from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
-from tests.support import Database, alembic_config
+from tests.support import Database
 
 TEMPLATES = {"empty": None, "baseline": "0001_baseline", "head": "head"}
 _clone_numbers = itertools.count(1)
@@ -70,7 +70,7 @@ def templates(pg_server: EphemeralPostgres | ExternalServer) -> Iterator[dict[st
             janitor.init()
             janitors.append(janitor)
             if revision:
-                command.upgrade(alembic_config(pg_server.url(name)), revision)
+                alembic_runner.upgrade(pg_server.url(name), revision)
             names[state] = name
         yield names
     finally:

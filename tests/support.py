@@ -5,17 +5,12 @@ Kept out of conftest.py so that test modules can import it by name.
 
 from __future__ import annotations
 
-import io
-import subprocess
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from reserve import db
@@ -23,31 +18,8 @@ from reserve.rollout import alembic_runner
 from reserve.schema import catalog, revisions
 
 ROOT = revisions.PROJECT_ROOT
-REVISIONS = [
-    "0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations", "0003b_tenant_policies",
-    "0003c_maintenance_role", "0004_allocations_no_overlap",
-]
-
-
-def alembic_config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:
-    """An in-process Alembic config for ``url`` (never via the environment, never logged)."""
-    return revisions.config(url, x=x, output=output)
-
-
-def script_directory() -> ScriptDirectory:
-    return revisions.scripts()
-
-
-def offline_sql(revision_range: str, x: list[str] | None = None) -> str:
-    """The offline script for ``alembic upgrade <range> --sql`` (or ``downgrade <range>``)."""
-    if revision_range.startswith("downgrade "):
-        return alembic_runner.offline_sql("downgrade", revision_range.split(" ", 1)[1], x)
-    return alembic_runner.offline_sql("upgrade", revision_range, x)
-
-
-def alembic_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real ``alembic`` command as an operator would, with DATABASE_URL in its environment."""
-    return alembic_runner.run_cli(url, *args, timeout=timeout)
+# The chain, oldest first, as Alembic walks it (reserve.schema.revisions is the one place that knows).
+REVISIONS = revisions.chain()
 
 
 @dataclass
@@ -61,10 +33,10 @@ class Database:
         return psycopg.connect(db.libpq_url(self.url), **kwargs)
 
     def upgrade(self, revision: str = "head", x: list[str] | None = None) -> None:
-        command.upgrade(alembic_config(self.url, x=x), revision)
+        alembic_runner.upgrade(self.url, revision, x)
 
     def downgrade(self, revision: str, x: list[str] | None = None) -> None:
-        command.downgrade(alembic_config(self.url, x=x), revision)
+        alembic_runner.downgrade(self.url, revision, x)
 
     def current(self) -> str | None:
         with self.connect() as conn:

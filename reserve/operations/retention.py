@@ -12,7 +12,6 @@ for. Running it again with the same cutoff deletes nothing.
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,57 +25,54 @@ from reserve.report import OK, WARN, Report, UsageError
 FUNCTION = "purge_booking_confirmation_results"
 MAINTENANCE_ROLE = "reserve_maintenance"
 DEFAULT_BATCH_SIZE = 1000
-MINIMUM_AGE = timedelta(days=1)  # the function refuses younger cutoffs too
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_PART = re.compile(r"(\d+)\s*([smhdw])")
-
-
 class RetentionError(UsageError, ValueError):
     """Bad input (duration, batch size), or a database without the retention function."""
 
 
-def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '2w', '1d12h', '90m', '45s' -> timedelta; RetentionError with the accepted forms otherwise."""
-    compact = text.strip().lower()
-    if not compact or _PART.sub("", compact).strip():
-        raise RetentionError(
-            f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 2w or 1d12h "
-            "(units: s, m, h, d, w)")
-    total = timedelta()
-    for amount, unit in _PART.findall(compact):
-        total += timedelta(**{_UNITS[unit]: int(amount)})
-    if total <= timedelta():
-        raise RetentionError(f"invalid duration {text!r}: it must be longer than zero")
-    return total
+def cutoff(conn: psycopg.Connection[Any], older_than: str | timedelta) -> tuple[datetime, str]:
+    """``now() - older_than`` on the server's clock, and the interval as PostgreSQL prints it.
+
+    ``older_than`` is read by PostgreSQL's own interval input, the one grammar
+    for durations here: 30d, 12h, 2w, 1d12h, '1 day 12 hours', P30D, 1 mon.
+    RetentionError for anything it refuses, and for an age under one day (the
+    function refuses those too: replays of a confirmation are served from its
+    evidence, which must outlive any client's retries).
+    """
+    try:
+        at, shown, positive, old_enough = conn.execute(
+            "SELECT now() - i, i::text, i > interval '0', i >= interval '1 day' FROM (SELECT %s::interval AS i) v",
+            (older_than,)).fetchone()
+    except (psycopg.errors.InvalidDatetimeFormat, psycopg.errors.IntervalFieldOverflow,
+            psycopg.errors.DatetimeFieldOverflow) as exc:
+        raise RetentionError(f"invalid duration {older_than!r}: {exc.diag.message_primary}; give a PostgreSQL "
+                             "interval, e.g. 30d, 12h, 2w or '1 day 12 hours'") from None
+    if not positive:
+        raise RetentionError(f"invalid duration {older_than!r}: it must be longer than zero")
+    if not old_enough:
+        raise RetentionError(f"--older-than {shown} is too short: evidence younger than a day is never purged "
+                             "(a replayed confirmation is answered from it)")
+    return at, shown
 
 
-def _describe(delta: timedelta) -> str:
-    days, seconds = delta.days, delta.seconds
-    return f"{days}d" if not seconds else f"{delta.total_seconds():g}s"
-
-
-def purge(url: URL, older_than: timedelta, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
+def purge(url: URL, older_than: str | timedelta, *, batch_size: int = DEFAULT_BATCH_SIZE, dry_run: bool = False,
           pause_s: float = 0.0, max_batches: int | None = None) -> Report:
     """Delete (or, with ``dry_run``, count) evidence and cache events older than ``older_than``.
 
-    Raises RetentionError for bad input or a database without the function, db.ConnectionFailed when the
-    server cannot be reached (both exit 2 in the CLI).
+    Raises RetentionError for bad input (PostgreSQL reads the duration) or a database without the function,
+    db.ConnectionFailed when the server cannot be reached (both exit 2 in the CLI).
     """
     if batch_size <= 0:
         raise RetentionError(f"batch size must be a positive number of rows, got {batch_size}")
-    if older_than < MINIMUM_AGE:
-        raise RetentionError(f"--older-than {_describe(older_than)} is too short: evidence younger than a day "
-                             "is never purged (a replayed confirmation is answered from it)")
     report = Report("retention")
     with db.connect(url, autocommit=True) as conn:
+        until, shown = cutoff(conn, older_than)
         role = _take_maintenance_role(conn)
-        cutoff: datetime = conn.execute("SELECT now() - %s::interval", (older_than,)).fetchone()[0]
-        report.facts.update({"database": db.masked(url), "role": role, "older_than": _describe(older_than),
-                             "cutoff": cutoff.isoformat(), "batch_size": batch_size, "dry_run": dry_run})
+        report.facts.update({"database": db.masked(url), "role": role, "older_than": shown,
+                             "cutoff": until.isoformat(), "batch_size": batch_size, "dry_run": dry_run})
         evidence = events = batches = 0
         more = True
         while more and (max_batches is None or batches < max_batches):
-            evidence_rows, event_rows, more = _call(conn, cutoff, batch_size, dry_run)
+            evidence_rows, event_rows, more = _call(conn, until, batch_size, dry_run)
             batches += 1
             evidence += evidence_rows
             events += event_rows
@@ -86,7 +82,7 @@ def purge(url: URL, older_than: timedelta, *, batch_size: int = DEFAULT_BATCH_SI
                 time.sleep(pause_s)
     report.facts.update({"batches": batches, "evidence_rows": evidence, "cache_event_rows": events})
     verb = "would delete" if dry_run else "deleted"
-    detail = f"{verb} {evidence} evidence row(s) and {events} cache event(s) older than {cutoff.isoformat()}"
+    detail = f"{verb} {evidence} evidence row(s) and {events} cache event(s) older than {until.isoformat()}"
     if dry_run:
         report.add("retention", OK, detail + " (dry run: nothing deleted)")
     elif more:

@@ -14,6 +14,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -23,21 +24,27 @@ from reserve import db
 from reserve.schema.revisions import PROJECT_ROOT, config
 
 
-def _cli(url: URL, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, db.ENV_VAR: url.render_as_string(hide_password=False)}
-    return [sys.executable, "-m", "alembic", *args], env
+def _cli(url: URL | str | None, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of an ``alembic`` child. DATABASE_URL is ``url`` (a URL, rendered with its
+    password, or a raw string passed exactly as given), or absent when ``url`` is None."""
+    env = {k: v for k, v in os.environ.items() if k != db.ENV_VAR}
+    if url is not None:
+        env[db.ENV_VAR] = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return [sys.executable, "-m", "alembic", "-c", str(PROJECT_ROOT / "alembic.ini"), *args], env
 
 
-def start_cli(url: URL, *args: str) -> subprocess.Popen[str]:
-    """Start ``alembic <args>`` against ``url``; stdout and stderr merged, to be read by the caller."""
+def start_cli(url: URL | str | None, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``alembic <args>`` against ``url`` (in ``cwd``); stdout and stderr merged, to be read by the caller."""
     argv, env = _cli(url, args)
-    return subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(argv, cwd=cwd or PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
-def run_cli(url: URL, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``alembic <args>`` against ``url`` to the end; raises subprocess.TimeoutExpired after ``timeout``."""
+def run_cli(url: URL | str | None, *args: str, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``alembic <args>`` against ``url`` (in ``cwd``) to the end; subprocess.TimeoutExpired after ``timeout``."""
     argv, env = _cli(url, args)
-    return subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd or PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _passing(url: URL, x: list[str] | None, trace: Any, new_guard: Any) -> Any:

@@ -26,7 +26,7 @@ from rich.console import Console
 from sqlalchemy.engine import URL
 
 from reserve import db
-from reserve.report import UsageError
+from reserve.report import UsageError, table
 from reserve.rollout import alembic_runner, dataset, qa, snapshots
 from reserve.rollout.lockwatch import LockWatch
 from reserve.rollout.preflight import preflight
@@ -69,16 +69,14 @@ class Result:
     steps: list[Step] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
-    def render(self) -> str:
-        lines = []
-        for step in self.steps:
-            lock = f"  lock {step.lock_hold_s:.2f}s" if step.lock_hold_s is not None else ""
-            lines.append(f"{'ok  ' if step.ok else 'FAIL'} {step.name:<28} {step.seconds:8.2f}s{lock}  {step.detail}")
+    def render(self, width: int | None = None) -> str:
+        rows = [("ok" if step.ok else "FAIL", step.name, f"{step.seconds:.2f}",
+                 "" if step.lock_hold_s is None else f"{step.lock_hold_s:.2f}", step.detail) for step in self.steps]
         verdict = self.summary.get("verdict", "no-go")
         failed = self.summary.get("failed_step")
-        lines.append(f"verdict: {verdict.upper()}" + (f" (failed step: {failed})" if failed else ""))
-        lines.append(f"evidence: {self.out}")
-        return "\n".join(lines)
+        return (table(("result", "step", "seconds", "ACCESS EXCLUSIVE held (s)", "detail"), rows, width=width)
+                + f"verdict: {verdict.upper()}" + (f" (failed step: {failed})" if failed else "")
+                + f"\nevidence: {self.out}")
 
 
 class _Scrub(logging.Filter):

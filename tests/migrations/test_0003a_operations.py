@@ -14,8 +14,9 @@ import pytest
 from alembic.util import CommandError
 
 from reserve import db
+from reserve.rollout import alembic_runner
 from tests.ops_support import with_aged_evidence
-from tests.support import REVISIONS, Database, Venue, act_as, confirm, offline_sql, scalar, sqlstate_of
+from tests.support import REVISIONS, Database, Venue, act_as, confirm, scalar, sqlstate_of
 
 BEFORE, THIS = "0003_confirm_v12", "0003a_operations"
 OBJECTS = ("feature_flag_overrides_adjacency_mode_check", "confirmation_cache_events",
@@ -73,7 +74,7 @@ def test_upgrade_refuses_invalid_adjacency_modes_listing_their_ids_and_changes_n
 def test_offline_script_refuses_invalid_adjacency_modes_too(empty_db: Database):
     empty_db.upgrade(BEFORE)
     ids = _bad_flag_rows(empty_db)
-    script = offline_sql(f"{BEFORE}:{THIS}")
+    script = alembic_runner.offline_sql("upgrade", f"{BEFORE}:{THIS}")
     assert script.index("DO $check$") < script.index("ADD CONSTRAINT feature_flag_overrides_adjacency_mode_check")
     url = empty_db.url
     result = subprocess.run(

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from alembic.util import CommandError
 
+from reserve.rollout import alembic_runner
 from reserve.schema import catalog, expectations
-from tests.support import REVISIONS, Database, Venue, act_as, assign_tables, confirm, offline_sql, scalar, slot
+from tests.support import REVISIONS, Database, Venue, act_as, assign_tables, confirm, scalar, slot
 from tests.tenants import CROSS_REFERENCES, Shape, build, refused_sqlstate
 
 BEFORE, THIS, SWAP = "0003a_operations", "0003b_tenant_policies", "0004_allocations_no_overlap"
@@ -137,7 +138,7 @@ def test_a_lock_wait_is_bounded_retried_and_then_changes_nothing(baseline_db: Da
 
 
 def test_offline_script_changes_policies_only_in_one_transaction():
-    script = offline_sql(f"{BEFORE}:{THIS}")
+    script = alembic_runner.offline_sql("upgrade", f"{BEFORE}:{THIS}")
     begin, commit = script.index("BEGIN;"), script.index("COMMIT;")
     assert script.count("BEGIN;") == script.count("COMMIT;") == 1 and begin < script.index(THIS) < commit
     code = "\n".join(line for line in script[begin + len("BEGIN;"):commit].splitlines()

@@ -3,8 +3,6 @@ purge every venue's old evidence through the SECURITY DEFINER purge; after it, o
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import psycopg
 import pytest
 
@@ -71,7 +69,7 @@ def test_the_maintenance_role_logs_in_nowhere_bypasses_nothing_and_the_migrating
 
 def test_reserve_retention_runs_the_purge_as_the_maintenance_role(head_db: Database):
     _old_evidence(head_db)
-    report = retention.purge(head_db.url, timedelta(days=30))
+    report = retention.purge(head_db.url, "30 days")
     assert report.facts["role"] == "reserve_maintenance"
     assert report.facts["evidence_rows"] == 2
 

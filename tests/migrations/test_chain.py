@@ -6,14 +6,23 @@ import os
 import subprocess
 
 from reserve import db
-from tests.support import REVISIONS, Database, offline_sql, script_directory
+from reserve.rollout import alembic_runner
+from reserve.schema import revisions
+from tests.support import REVISIONS, Database
+
+# The revisions the contract names, in its order; later ones may sit between them, never around them.
+SPEC_ORDER = ["0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations",
+              "0003b_tenant_policies", "0004_allocations_no_overlap"]
 
 
-def test_chain_is_linear_with_a_single_head_in_spec_order():
-    scripts = script_directory()
-    assert scripts.get_heads() == [REVISIONS[-1]]
-    walked = [rev.revision for rev in scripts.walk_revisions("base", "heads")]
-    assert list(reversed(walked)) == REVISIONS
+def test_chain_is_linear_from_the_baseline_to_the_swap_in_the_contracts_order():
+    scripts = revisions.scripts()
+    chain = [rev.revision for rev in scripts.walk_revisions("base", "heads")][::-1]
+    assert scripts.get_heads() == [chain[-1]] and chain[0] == "0001_baseline"
+    assert chain[-1] == "0004_allocations_no_overlap"  # the swap is last, so downgrade -1 is its rollback
+    for below, above in zip(chain, chain[1:], strict=False):
+        assert scripts.get_revision(above).down_revision == below, above
+    assert [rev for rev in chain if rev in SPEC_ORDER] == SPEC_ORDER
 
 
 def test_upgrade_head_then_downgrade_base_leaves_the_catalog_as_it_was(empty_db: Database):
@@ -27,7 +36,7 @@ def test_upgrade_head_then_downgrade_base_leaves_the_catalog_as_it_was(empty_db:
 
 
 def test_offline_sql_applies_with_psql_and_gives_the_online_catalog(empty_db: Database, head_db: Database):
-    script = offline_sql("head")
+    script = alembic_runner.offline_sql("upgrade", "head")
     url = empty_db.url
     env = {**os.environ, "PGPASSWORD": url.password or ""}
     result = subprocess.run(

@@ -6,10 +6,8 @@ Most tests run the real ``python -m alembic`` in a subprocess, the way a deploy 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from reserve import db
-from tests.support import REVISIONS, ROOT, Database, alembic_cli, offline_sql
+from reserve.rollout import alembic_runner
+from tests.support import REVISIONS, ROOT, Database
 
 HEAD = REVISIONS[-1]
 
@@ -38,27 +37,13 @@ def migration_lock_key() -> int:
 LOCK_KEY = migration_lock_key()
 
 
-def alembic_env(database_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != db.ENV_VAR}
-    if database_url is not None:
-        env[db.ENV_VAR] = database_url
-    return env
-
-
 def run_alembic(database_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m alembic`` with DATABASE_URL set to ``database_url`` exactly (None: removed)."""
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=alembic_env(database_url),
-        capture_output=True, text=True, timeout=300,
-    )
+    """``alembic`` with DATABASE_URL set to ``database_url`` exactly (None: removed)."""
+    return alembic_runner.run_cli(database_url, *args)
 
 
 def start_alembic(db_: Database, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT,
-        env=alembic_env(db_.url.render_as_string(hide_password=False)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return alembic_runner.start_cli(db_.url, *args)
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
@@ -136,7 +121,7 @@ def test_an_unreachable_server_is_reported_without_its_password():
 
 def test_a_wrong_password_is_reported_without_echoing_it(empty_db: Database):
     wrong = f"Wrong{uuid.uuid4().hex}"
-    result = alembic_cli(empty_db.url.set(password=wrong), "upgrade", "head")
+    result = alembic_runner.run_cli(empty_db.url.set(password=wrong), "upgrade", "head")
     assert result.returncode != 0
     assert "cannot connect to" in result.stderr, result.stderr
     assert "password authentication failed" in result.stderr
@@ -147,9 +132,9 @@ def test_a_wrong_password_is_reported_without_echoing_it(empty_db: Database):
 def test_a_plain_postgresql_url_is_driven_by_psycopg(empty_db: Database):
     plain = empty_db.url.set(drivername="postgresql")
     assert plain.render_as_string(hide_password=False).startswith("postgresql://")
-    upgrade = alembic_cli(plain, "upgrade", "head")
+    upgrade = alembic_runner.run_cli(plain, "upgrade", "head")
     assert upgrade.returncode == 0, db.scrub(upgrade.stderr, plain)
-    current = alembic_cli(plain, "current")
+    current = alembic_runner.run_cli(plain, "current")
     assert current.returncode == 0, db.scrub(current.stderr, plain)
     assert f"{HEAD} (head)" in current.stdout
     assert empty_db.current() == HEAD
@@ -189,7 +174,7 @@ def test_a_revision_that_cannot_get_its_declared_locks_gives_up_naming_the_holde
         blocker.execute("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE")
         blocker_pid = blocker.info.backend_pid
         try:
-            result = alembic_cli(baseline_db.url, "-x", "swap_lock_timeout=300ms", "-x", "swap_lock_attempts=2",
+            result = alembic_runner.run_cli(baseline_db.url, "-x", "swap_lock_timeout=300ms", "-x", "swap_lock_attempts=2",
                                  "-x", "swap_lock_pause=0.1", "upgrade", "0002_confirmation_results", timeout=120)
         finally:
             blocker.rollback()
@@ -202,7 +187,7 @@ def test_a_revision_that_cannot_get_its_declared_locks_gives_up_naming_the_holde
     assert version_rows(baseline_db) == ["0001_baseline"]
     assert not table_exists(baseline_db, "booking_confirmation_results")
 
-    rerun = alembic_cli(baseline_db.url, "upgrade", "0002_confirmation_results")
+    rerun = alembic_runner.run_cli(baseline_db.url, "upgrade", "0002_confirmation_results")
     assert rerun.returncode == 0, db.scrub(rerun.stderr, baseline_db.url)
     assert version_rows(baseline_db) == ["0002_confirmation_results"]
     assert table_exists(baseline_db, "booking_confirmation_results")
@@ -211,7 +196,7 @@ def test_a_revision_that_cannot_get_its_declared_locks_gives_up_naming_the_holde
 @pytest.mark.parametrize("option", ["statement_timeout", "lock_timeout", "migration_lock_wait"])
 def test_an_invalid_x_timeout_is_refused_before_anything_changes(empty_db: Database, option: str):
     before = empty_db.snapshot()
-    result = alembic_cli(empty_db.url, "-x", f"{option}=banana", "upgrade", "head")
+    result = alembic_runner.run_cli(empty_db.url, "-x", f"{option}=banana", "upgrade", "head")
     assert result.returncode != 0
     assert f"FAILED: invalid -x {option}:" in output(result), db.scrub(output(result), empty_db.url)
     assert '"banana"' in output(result)
@@ -239,8 +224,8 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
             if r.poll() is None:
                 r.kill()
                 r.communicate()
-    for run, (_, stderr) in zip(runs, outcomes, strict=True):
-        assert run.returncode == 0, db.scrub(stderr, empty_db.url)
+    for run, (out, _) in zip(runs, outcomes, strict=True):
+        assert run.returncode == 0, db.scrub(out, empty_db.url)
     assert version_rows(empty_db) == [HEAD]
     assert empty_db.snapshot() == head_db.snapshot()
 
@@ -248,14 +233,14 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
 def test_a_run_gives_up_after_migration_lock_wait_while_another_run_holds_the_lock(empty_db: Database):
     before = empty_db.snapshot()
     with migration_lock_held(empty_db):
-        result = alembic_cli(empty_db.url, "-x", "migration_lock_wait=1s", "upgrade", "head", timeout=120)
+        result = alembic_runner.run_cli(empty_db.url, "-x", "migration_lock_wait=1s", "upgrade", "head", timeout=120)
     assert result.returncode != 0
     assert "another migration run still holds the migration lock after 1s" in result.stderr, \
         db.scrub(result.stderr, empty_db.url)
     assert version_rows(empty_db) == []
     assert empty_db.snapshot() == before
 
-    rerun = alembic_cli(empty_db.url, "upgrade", "head")
+    rerun = alembic_runner.run_cli(empty_db.url, "upgrade", "head")
     assert rerun.returncode == 0, db.scrub(rerun.stderr, empty_db.url)
     assert version_rows(empty_db) == [HEAD]
 
@@ -264,7 +249,8 @@ def test_a_run_gives_up_after_migration_lock_wait_while_another_run_holds_the_lo
 
 
 def test_offline_script_holds_a_session_lock_and_timeouts_and_commits_each_revision_alone():
-    script = offline_sql("head", x=["lock_timeout=250ms", "statement_timeout=7min", "migration_lock_wait=90s"])
+    script = alembic_runner.offline_sql("upgrade", "head",
+                                        x=["lock_timeout=250ms", "statement_timeout=7min", "migration_lock_wait=90s"])
     lines = [line.strip() for line in script.splitlines()]
     assert "pg_advisory_xact_lock" not in script
     lock = lines.index(f"SELECT pg_advisory_lock({LOCK_KEY});")

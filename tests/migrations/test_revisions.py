@@ -9,6 +9,7 @@ import time
 import pytest
 from alembic.util import CommandError
 
+from reserve.rollout import alembic_runner
 from reserve.rollout.verify import verify
 from reserve.schema.catalog import pending_indexes
 from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
@@ -236,9 +237,9 @@ def test_lock_retry_options_are_validated(baseline_db: Database):
 
 
 def test_offline_downgrade_script_restores_the_guard_then_commits_then_builds_the_index():
-    from tests.support import offline_sql
 
-    script = offline_sql(f"downgrade {REVISIONS[-1]}:{BELOW_SWAP}")
+
+    script = alembic_runner.offline_sql("downgrade", f"{REVISIONS[-1]}:{BELOW_SWAP}")
     check = script.index("DO $check$")
     lock = script.index("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
     guard = script.index(OLD_GUARD.add_sql())
@@ -252,9 +253,9 @@ def test_offline_downgrade_script_restores_the_guard_then_commits_then_builds_th
 
 def test_offline_swap_is_one_transaction_with_a_bounded_lock_wait():
     """The upgrade script's swap is atomic: everything between one BEGIN and its COMMIT."""
-    from tests.support import offline_sql
 
-    script = offline_sql(f"{BELOW_SWAP}:{REVISIONS[-1]}")
+
+    script = alembic_runner.offline_sql("upgrade", f"{BELOW_SWAP}:{REVISIONS[-1]}")
     body = script[script.index("BEGIN;"):script.index("COMMIT;")]
     for statement in (OLD_GUARD.drop_sql(), f"DROP INDEX public.{REDUNDANT_INDEX}", NEW_GUARD.add_sql()):
         assert statement in body

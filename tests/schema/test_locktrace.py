@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reserve.rollout import alembic_runner
 from reserve.schema import locks, locktrace
-from tests.support import REVISIONS, Database, alembic_cli
+from tests.support import REVISIONS, Database
 
 
 def _chain_up_and_down(db: Database) -> tuple[locktrace.LockTrace, locktrace.LockTrace]:
@@ -56,7 +56,7 @@ def test_tables_a_step_creates_are_marked_not_checked(empty_db: Database):
 
 def test_x_lock_trace_writes_the_trace_of_an_operators_run(baseline_db: Database, tmp_path: Path):
     target = tmp_path / "locks.txt"
-    result = alembic_cli(baseline_db.url, "-x", f"lock_trace={target}", "upgrade", "0002_confirmation_results")
+    result = alembic_runner.run_cli(baseline_db.url, "-x", f"lock_trace={target}", "upgrade", "0002_confirmation_results")
     assert result.returncode == 0, result.stderr
     text = target.read_text()
     assert text.startswith("upgrade 0002_confirmation_results\n  declared: SHARE ROW EXCLUSIVE on public.bookings")
