@@ -82,8 +82,7 @@ def _connect(url: URL):
     try:
         return engine.connect()
     except DBAPIError as exc:
-        reason = db.scrub(" ".join(line.strip() for line in str(exc.orig).strip().splitlines()), url)
-        raise CommandError(f"cannot connect to {db.masked(url)}: {reason}") from None
+        raise CommandError(str(db.connection_failed(exc, url))) from None
 
 
 def _set_session(connection, name: str, option: str) -> None:

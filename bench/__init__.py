@@ -1,1 +1,1 @@
-"""`make bench`: the benchmarks of issue 6 (see bench/benchmark.py and docs/BENCHMARKS.md)."""
+"""`make bench`: the benchmarks of issue 6 (see bench/suite.py and docs/BENCHMARKS.md)."""

@@ -17,7 +17,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import benchmark, render
+from bench import render, suite
+from bench.options import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,7 +53,7 @@ def scaling_sizes(spec: str, rows: int) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    options = benchmark.Options(
+    options = Options(
         rows=args.rows, scaling=scaling_sizes(args.scaling, args.rows), repeats=args.repeats,
         explore=not args.no_explore, confirm=not args.no_confirm, confirm_rounds=args.confirm_rounds,
         confirm_seconds=args.confirm_seconds,
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    result = benchmark.run(options, progress)
+    result = suite.run(options, progress)
     result["timestamp"] = stamp
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=False) + "\n"

@@ -87,5 +87,10 @@ def connect(url: URL, **kwargs: object) -> psycopg.Connection:
     try:
         return psycopg.connect(libpq_url(url), connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = " ".join(line.strip() for line in str(exc).strip().splitlines())
-        raise ConnectionFailed(f"cannot connect to {masked(url)}: {scrub(reason, url)}") from None
+        raise connection_failed(exc, url) from None
+
+
+def connection_failed(exc: BaseException, url: URL) -> ConnectionFailed:
+    """The one-line, password-free reason why ``url`` could not be reached (for psycopg and SQLAlchemy alike)."""
+    reason = " ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).strip().splitlines())
+    return ConnectionFailed(f"cannot connect to {masked(url)}: {scrub(reason, url)}")

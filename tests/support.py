@@ -30,7 +30,8 @@ class Database:
     url: URL
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        return psycopg.connect(db.libpq_url(self.url), **kwargs)
+        """A session as an application's: no tool lock_timeout (tests wait on locks on purpose)."""
+        return db.connect(self.url, **{"options": "", "application_name": "reserve-test", **kwargs})
 
     def upgrade(self, revision: str = "head", x: list[str] | None = None) -> None:
         alembic_runner.upgrade(self.url, revision, x)

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -339,6 +339,3 @@ def serve(url: URL, port: int, *, min_interval: float = 30.0, probe_runs: int = 
     finally:
         exporter.stop()
 
-
-def as_dict(reading: Reading) -> dict[str, Any]:
-    return asdict(reading)

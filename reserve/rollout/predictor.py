@@ -94,9 +94,14 @@ def scale_factor(live_rows: int, sample_live_rows: int, growth: float) -> float:
 
 
 def predict_swap_hold(conn: psycopg.Connection[Any], direction: str = "upgrade", *,
-                      sample_rows: int = SAMPLE_ROWS, calibration: float = CALIBRATION) -> Prediction:
-    """Predict the ACCESS EXCLUSIVE hold of the swap (``upgrade``) or its rollback (``downgrade``)."""
-    guard = guard_for(direction)
+                      sample_rows: int = SAMPLE_ROWS, calibration: float = CALIBRATION,
+                      guard: Guard | None = None) -> Prediction:
+    """Predict the ACCESS EXCLUSIVE hold of the swap (``upgrade``) or its rollback (``downgrade``).
+
+    ``guard``: the guard the upgrade installs, when not ``guards.NEW_GUARD`` (the benchmark's proposed key
+    orders, passed to that Alembic run too); a rollback always builds ``guards.OLD_GUARD``.
+    """
+    guard = guard if guard is not None and direction == "upgrade" else guard_for(direction)
     started = time.perf_counter()
     column = sampling_column(guard)
     if conn.autocommit:

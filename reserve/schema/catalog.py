@@ -12,7 +12,6 @@ rollback, reported by ``reserve verify``) are left out.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import psycopg
@@ -138,16 +137,6 @@ def snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
     return result
 
 
-def function_body_sha256(conn: psycopg.Connection[Any], name: str) -> str | None:
-    """sha256 of the live body (prosrc) of ``public.<name>``: how a function version is recognized."""
-    row = conn.execute(
-        "SELECT encode(sha256(convert_to(p.prosrc, 'UTF8')), 'hex') FROM pg_proc p "
-        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.proname = %s",
-        (name,),
-    ).fetchone()
-    return row[0] if row else None
-
-
 def as_text(snap: Snapshot) -> str:
     """Render a snapshot as stable, diffable text."""
     lines: list[str] = []
@@ -156,8 +145,3 @@ def as_text(snap: Snapshot) -> str:
         lines.extend(snap[section])
         lines.append("")
     return "\n".join(lines)
-
-
-def fingerprint(snap: Snapshot) -> str:
-    """A short hash of a snapshot, to name a schema state in logs and summaries."""
-    return hashlib.sha256(as_text(snap).encode()).hexdigest()[:16]
