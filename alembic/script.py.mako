@@ -4,28 +4,25 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Upgrade: <what changes, in order>.
+Upgrade: <what changes, in order; DDL in reserve/sql/schema/<revision>_up.sql>.
 Downgrade: <what it restores>.
-Checked first: <what must hold before anything is changed>.
-Lock: <which tables are locked, in which mode, and for how long>.
+Checked first: <what must hold before anything is changed (migration.refuse_rows)>.
+Locks: <declare them in reserve/schema/locks.py DECLARED, both directions; take_locks takes them first>.
 """
 
 from __future__ import annotations
 
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
-
-from reserve import migration  # noqa: F401
+from reserve.schema import migration
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
-branch_labels = ${repr(branch_labels)}
-depends_on = ${repr(depends_on)}
 
 
 def upgrade() -> None:
+    migration.take_locks(revision, "upgrade")
     ${upgrades if upgrades else "raise NotImplementedError"}
 
 
 def downgrade() -> None:
+    migration.take_locks(revision, "downgrade")
     ${downgrades if downgrades else "raise NotImplementedError"}

@@ -16,13 +16,45 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
+from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.schema import guards, revisions
+
+
+@contextmanager
+def long_report(url: URL, seconds: float) -> Iterator[tuple[int, threading.Event]]:
+    """An analytics query running for up to ``seconds`` in a thread: a plain SELECT on bookings that holds a
+    snapshot and no lock on allocations. Yields its pid and an event set when it ends; canceled on exit."""
+    pid: list[int] = []
+    done = threading.Event()
+
+    def report() -> None:
+        with db.connect(url, autocommit=True, application_name="analytics") as conn:
+            pid.append(conn.info.backend_pid)
+            try:
+                conn.execute(f"SELECT count(*), pg_sleep({seconds}) FROM bookings")
+            except psycopg.errors.QueryCanceled:
+                pass
+            finally:
+                done.set()
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    while not pid and thread.is_alive():
+        time.sleep(0.01)
+    try:
+        yield pid[0], done
+    finally:
+        with db.connect(url, autocommit=True) as dba:
+            dba.execute("SELECT pg_cancel_backend(%s)", (pid[0],))
+        thread.join(timeout=10)
 
 
 def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
@@ -32,21 +64,9 @@ def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
         with db.connect(url, autocommit=True) as conn:
             dataset.generate(conn, dataset.Shape.for_rows(rows))
             conn.execute("VACUUM ANALYZE")
-        report_pid: list[int] = []
-
-        def report() -> None:
-            with db.connect(url, autocommit=True, application_name="analytics") as conn:
-                report_pid.append(conn.info.backend_pid)
-                try:
-                    conn.execute(f"SELECT count(*), pg_sleep({report_s * 3}) FROM bookings")
-                except psycopg.errors.QueryCanceled:
-                    pass
-
-        thread = threading.Thread(target=report, daemon=True)
-        thread.start()
-        while not report_pid:
-            time.sleep(0.01)
-        with db.connect(url, application_name="finance-export") as snapshot, db.connect(url, autocommit=True) as dba:
+        with long_report(url, report_s * 3) as (report_pid, _), \
+                db.connect(url, application_name="finance-export") as snapshot, \
+                db.connect(url, autocommit=True) as dba:
             snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             snapshot.execute("SELECT count(*) FROM restaurants")
             started = time.monotonic()
@@ -57,7 +77,7 @@ def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
             time.sleep(max(0.0, report_s - restored_s))
             waiting = proc.poll() is None
             snapshot.rollback()
-            dba.execute("SELECT pg_cancel_backend(%s)", (report_pid[0],))
+            dba.execute("SELECT pg_cancel_backend(%s)", (report_pid,))
             released = time.monotonic()
             proc.communicate(timeout=600)
             return {"rows": rows, "guard_restored_s": round(restored_s, 2), "report_s": report_s,

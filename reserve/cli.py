@@ -202,10 +202,7 @@ def flags() -> None:
 @json_option
 def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
     """Override rows (all, or the venue's and the global ones), with the environment and the default."""
-    from reserve.capacity.flags import report_list
-
-    url = _url()
-    _run(lambda: report_list(url, key, restaurant_id), as_json)
+    _run(lambda: _flags().report_list(_url(), key, restaurant_id), as_json)
 
 
 @flags.command("get")
@@ -214,10 +211,7 @@ def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
 @json_option
 def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
     """The value in force for the venue (or for all venues), and where it comes from."""
-    from reserve.capacity.flags import report_get
-
-    url = _url()
-    _run(lambda: report_get(url, restaurant_id, key), as_json)
+    _run(lambda: _flags().report_get(_url(), restaurant_id, key), as_json)
 
 
 @flags.command("set")
@@ -227,10 +221,7 @@ def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
 @json_option
 def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
     """Override the flag with VALUE for the venue (or, without --restaurant, for all venues)."""
-    from reserve.capacity.flags import report_set
-
-    url = _url()
-    _run(lambda: report_set(url, value, restaurant_id, key), as_json)
+    _run(lambda: _flags().report_set(_url(), value, restaurant_id, key), as_json)
 
 
 @flags.command("unset")
@@ -239,10 +230,14 @@ def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
 @json_option
 def flags_unset(restaurant_id: Any, key: str, as_json: bool) -> None:
     """Remove the venue's (or the global) override; resolution falls back to the next source."""
-    from reserve.capacity.flags import report_unset
+    _run(lambda: _flags().report_unset(_url(), restaurant_id, key), as_json)
 
-    url = _url()
-    _run(lambda: report_unset(url, restaurant_id, key), as_json)
+
+def _flags() -> Any:
+    """reserve.capacity.flags, imported when a flags command runs (the CLI starts without it)."""
+    from reserve.capacity import flags as module
+
+    return module
 
 
 @main.command()

@@ -22,8 +22,6 @@ from reserve.schema import migration
 
 revision = "0001_baseline"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 CONTEXT_FUNCTIONS = [
     ("current_restaurant_id", "v1"),

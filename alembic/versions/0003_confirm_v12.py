@@ -16,8 +16,6 @@ from reserve.schema import migration
 
 revision = "0003_confirm_v12"
 down_revision = "0002_confirmation_results"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -36,8 +36,6 @@ from reserve.schema import migration
 
 revision = "0003b_tenant_policies"
 down_revision = "0003a_operations"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

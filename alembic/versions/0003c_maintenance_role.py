@@ -24,8 +24,6 @@ from reserve.schema import migration
 
 revision = "0003c_maintenance_role"
 down_revision = "0003b_tenant_policies"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

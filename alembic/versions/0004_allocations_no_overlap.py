@@ -34,8 +34,6 @@ from reserve.schema.guards import OLD_GUARD, REDUNDANT_INDEX, redundant_index_sq
 
 revision = "0004_allocations_no_overlap"
 down_revision = "0003c_maintenance_role"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -113,6 +113,15 @@ def _enter_restaurant(conn: psycopg.Connection[Any], restaurant_id: uuid.UUID) -
         raise UnknownRestaurant(restaurant_id)
 
 
+@contextmanager
+def _as_venue(conn: psycopg.Connection[Any], restaurant_id: uuid.UUID | None) -> Iterator[None]:
+    """One transaction, in the venue's tenant context when one is named (else as the table owner, for all)."""
+    with conn.transaction():
+        if restaurant_id is not None:
+            _enter_restaurant(conn, restaurant_id)
+        yield
+
+
 def resolve(conn: psycopg.Connection[Any], restaurant_id: uuid.UUID | None = None, key: str = ADJACENCY_MODE.key,
             env: Mapping[str, str] | None = None, *, context_set: bool = False) -> Resolution:
     """The value of flag ``key`` for the venue (or for all venues), and where it came from.
@@ -145,9 +154,7 @@ def set_override(conn: psycopg.Connection[Any], value: str, restaurant_id: uuid.
     """Create or replace (and enable) the override of ``key`` for the venue, or for all venues."""
     spec = flag(key)
     value = check_value(spec, value)
-    with conn.transaction():
-        if restaurant_id is not None:
-            _enter_restaurant(conn, restaurant_id)
+    with _as_venue(conn, restaurant_id):
         row = conn.execute(
             "INSERT INTO public.feature_flag_overrides AS f (restaurant_id, flag_key, flag_value, enabled) "
             "VALUES (%s, %s, %s, true) "
@@ -163,9 +170,7 @@ def unset_override(conn: psycopg.Connection[Any], restaurant_id: uuid.UUID | Non
                    key: str = ADJACENCY_MODE.key) -> bool:
     """Delete the override of ``key`` for the venue (or the global one). False when there was none."""
     spec = flag(key)
-    with conn.transaction():
-        if restaurant_id is not None:
-            _enter_restaurant(conn, restaurant_id)
+    with _as_venue(conn, restaurant_id):
         deleted = conn.execute(
             "DELETE FROM public.feature_flag_overrides WHERE flag_key = %s AND restaurant_id IS NOT DISTINCT FROM %s",
             (spec.key, restaurant_id),
@@ -178,9 +183,7 @@ def list_overrides(conn: psycopg.Connection[Any], key: str | None = None,
     """Override rows of the known flags (or of ``key``), global first; only the venue's and global ones with
     ``restaurant_id``."""
     keys = [flag(key).key] if key else list(FLAGS)
-    with conn.transaction():
-        if restaurant_id is not None:
-            _enter_restaurant(conn, restaurant_id)
+    with _as_venue(conn, restaurant_id):
         rows = conn.execute(
             "SELECT flag_key, restaurant_id, flag_value, enabled, updated_at FROM public.feature_flag_overrides "
             "WHERE flag_key = ANY (%s) AND (%s::uuid IS NULL OR restaurant_id IS NULL OR restaurant_id = %s::uuid) "

@@ -195,34 +195,37 @@ def guard_in_place(guard: guards.Guard) -> bool:
     return not context.is_offline_mode() and guards.is_in_place(Bind(), guard)
 
 
-def refuse_violations(guard: guards.Guard, action: str) -> None:
-    """Stop before anything is changed when rows would break ``guard``, naming them.
+def refuse_rows(query: str, refusal: str, *, sqlstate: str, remedy: str) -> None:
+    """Stop before anything is changed when ``query`` returns rows (one text column naming each), listing them.
 
-    Online the check runs here and aborts with the conflicting allocation ids
-    (at most 20 pairs); offline the script carries the same check as a DO
-    block that raises 23P01 with the ids.
+    The check every revision makes before a change that existing data could
+    break. Online it runs here and aborts with a CommandError; offline the
+    script carries the same check as a DO block that raises ``sqlstate`` with
+    the same list.
     """
     if context.is_offline_mode():
         execute(f"""
 DO $check$
 DECLARE
-  pairs text;
+  found text;
 BEGIN
-  SELECT string_agg(v.a::text || ' & ' || v.b::text, ', ') INTO pairs
-  FROM ({guard.violations_sql()}) AS v(a, b);
-  IF pairs IS NOT NULL THEN
-    RAISE EXCEPTION 'cannot {action}: allocations break {guard.name}: %', pairs USING ERRCODE = '23P01';
+  SELECT string_agg(r, ', ') INTO found FROM ({query}) AS bad(r);
+  IF found IS NOT NULL THEN
+    RAISE EXCEPTION '{refusal}: %', found USING ERRCODE = '{sqlstate}';
   END IF;
 END
 $check$""")
         return
-    pairs = guards.find_violations(Bind(), guard)
-    if pairs:
-        listed = "; ".join(f"{a} & {b}" for a, b in pairs)
-        raise CommandError(
-            f"cannot {action}: {len(pairs)}{'+' if len(pairs) == 20 else ''} pair(s) of allocations "
-            f"would break {guard.name}: {listed}. Nothing was changed; resolve these allocations first."
-        )
+    found = [row[0] for row in Bind().execute(query).fetchall()]
+    if found:
+        raise CommandError(f"{refusal}: {', '.join(found)}. Nothing was changed; {remedy}")
+
+
+def refuse_violations(guard: guards.Guard, action: str) -> None:
+    """Stop before anything is changed when rows would break ``guard``, naming them (at most 20 pairs)."""
+    refuse_rows(f"SELECT v.a::text || ' & ' || v.b::text FROM ({guard.violations_sql()}) AS v(a, b)",
+                f"cannot {action}: pairs of allocations would break {guard.name}", sqlstate="23P01",
+                remedy="resolve these allocations first.")
 
 
 def add_guard(guard: guards.Guard, action: str) -> None:

@@ -4,6 +4,7 @@ a downgrade that removes exactly those, and refusals that change nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import uuid
@@ -272,3 +273,12 @@ def test_purge_runs_while_confirmations_continue(aged: Database):
         thread.join(timeout=10)
         assert done.is_set()
         purger.commit()
+
+
+def test_the_check_and_its_pre_check_allow_exactly_the_modes_the_client_knows():
+    from reserve import sql
+    from reserve.capacity.adjacency import MODES
+
+    for script in ("schema/0003a_operations_up.sql", "schema/0003a_operations_invalid_flags.sql"):
+        allowed = re.search(r"flag_value (?:NOT )?IN \(([^)]*)\)", sql.read(script)).group(1)
+        assert [mode.strip(" '") for mode in allowed.split(",")] == list(MODES), script

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from typing import Any
 
 import psycopg
 from click.testing import CliRunner
 
+from bench.rollback_under_traffic import long_report
 from reserve import db
 from reserve.cli import main
 from reserve.rollout import alembic_runner, dataset
@@ -50,30 +50,14 @@ def _old_guard_back(conn: psycopg.Connection[Any]) -> bool:
     return guards.is_in_place(conn, guards.OLD_GUARD)
 
 
-def _report(url: Any, seconds: int, pid: list[int], done: threading.Event) -> None:
-    """A long analytics query on bookings: a plain SELECT holding a snapshot, no lock on allocations."""
-    with db.connect(url, autocommit=True, application_name="analytics") as conn:
-        pid.append(conn.info.backend_pid)
-        try:
-            conn.execute(f"SELECT count(*), pg_sleep({seconds}) FROM bookings")
-        except psycopg.errors.QueryCanceled:
-            pass
-        finally:
-            done.set()
-
-
 def test_the_rollback_restores_the_guard_promptly_while_a_report_and_a_repeatable_read_transaction_run(
         head_db: Database):
     _with_data(head_db)
-    report_pid: list[int] = []
-    report_done = threading.Event()
-    report = threading.Thread(target=_report, args=(head_db.url, 120, report_pid, report_done), daemon=True)
-    report.start()
-    with head_db.connect() as snapshot_holder, head_db.connect(autocommit=True) as dba:
+    with long_report(head_db.url, 120) as (report_pid, report_done), head_db.connect() as snapshot_holder, \
+            head_db.connect(autocommit=True) as dba:
         snapshot_holder.execute("SET application_name = 'finance-export'")
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT count(*) FROM restaurants")
-        _wait_until(lambda: bool(report_pid), "the report to start")
         proc = faults.start_alembic(head_db.url, "downgrade", "-1")
         restored_after = _wait_until(lambda: _old_guard_back(dba), "the old guard to be restored", proc=proc)
         assert restored_after < PROMPTLY_S
@@ -91,9 +75,8 @@ def test_the_rollback_restores_the_guard_promptly_while_a_report_and_a_repeatabl
         assert not report_done.is_set()
 
         snapshot_holder.rollback()
-        dba.execute("SELECT pg_cancel_backend(%s)", (report_pid[0],))
+        dba.execute("SELECT pg_cancel_backend(%s)", (report_pid,))
         code, output = faults.finish(proc, head_db.url)
-    report.join(timeout=10)
     assert code == 0, output
     assert "waiting for pid" in output or "allocations_resource_window_excl is restored" in output, output
     with head_db.connect() as conn:

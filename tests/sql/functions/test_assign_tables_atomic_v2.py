@@ -133,23 +133,16 @@ def test_table_of_another_restaurant_is_rejected_with_22023_and_nothing_is_writt
         _assert_nothing_written(conn, booking)
 
 
-def test_inactive_table_is_rejected_with_22023_and_nothing_is_written(baseline_db: Database):
+@pytest.mark.parametrize("table", [{"number": "Off", "active": False}, {"number": "NoZone", "zone": None}],
+                         ids=["inactive-table", "table-without-zone"])
+def test_an_inactive_or_zoneless_table_is_rejected_with_22023_and_nothing_is_written(
+        baseline_db: Database, table: dict):
     with baseline_db.connect() as conn:
         venue = Venue(conn)
         booking = venue.booking()
-        inactive = venue.add_table("Off", active=False)
+        unusable = venue.add_table(**table)
         conn.commit()
-        assert _rejected(conn, booking, [inactive]) == "22023"
-        _assert_nothing_written(conn, booking)
-
-
-def test_table_without_zone_is_rejected_with_22023_and_nothing_is_written(baseline_db: Database):
-    with baseline_db.connect() as conn:
-        venue = Venue(conn)
-        booking = venue.booking()
-        zoneless = venue.add_table("NoZone", zone=None)
-        conn.commit()
-        assert _rejected(conn, booking, [zoneless]) == "22023"
+        assert _rejected(conn, booking, [unusable]) == "22023"
         _assert_nothing_written(conn, booking)
 
 

@@ -403,23 +403,16 @@ def test_hold_without_member_tables_is_rejected_with_p0001_and_nothing_is_writte
         assert booking_rows(conn, booking) == NOTHING_WRITTEN
 
 
-def test_policy_version_mismatch_is_rejected_with_p0003_and_nothing_is_written(baseline_db: Database):
+@pytest.mark.parametrize(("policy", "adjacency_hash"), [("2025-10", "adj-1"), ("2025-11", "adj-2")],
+                         ids=["policy-version-changed", "adjacency-hash-changed"])
+def test_a_stale_policy_version_or_adjacency_hash_is_rejected_with_p0003_and_nothing_is_written(
+        baseline_db: Database, policy: str, adjacency_hash: str):
     with baseline_db.connect() as conn:
         venue = Venue(conn)
         booking = venue.booking()
         hold = venue.hold([venue.tables[0]], metadata=METADATA)
         conn.commit()
-        assert _rejected(conn, hold, booking, policy="2025-10", hash="adj-1") == "P0003"
-        _assert_nothing_written(conn, booking, hold)
-
-
-def test_adjacency_hash_mismatch_is_rejected_with_p0003_and_nothing_is_written(baseline_db: Database):
-    with baseline_db.connect() as conn:
-        venue = Venue(conn)
-        booking = venue.booking()
-        hold = venue.hold([venue.tables[0]], metadata=METADATA)
-        conn.commit()
-        assert _rejected(conn, hold, booking, policy="2025-11", hash="adj-2") == "P0003"
+        assert _rejected(conn, hold, booking, policy=policy, hash=adjacency_hash) == "P0003"
         _assert_nothing_written(conn, booking, hold)
 
 

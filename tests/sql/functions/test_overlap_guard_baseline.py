@@ -45,17 +45,24 @@ def test_overlapping_confirm_in_one_transaction_passes_the_call_and_fails_at_com
         assert booking_rows(conn, second) == NOTHING_WRITTEN
 
 
+def _second_hold_on_a_confirmed_table(conn) -> tuple[object, object, object, object]:
+    """A table confirmed for 24:00-26:00 (committed), and a committed hold on it for 25:00-27:00 of another
+    booking: (table, the confirmed booking, the hold, its booking)."""
+    venue = Venue(conn)
+    table = venue.tables[0]
+    first, second = venue.booking(slot(24)), venue.booking(slot(25))
+    confirm(conn, venue.hold([table], slot(24), booking=first), first, key="a")
+    conn.commit()
+    hold = venue.hold([table], slot(25), booking=second)
+    conn.commit()
+    return table, first, hold, second
+
+
 def test_overlapping_confirm_after_the_first_committed_passes_the_call_and_fails_at_commit_with_23p01(
     baseline_db: Database,
 ):
     with baseline_db.connect() as conn:
-        venue = Venue(conn)
-        table = venue.tables[0]
-        first, second = venue.booking(slot(24)), venue.booking(slot(25))
-        confirm(conn, venue.hold([table], slot(24), booking=first), first, key="a")
-        conn.commit()
-        hold = venue.hold([table], slot(25), booking=second)
-        conn.commit()
+        table, first, hold, second = _second_hold_on_a_confirmed_table(conn)
 
         assert confirm(conn, hold, second, key="b")  # call passes
         _commit_fails_with_exclusion_violation(conn)
@@ -106,13 +113,7 @@ def test_guard_set_immediate_is_reported_in_the_call_as_p0001_allocations_no_ove
     """assign_tables_atomic_v2 maps an overlap it catches to P0001 'allocations_no_overlap'; at
     baseline it can catch one only when the caller makes the deferred guard immediate."""
     with baseline_db.connect() as conn:
-        venue = Venue(conn)
-        table = venue.tables[0]
-        first, second = venue.booking(slot(24)), venue.booking(slot(25))
-        confirm(conn, venue.hold([table], slot(24), booking=first), first, key="a")
-        conn.commit()
-        hold = venue.hold([table], slot(25), booking=second)
-        conn.commit()
+        table, first, hold, second = _second_hold_on_a_confirmed_table(conn)
         conn.execute("SET CONSTRAINTS allocations_resource_window_excl IMMEDIATE")
         with pytest.raises(psycopg.errors.RaiseException, match="allocations_no_overlap") as raised:
             confirm(conn, hold, second, key="b")
