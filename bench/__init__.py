@@ -1,1 +1,1 @@
-"""`make bench`: the benchmarks of issue 6 (see bench/suite.py and docs/BENCHMARKS.md)."""
+"""`make bench`: the benchmarks of the swap, the probes and confirm throughput (see bench/suite.py and docs/BENCHMARKS.md)."""

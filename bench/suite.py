@@ -1,4 +1,4 @@
-"""Benchmarks at scale (issue 6): the swap's lock hold, the overlap probes, confirm throughput.
+"""Benchmarks at scale: the swap's lock hold, the overlap probes, confirm throughput.
 
 The whole run, and the results document it returns (bench/run.py writes it,
 bench/render.py renders it). Everything is measured side by side in one run

@@ -58,7 +58,7 @@ def at_most(value: float | None, limit: float) -> bool:
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
-    """Each target of issue 6: its value, its limit, whether it is met."""
+    """Each target the benchmarks are held to: its value, its limit, whether it is met."""
     out = swap_targets(result["swap"], result["predictor"])
     rs = result.get("probe", {}).get("restaurant_scoped")
     if rs:

@@ -47,7 +47,7 @@ class Silence:
     reason: str
 
 
-_BASELINE_DOWN = ("0001_baseline's downgrade removes everything the baseline created, by contract (SPEC section 3): "
+_BASELINE_DOWN = ("0001_baseline's downgrade removes everything the baseline created, by design: "
                   "it exists for throw-away databases; production is adopted at 0001 and never goes below it")
 
 SILENCED: list[Silence] = [
@@ -55,10 +55,10 @@ SILENCED: list[Silence] = [
     Silence("prefer-text-field", "0001_baseline.upgrade", r"version_num VARCHAR\(32\)",
             "alembic_version is Alembic's own bookkeeping table, created by Alembic itself; its column never changes"),
     Silence("prefer-bigint-over-int", "0001_baseline.upgrade", r"capacity integer",
-            "the baseline reproduces the live schema (SPEC section 4: capacity int); `reserve adopt` compares it "
+            "the baseline reproduces the live schema (capacity is an int there); `reserve adopt` compares it "
             "column by column, and seats per table never near 2^31"),
     Silence("prefer-bigint-over-int", "0001_baseline.upgrade", r"party_size integer",
-            "the baseline reproduces the live schema (SPEC section 4: party_size int); guests per booking never "
+            "the baseline reproduces the live schema (party_size is an int there); guests per booking never "
             "near 2^31"),
     Silence("ban-drop-schema", "0001_baseline.downgrade", r"DROP SCHEMA IF EXISTS reserve_archive", _BASELINE_DOWN),
     Silence("ban-drop-function", "0001_baseline.downgrade", r"DROP FUNCTION", _BASELINE_DOWN),

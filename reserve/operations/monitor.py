@@ -45,6 +45,7 @@ from reserve import db
 from reserve.capacity import confirm
 from reserve.report import FAIL, OK, WARN, Report, table
 from reserve.schema import guards, probes, revisions
+from reserve.stats import quantile
 
 log = logging.getLogger("reserve.operations.monitor")
 
@@ -87,10 +88,8 @@ class Reading:
         return hits / (hits + misses)
 
     def probe_quantile(self, q: float) -> float | None:
-        if not self.probe_ms:
-            return None
-        ordered = sorted(self.probe_ms)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+        """A percentile of this reading's probe runs (reserve.stats), None without runs."""
+        return quantile(self.probe_ms, q) if self.probe_ms else None
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:

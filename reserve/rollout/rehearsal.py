@@ -5,7 +5,7 @@ baseline, a generated dataset, preflight, snapshot, upgrade revision by
 revision (timing each and the lock hold, seen from the database), verify,
 the overlap probes, the emergency rollback (timed), verify, upgrade again,
 snapshot, diff, then the QA flows against the rehearsed database. Every
-file of SPEC section 8 goes to ``<out>/<UTC timestamp>/``; none holds a
+file of the evidence bundle goes to ``<out>/<UTC timestamp>/``; none holds a
 password or a row's personal content (ids, definitions and counts only).
 """
 

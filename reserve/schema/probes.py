@@ -8,11 +8,12 @@ guard's partial GiST index can serve them.
 from __future__ import annotations
 
 import re
-import statistics
 import time
 from typing import Any
 
 import psycopg
+
+from reserve.stats import quantile
 
 # One restaurant's tables that overlap a two-hour window.
 RESTAURANT_SCOPED = """
@@ -58,5 +59,4 @@ def latency_ms(conn: psycopg.Connection[Any], probe: str, params: dict[str, Any]
         started = time.perf_counter()
         conn.execute(probe, params, prepare=True).fetchall()
         samples.append((time.perf_counter() - started) * 1000)
-    quantiles = statistics.quantiles(samples, n=100)
-    return {"p50_ms": round(quantiles[49], 4), "p95_ms": round(quantiles[94], 4), "runs": runs}
+    return {"p50_ms": round(quantile(samples, 0.50), 4), "p95_ms": round(quantile(samples, 0.95), 4), "runs": runs}

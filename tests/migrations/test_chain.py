@@ -11,7 +11,7 @@ from reserve.schema import revisions
 from tests.support import REVISIONS, Database
 
 # The revisions the contract names, in its order; later ones may sit between them, never around them.
-SPEC_ORDER = ["0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations",
+CONTRACT_ORDER = ["0001_baseline", "0002_confirmation_results", "0003_confirm_v12", "0003a_operations",
               "0003b_tenant_policies", "0004_allocations_no_overlap"]
 
 
@@ -22,7 +22,7 @@ def test_chain_is_linear_from_the_baseline_to_the_swap_in_the_contracts_order():
     assert chain[-1] == "0004_allocations_no_overlap"  # the swap is last, so downgrade -1 is its rollback
     for below, above in zip(chain, chain[1:], strict=False):
         assert scripts.get_revision(above).down_revision == below, above
-    assert [rev for rev in chain if rev in SPEC_ORDER] == SPEC_ORDER
+    assert [rev for rev in chain if rev in CONTRACT_ORDER] == CONTRACT_ORDER
 
 
 def test_upgrade_head_then_downgrade_base_leaves_the_catalog_as_it_was(empty_db: Database):

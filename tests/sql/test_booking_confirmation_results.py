@@ -1,4 +1,4 @@
-"""booking_confirmation_results at head: tenant isolation and grants (SPEC section 5)."""
+"""booking_confirmation_results at head: tenant isolation and grants."""
 
 from __future__ import annotations
 

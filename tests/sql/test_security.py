@@ -16,7 +16,7 @@ from psycopg import sql
 from tests.support import BASELINE_ROW_OWNER, Database, Venue, act_as, booking_rows, scalar, slot
 
 # Every SECURITY DEFINER function at head, with the roles (besides its owner) that may execute it.
-# SPEC section 7: confirm_hold_assignment_tx is for service_role only; the functions it calls and the
+# confirm_hold_assignment_tx is for service_role only; the functions it calls and the
 # retention function (0003a) follow the same rule. A new definer function must be added here, reviewed.
 DEFINER_EXECUTE = {
     "apply_booking_state_transition(uuid,booking_status,uuid,text,jsonb)": {"service_role"},

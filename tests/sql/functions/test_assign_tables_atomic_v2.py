@@ -1,4 +1,4 @@
-"""assign_tables_atomic_v2 v1 at revision 0001_baseline: the rules of SPEC section 4, what it
+"""assign_tables_atomic_v2 v1 at revision 0001_baseline: the rules it enforces, what it
 writes, idempotent replay, and live holds of other bookings."""
 
 from __future__ import annotations
