@@ -225,8 +225,8 @@ def test_replay_with_a_second_hold_and_the_same_key_emits_each_dedupe_key_once(b
 
 
 def test_replay_in_another_window_reports_the_window_actually_assigned(baseline_db: Database):
-    """The key's earlier result wins (an idempotency key replayed returns the earlier result), so the sync event and the checksum must
-    describe that assignment, not the window the second hold asked for."""
+    """The key's earlier result wins (an idempotency key replayed returns the earlier result), so the sync event
+    and the checksum must describe that assignment, not the window the second hold asked for."""
     with baseline_db.connect() as conn:
         venue = Venue(conn)
         start, end = slot(24)
