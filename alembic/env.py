@@ -27,14 +27,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psycopg
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from reserve import db
 from reserve.schema import failures, locks, locktrace, options, revisions
+from reserve.schema.swap import state as swap_state
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -137,20 +139,25 @@ def _where_now(url: URL) -> str:
     recorded = diagnose(revisions.current_revision)
     if recorded is None and diagnose(lambda conn: True) is None:
         return "could not reconnect to see where the database stands: run `reserve verify`"
+    swap = diagnose(swap_state.read)
+    if swap is not None:
+        return (f"the failed step's own transaction was rolled back; alembic_version names {recorded or 'no revision'} "
+                f"and the online swap's committed phases stay (now: {swap.phase}): rerun the same command to "
+                "resume (`reserve verify` says what is left)")
     return (f"its transaction was rolled back: alembic_version names {recorded or 'no revision'} "
             "(`reserve verify` checks the catalog)")
 
 
-def _explain(exc: BaseException, url: URL, pid: int | None, trace: locktrace.LockTrace | None) -> str:
-    revision, direction = _failing_step(exc.__traceback__)
+def _explain(error: BaseException, revision: str | None, direction: str | None, url: URL, pid: int | None,
+             trace: locktrace.LockTrace | None) -> str:
     action = f"{direction} {revision}" if revision else "reading alembic_version"
     if trace is not None:
         trace.fail(action, revision, direction)
     try:
-        wanted = dict(locks.declared(revision or "", direction or "").tables)
+        wanted = dict(locks.declared(revision or "", direction or "", options.SwapOptions.from_x_options().method).tables)
     except KeyError:
         wanted = {}
-    return db.scrub(failures.message(action, exc, wanted=wanted, diagnose=failures.diagnoser(url),
+    return db.scrub(failures.message(action, error, wanted=wanted, diagnose=failures.diagnoser(url),
                                      where_now=_where_now(url), exclude=(pid,) if pid else ()), url)
 
 
@@ -158,9 +165,11 @@ def _lock_trace() -> tuple[locktrace.LockTrace | None, Path | None]:
     """The trace a caller passed in (the rehearsal), or one for ``-x lock_trace=FILE``."""
     passed = config.attributes.get("lock_trace")
     target = options.x_option("lock_trace", "")
+    method = options.SwapOptions.from_x_options().method
     if passed is not None:
+        passed.method = method
         return passed, Path(target) if target else None
-    return (locktrace.LockTrace(), Path(target)) if target else (None, None)
+    return (locktrace.LockTrace(method), Path(target)) if target else (None, None)
 
 
 def run_migrations_online() -> None:
@@ -179,19 +188,22 @@ def run_migrations_online() -> None:
             context.configure(connection=connection, transaction_per_migration=True, on_version_apply=callbacks)
             with context.begin_transaction():
                 context.run_migrations()
-        except (DBAPIError, KeyboardInterrupt) as exc:
-            if isinstance(exc, DBAPIError) and failures.database_error(exc) is None:
+        except (SQLAlchemyError, psycopg.Error, KeyboardInterrupt) as exc:
+            # SQLAlchemy may raise a second error while unwinding a transaction the first one broke:
+            # the message is about the database error behind it.
+            error = failures.find_database_error(exc)
+            if error is None:
                 raise
             if not connection.closed and not connection.invalidated:
                 try:
                     connection.rollback()  # release the step's locks before looking at who else holds some
-                except DBAPIError:
+                except SQLAlchemyError:
                     pass
-            if isinstance(exc, KeyboardInterrupt):
-                revision, direction = _failing_step(exc.__traceback__)
+            revision, direction = _failing_step(exc.__traceback__)
+            if isinstance(error, KeyboardInterrupt):
                 raise CommandError(f"{direction or 'the run'} {revision or ''} interrupted (Ctrl-C). "
                                    f"{_where_now(url)}") from None
-            raise CommandError(_explain(exc, url, pid, trace)) from None
+            raise CommandError(_explain(error, revision, direction, url, pid, trace)) from None
         finally:
             if trace is not None:
                 trace.detach(connection)

@@ -20,9 +20,9 @@ from sqlalchemy.engine import URL, make_url
 
 from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
-from tests.support import Database
+from tests.support import REVISIONS, Database
 
-TEMPLATES = {"empty": None, "baseline": "0001_baseline", "head": "head"}
+TEMPLATES = {"empty": None, "baseline": "0001_baseline", "pre_swap": REVISIONS[-2], "head": "head"}
 _clone_numbers = itertools.count(1)
 
 
@@ -97,6 +97,12 @@ def baseline_db(pg_server, templates) -> Iterator[Database]:
 
 
 @pytest.fixture
+def pre_swap_db(pg_server, templates) -> Iterator[Database]:
+    """A fresh database at the revision below the swap (the old guard), no rows."""
+    yield from _clone(pg_server, templates["pre_swap"])
+
+
+@pytest.fixture
 def head_db(pg_server, templates) -> Iterator[Database]:
-    """A fresh database at head: the change applied."""
+    """A fresh database at head: the change applied online, its window open (`close_window()` closes it)."""
     yield from _clone(pg_server, templates["head"])

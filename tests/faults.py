@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL
 from reserve import db
 from reserve.rollout import alembic_runner
 from reserve.schema import catalog, expectations, revisions
+from reserve.schema.swap import state as swap_state
 
 MIGRATION_APPLICATION = "reserve-migrations"
 
@@ -134,6 +135,16 @@ def holding_lock(url: URL, table: str, mode: str) -> Iterator[psycopg.Connection
             conn.rollback()
 
 
+def terminated_while_waiting(url: URL, blocker: tuple[str, str], query_contains: str, *args: str) -> tuple[int, str]:
+    """Another session holds ``blocker`` (table, mode); ``alembic <args>`` waits for it in a statement containing
+    ``query_contains``; a DBA terminates the migrating backend there. The run's exit code and output."""
+    with holding_lock(url, *blocker), db.connect(url, autocommit=True) as dba:
+        proc = start_alembic(url, *args)
+        backend = wait_for_backend(dba, query_contains=query_contains, waiting_on_lock=True, proc=proc)
+        assert terminate(dba, backend.pid)
+        return finish(proc, url)
+
+
 @dataclass
 class Boundary:
     """Where a database stands: the revision it records and the revisions its catalog matches exactly."""
@@ -142,6 +153,11 @@ class Boundary:
     matching: list[str]
     pending_indexes: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)  # from the recorded revision's expectation
+    swap: swap_state.SwapState | None = None  # an online swap in flight, or its open window
+
+    @property
+    def window_open(self) -> bool:
+        return self.swap is not None and self.swap.phase == swap_state.WINDOW
 
     @property
     def at(self) -> str | None:
@@ -153,15 +169,16 @@ def boundary(conn: psycopg.Connection[Any]) -> Boundary:
     """Compare the live catalog with every revision's shipped expectation.
 
     ``reserve_pending_*`` indexes (a rollback's prebuilt index, dropped by the
-    next run) are not part of any revision's schema and are listed apart.
+    next run) are not part of any revision's schema and are listed apart. At the swap's revision an open
+    window (the online upgrade's machinery, exactly as shipped) is one of its two states.
     """
     live = catalog.snapshot(conn)
     recorded = revisions.current_revision(conn)
-    matching = [rev for rev in expectations.shipped() if not expectations.compare(expectations.expected(rev), live)]
+    matching = [rev for rev in expectations.shipped() if not expectations.differences(rev, live)]
     differences: list[str] = []
     if recorded in expectations.shipped():
-        differences = expectations.summarize(expectations.compare(expectations.expected(recorded), live))
-    return Boundary(recorded, matching, catalog.pending_indexes(conn), differences)
+        differences = expectations.summarize(expectations.differences(recorded, live))
+    return Boundary(recorded, matching, catalog.pending_indexes(conn), differences, swap_state.read(conn))
 
 
 def advisory_waiters(conn: psycopg.Connection[Any]) -> int:
@@ -174,12 +191,39 @@ def advisory_waiters(conn: psycopg.Connection[Any]) -> int:
     ).fetchone()[0]
 
 
+def start_two_runs(dba: psycopg.Connection[Any], url: URL, *args: str,
+                   first_inside: Any = None) -> list[subprocess.Popen[str]]:
+    """Two identical Alembic runs at once; returns when the second is seen queued for the first's migration lock
+    (``first_inside(proc)`` waits first for the first to be inside its work). Both killed if that never comes."""
+    runs = [start_alembic(url, *args) for _ in range(2)]
+    try:
+        if first_inside is not None:
+            first_inside(runs[0])
+        wait_until(lambda: advisory_waiters(dba) == 1, "the second run to queue", procs=runs)
+    except BaseException:
+        for run in runs:
+            run.kill()
+            run.wait()
+        raise
+    return runs
+
+
+def assert_one_ran_and_the_other_waited(results: list[tuple[int, str]], ran: str) -> None:
+    """Both runs succeeded; exactly one ran the step (``ran`` in its output), the other waited and found it done."""
+    assert [code for code, _ in results] == [0, 0], results
+    outputs = [output for _, output in results]
+    assert sum(ran in output for output in outputs) == 1, outputs
+    assert sum("another migration run is in progress" in output for output in outputs) == 1, outputs
+
+
 def wait_until(condition: Any, what: str, timeout_s: float = 60, procs: Sequence[subprocess.Popen[str]] = ()) -> None:
     """Poll ``condition()`` until true; FaultTimeout when time runs out or one of ``procs`` ends first."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        if any(p.poll() is not None for p in procs):
-            raise FaultTimeout(f"an alembic run ended before {what}")
+        ended = [p for p in procs if p.poll() is not None]
+        if ended:
+            output = (ended[0].communicate()[0] or "")[-3000:]
+            raise FaultTimeout(f"an alembic run ended ({ended[0].returncode}) before {what}:\n{output}")
         if time.monotonic() > deadline:
             raise FaultTimeout(f"gave up waiting for {what}")
         time.sleep(0.02)

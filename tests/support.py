@@ -14,6 +14,8 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from reserve import db
+from reserve.operations import swap_window
+from reserve.report import OK
 from reserve.rollout import alembic_runner
 from reserve.schema import catalog, revisions
 
@@ -38,6 +40,11 @@ class Database:
 
     def downgrade(self, revision: str, x: list[str] | None = None) -> None:
         alembic_runner.downgrade(self.url, revision, x)
+
+    def close_window(self) -> None:
+        """Close the online upgrade's window (`reserve swap finish`): head exactly as the locked method leaves it."""
+        report = swap_window.finish(self.url)
+        assert [check.status for check in report.checks] == [OK], report.to_text()
 
     def current(self) -> str | None:
         with self.connect() as conn:

@@ -155,7 +155,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                         if watch_lock:
                             lock = stack.enter_context(LockWatch(target))
                         detail = action() or ""
-                    beyond = locktrace.undeclared(traces[name].steps) if name in traces else []
+                    beyond = traces[name].undeclared() if name in traces else []
                     if beyond:
                         raise StepFailed(f"took locks its revision does not declare: {'; '.join(beyond[:3])}")
                     ok = True
@@ -296,7 +296,7 @@ def _trace_summary(trace: locktrace.LockTrace) -> dict[str, Any]:
         "statements": trace.statement_count,
         "revisions": {step.step: {"statements": len(step.statements), "strongest": step.strongest(),
                                   "completed": step.completed} for step in trace.steps},
-        "undeclared": locktrace.undeclared(trace.steps),
+        "undeclared": trace.undeclared(),
     }
 
 

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import catalog, expectations, guards, pending, probes, revisions
+from reserve.schema.swap import state as swap_state
 
 TOO_FEW_ROWS_TO_JUDGE = 1000
+
+
+def check_window(report: Report, conn: Any, swap: swap_state.SwapState) -> None:
+    """At head with the online upgrade's window open: which of the two accepted states this is, and whether the
+    rollback is still the instant exchange back."""
+    report.facts["swap_window"] = f"open since {swap.window_opened_at:%Y-%m-%d %H:%M} UTC"
+    if swap.conflicts:
+        ids = [row[0] for row in swap_state.conflicts(conn)]
+        report.add("swap window", WARN, f"open since {swap.window_opened_at:%Y-%m-%d %H:%M} UTC; the rollback is "
+                   f"not instant: {swap.conflicts} allocation(s) the previous table cannot take ({', '.join(ids)})",
+                   conflicts=ids)
+    else:
+        report.add("swap window", OK, f"open since {swap.window_opened_at:%Y-%m-%d %H:%M} UTC: the previous table is "
+                   "in step, `alembic downgrade -1` is an exchange back; `reserve swap finish` closes it")
 
 
 def verify(url: URL) -> Report:
@@ -22,11 +39,19 @@ def verify(url: URL) -> Report:
             return report
         leftovers = catalog.pending_indexes(conn)
         live = catalog.snapshot(conn)
-        found = expectations.compare(expectations.expected(current), live)
-        between = pending.identify(current, live, leftovers) if found else None
+        swap = swap_state.read(conn)
+        found = expectations.differences(current, live)
+        between = pending.identify(current, live, leftovers, swap) if (found or swap) else None
+        left = expectations.machinery_left(current, live) if swap is not None and not found else None
+        if left == expectations.WINDOW and swap is not None and swap.phase == swap_state.WINDOW:
+            check_window(report, conn, swap)
+        elif left == expectations.RETIRED:
+            report.add("retired table", WARN, f"the rollback of {pending.SWAP_REVISION} left the table it replaced, "
+                       f"emptied, in {swap_state.STANDBY} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
+                       "restaurants): `reserve swap finish` drops it; nothing depends on it")
         if between is not None:
             report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,
-                       command=between.command, differences=[str(d) for d in found])
+                       command=between.command, alternative=between.alternative, differences=[str(d) for d in found])
         else:
             if leftovers:
                 report.add("leftovers", WARN, f"{', '.join(leftovers)} left by an interrupted rollback: rerun "

@@ -60,11 +60,12 @@ def database_error(exc: BaseException) -> psycopg.Error | None:
 
 def find_database_error(exc: BaseException) -> BaseException | None:
     """The database error behind ``exc``: itself, or the one it was raised while handling (SQLAlchemy raises a
-    second error when it cannot finish a transaction on a connection the first one broke)."""
+    second error when it cannot finish a transaction on a connection the first one broke). A Ctrl-C in the
+    chain wins: the operator interrupted, whatever broke while unwinding."""
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 10:
-        if database_error(current) is not None:
+        if isinstance(current, KeyboardInterrupt) or database_error(current) is not None:
             return current
         current = current.__cause__ or current.__context__
         seen += 1

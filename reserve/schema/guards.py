@@ -73,6 +73,17 @@ FROM flagged f JOIN {TABLE} a ON {same} AND a."window" && f."window" AND a.id <>
 ORDER BY 1, 2 LIMIT {int(limit)}"""
 
 
+    def partners_sql(self, limit: int = 20) -> str:
+        """Pairs (lowest id first) of live allocations this guard would reject that involve one of the ids in
+        ``%(ids)s``: who each of a few known rows collides with (one pass over the table at most)."""
+        same = " AND ".join(f"a.{c} = f.{c}" for c in self.equal_columns)
+        return f"""
+SELECT DISTINCT LEAST(a.id, f.id)::text, GREATEST(a.id, f.id)::text
+FROM {TABLE} f JOIN {TABLE} a ON {same} AND a."window" && f."window" AND a.id <> f.id AND NOT a.shadow
+WHERE f.id = ANY(%(ids)s::uuid[]) AND NOT f.shadow
+ORDER BY 1, 2 LIMIT {int(limit)}"""
+
+
 # The guard before the change: one resource, one booking at a time across all
 # tenants, checked at commit.
 OLD_GUARD = Guard(

@@ -76,6 +76,8 @@ def build_index_after_commit(name: str, create_sql: Callable[[str], str], *, ste
         error = failures.find_database_error(exc)
         if error is None:
             raise
+        if isinstance(error, KeyboardInterrupt):
+            raise error from None  # env.py reports the interruption
         raise CommandError(failures.message(
             f"{step}: the concurrent build of index {name}", error, wanted={guards.TABLE: "SHARE UPDATE EXCLUSIVE"},
             diagnose=failures.diagnoser(url), exclude=(pid,),

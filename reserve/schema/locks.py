@@ -150,23 +150,45 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
         "downgrade": StepLocks({}),
     },
     "0004_allocations_no_overlap": {
-        # The guard swap: drop one exclusion constraint and add the other, under the one lock.
+        # The locked method (-x swap_method=locked): drop one exclusion constraint and add the other, in place,
+        # under the one lock (then, down, SHARE UPDATE EXCLUSIVE for the index build after the commit).
         "upgrade": StepLocks({"public.allocations": AE}),
         "downgrade": StepLocks({"public.allocations": AE}),
     },
 }
 
 
-def declared(revision: str, direction: str) -> StepLocks:
-    """What ``revision`` declares for ``direction`` ('upgrade' or 'downgrade'); KeyError when undeclared."""
+SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.pending", "reserve_swap.conflicts", "reserve_swap.state")
+# The online method of the swap (reserve.schema.swap), the default: a standby built beside allocations and
+# exchanged with it. ACCESS EXCLUSIVE on allocations for the exchange only (catalog work), and on the two
+# tables whose foreign keys and policies point at allocations, re-pointed in the same breath; SHARE ROW
+# EXCLUSIVE on bookings and restaurants while the standby's foreign keys are added (up), ACCESS EXCLUSIVE
+# on them when the standby is dropped with its foreign keys (down, and `reserve swap finish`); the
+# machinery's own tables when an earlier run left them.
+_REPOINTED = {"public.allocations": AE, "public.booking_table_assignments": AE,
+              "public.booking_assignment_idempotency": AE, **dict.fromkeys(SWAP_MACHINERY, AE),
+              # deparsing the re-pointed policies opens the tables they read, as a query does
+              "public.table_inventory": "ACCESS SHARE"}
+ONLINE_SWAP: dict[str, StepLocks] = {
+    "upgrade": StepLocks({**_REPOINTED, "public.bookings": SRE, "public.restaurants": SRE}),
+    "downgrade": StepLocks({**_REPOINTED, "public.bookings": AE, "public.restaurants": AE}),
+}
+SWAP_REVISION = "0004_allocations_no_overlap"
+
+
+def declared(revision: str, direction: str, method: str = "online") -> StepLocks:
+    """What ``revision`` declares for ``direction`` ('upgrade' or 'downgrade') with the swap's ``method``
+    (only the swap has two); KeyError when undeclared."""
+    if revision == SWAP_REVISION and method == "online":
+        return ONLINE_SWAP[direction]
     return DECLARED[revision][direction]
 
 
-def step_tables(steps: Sequence[tuple[str, str]]) -> dict[str, str]:
+def step_tables(steps: Sequence[tuple[str, str]], method: str = "online") -> dict[str, str]:
     """The strongest lock per table over several (revision, direction) steps."""
     result: dict[str, str] = {}
     for revision, direction in steps:
-        for table, mode in declared(revision, direction).tables.items():
+        for table, mode in declared(revision, direction, method).tables.items():
             result[table] = strongest([mode, result[table]]) if table in result else mode
     return result
 

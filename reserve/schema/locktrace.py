@@ -103,7 +103,8 @@ def summarize(statement: str, limit: int = 160) -> str:
 class LockTrace:
     """Attach to the migrating connection (``attach``); steps are closed by Alembic's on_version_apply."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str = "online") -> None:
+        self.method = method  # the swap's method in this run: its declaration depends on it
         self.steps: list[TracedStep] = []
         self._open: TracedStep | None = None
         self._names: dict[int, tuple[str, str]] = {}  # oid -> (relation, table), as the step began
@@ -192,6 +193,10 @@ class LockTrace:
 
     # -------------------------------------------------------------- reading
 
+    def undeclared(self) -> list[str]:
+        """Every traced lock beyond what the steps' revisions declare (for this run's swap method)."""
+        return undeclared(self.steps, self.method)
+
     @property
     def statement_count(self) -> int:
         return sum(len(step.statements) for step in self.steps)
@@ -200,7 +205,7 @@ class LockTrace:
         """locks.txt: per step, each statement and the table locks it added."""
         lines = []
         for step in self.steps:
-            declared = _declared(step)
+            declared = _declared(step, self.method)
             lines.append(f"{step.step}{'' if step.completed else ' (did not complete)'}")
             if declared is not None:
                 shown = ", ".join(f"{mode} on {table}" for table, mode in sorted(declared.tables.items())) or "nothing"
@@ -239,18 +244,18 @@ def _added(added: list[TracedLock]) -> list[str]:
     return lines
 
 
-def _declared(step: TracedStep) -> locks.StepLocks | None:
+def _declared(step: TracedStep, method: str) -> locks.StepLocks | None:
     try:
-        return locks.declared(step.revision or "", step.direction or "")
+        return locks.declared(step.revision or "", step.direction or "", method)
     except KeyError:
         return None
 
 
-def undeclared(steps: Iterable[TracedStep]) -> list[str]:
+def undeclared(steps: Iterable[TracedStep], method: str = "online") -> list[str]:
     """Every traced lock on an existing table that the step's declaration does not cover, as sentences."""
     found = []
     for step in steps:
-        declared = _declared(step)
+        declared = _declared(step, method)
         for statement in step.statements:
             for lock in statement.added:
                 if lock.new or lock.table == VERSION_TABLE:

@@ -10,8 +10,6 @@ concurrently after a commit, and reading ``-x`` options and session settings.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -21,7 +19,12 @@ from sqlalchemy.exc import DBAPIError
 from reserve import sql
 from reserve.schema import guards, locks
 from reserve.schema.index_build import build_index_after_commit  # noqa: F401 (for the revisions)
-from reserve.schema.options import LockPolicy, session_setting
+from reserve.schema.options import LockPolicy, SwapOptions, session_setting
+from reserve.schema.session import AlembicSession, LockGiveUp, take  # noqa: F401 (LockGiveUp: for callers)
+from reserve.schema.swap import exchange, online
+from reserve.schema.swap import state as swap_state
+
+SWAP_REVISION = "0004_allocations_no_overlap"
 
 log = logging.getLogger("reserve.schema.migration")
 
@@ -47,41 +50,29 @@ def install_function(name: str, version: str) -> None:
     execute(sql.function_sql(name, version))
 
 
-class Bind:
-    """psycopg-style ``execute(sql, params)`` on Alembic's connection, in the revision's transaction.
-
-    The checks the revisions share (reserve.schema.guards, reserve.schema.locks) take a
-    psycopg-like connection; going through SQLAlchemy rather than around it
-    keeps every statement visible to the lock trace.
-    """
-
-    def execute(self, query: str, params: Any = None) -> Any:
-        if params is None:
-            return op.get_bind().exec_driver_sql(query, execution_options={"no_parameters": True})
-        return op.get_bind().exec_driver_sql(query, params)
+Bind = AlembicSession  # psycopg-style execute() on Alembic's connection, for the checks the revisions share
 
 
-class LockGiveUp(CommandError):
-    """Every bounded attempt to take a revision's declared locks timed out; nothing was changed."""
-
-
-def take_locks(revision: str, direction: str) -> None:
+def take_locks(revision: str, direction: str, method: str = "online") -> None:
     """Take every lock ``revision`` declares for ``direction`` (reserve.schema.locks.DECLARED), before anything else.
 
-    Each attempt waits at most ``-x swap_lock_timeout`` (2s) for all of them;
-    a failed attempt is rolled back to a savepoint (releasing what it got, so
-    no table stays locked while another is waited for), the sessions in the
-    way are named in the log, and it is retried after a pause. When every
-    attempt fails the revision stops with the database unchanged. Afterwards
-    no statement of the revision waits in a lock queue. Tables that do not
-    exist (an archived table that was never archived) are skipped. Offline,
-    the script carries the same bounded wait without retries.
+    All of them at once, each attempt waiting at most ``-x swap_lock_timeout``
+    (2s), with bounded retries (reserve.schema.session.take): afterwards no
+    statement of the revision waits in a lock queue; when every attempt fails
+    the revision stops with the database unchanged, naming the sessions in the
+    way. While an online swap of allocations is in flight, every other
+    revision refuses (reserve.schema.swap). Offline, the script carries the
+    same bounded wait without retries. ``method``: the swap's (only 0004 has two); its locked method takes
+    its locks here, its online method phase by phase (reserve.schema.swap).
     """
-    wanted = locks.declared(revision, direction)
+    if not context.is_offline_mode() and revision != SWAP_REVISION:
+        _drop_retired_table(f"{direction} {revision}")
+        swap_state.refuse_other_revisions(AlembicSession(), f"{direction} {revision}")
+    wanted = locks.declared(revision, direction, method)
     if not wanted.tables:
         return
-    policy = LockPolicy.from_x_options()
     if context.is_offline_mode():
+        policy = LockPolicy.from_x_options()
         op.execute(f"SET LOCAL lock_timeout = '{policy.lock_timeout}'")
         for mode, tables in wanted.groups():
             present = [t for t in tables if t.startswith("public.")]  # archived tables may be absent
@@ -89,40 +80,17 @@ def take_locks(revision: str, direction: str) -> None:
                 op.execute(f"LOCK TABLE {', '.join(present)} IN {mode} MODE")
         op.execute(f"SET LOCAL lock_timeout = '{session_setting('lock_timeout')}'")
         return
-    conn = op.get_bind()
-    existing = set(conn.exec_driver_sql(
-        "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(wanted.tables),)).scalars())
-    groups = [(mode, [t for t in tables if t in existing]) for mode, tables in wanted.groups()]
-    groups = [(mode, tables) for mode, tables in groups if tables]
-    present = {t: m for t, m in wanted.tables.items() if t in existing}
-    names = ", ".join(sorted(present))
-    in_the_way: list[locks.Holder] = []
-    for attempt in range(1, policy.attempts + 1):
-        savepoint = conn.begin_nested()
-        try:
-            conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)").bindparams(t=policy.lock_timeout))
-            for mode, tables in groups:
-                conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE")
-        except DBAPIError as exc:
-            savepoint.rollback()
-            if getattr(exc.orig, "sqlstate", None) != "55P03":
-                raise
-            in_the_way = locks.holders(Bind(), present)
-            log.warning("locks on %s not granted within %s (attempt %d/%d): %s", names, policy.lock_timeout,
-                        attempt, policy.attempts, "; ".join(h.describe() for h in in_the_way) or "the holder has gone")
-            if attempt < policy.attempts:
-                time.sleep(policy.pause_s)
-            continue
-        conn.execute(sa.text("SELECT set_config('lock_timeout', :t, true)").bindparams(t=session_setting("lock_timeout")))
-        savepoint.commit()
-        log.info("%s: %s taken (attempt %d/%d)", revision,
-                 "; ".join(f"{mode} on {', '.join(tables)}" for mode, tables in groups), attempt, policy.attempts)
-        return
-    held_by = "; ".join(h.describe() for h in in_the_way) or "a transaction that has ended since"
-    raise LockGiveUp(
-        f"{direction} {revision}: could not lock {names} after {policy.attempts} attempts of {policy.lock_timeout} "
-        f"(in the way: {held_by}). Nothing was changed; rerun when they have finished, or raise -x swap_lock_attempts."
-    )
+    take(AlembicSession(), wanted.tables, action=f"{direction} {revision}",
+         restore_lock_timeout=session_setting("lock_timeout"))
+
+
+def _drop_retired_table(action: str) -> None:
+    """A rollback that could not drop the table it replaced left it emptied; drop it now (bounded), before this
+    revision's own transaction does anything (the drop commits on its own)."""
+    found = swap_state.read(AlembicSession())
+    if found is not None and found.phase == swap_state.RETIRED:
+        with op.get_context().autocommit_block():
+            exchange.close(AlembicSession(), action=f"{action}: dropping the table the rollback replaced")
 
 
 def protect_tenant_table(table: str, policy: str, privileges: str) -> None:
@@ -188,6 +156,40 @@ def new_guard() -> guards.Guard:
     passed another in the config's attributes (the benchmark measures a proposed key order through the real
     revision that way, explicitly, instead of replacing the shipped definition for everyone)."""
     return context.config.attributes.get("new_guard") or guards.NEW_GUARD
+
+
+def swap_method() -> str:
+    """``online`` (default) or ``locked`` (``-x swap_method=locked``). Offline scripts always carry the locked
+    method: the online one commits in many steps and resumes from the database's own state, which a script
+    for psql cannot do; the script says so in a comment."""
+    if context.is_offline_mode():
+        op.execute("-- 0004_allocations_no_overlap: an offline script uses the locked method (ACCESS EXCLUSIVE "
+                   "while the guard is built); `alembic upgrade head` online uses the online method")
+        return "locked"
+    return SwapOptions.from_x_options().method
+
+
+def swap_online(revision: str, direction: str) -> None:
+    """Run, or resume, the online swap (reserve.schema.swap.online): its phases commit on their own."""
+    with op.get_context().autocommit_block():
+        done = online.run(AlembicSession(), direction, new_guard(), action=f"{direction} {revision}")
+    log.info("%s", done)
+
+
+def swap_window_open() -> bool:
+    """Online: is an online upgrade's window open (the previous table kept in step)?"""
+    found = None if context.is_offline_mode() else swap_state.read(AlembicSession())
+    return found is not None and found.phase == swap_state.WINDOW
+
+
+def refuse_while_swapping(action: str) -> None:
+    """The locked method cannot run while the online swap's machinery exists (it would leave it dangling)."""
+    found = None if context.is_offline_mode() else swap_state.read(AlembicSession())
+    if found is not None:
+        raise CommandError(
+            f"{action}: -x swap_method=locked cannot run while an online swap's "
+            f"{'window is open' if found.phase == swap_state.WINDOW else 'machinery is in flight'} "
+            f"(phase: {found.phase}); run without it, or close the window first with `reserve swap finish`.")
 
 
 def guard_in_place(guard: guards.Guard) -> bool:

@@ -32,7 +32,10 @@ INDEX_BUILD_WAIT = "1h"
 
 
 def x_option(name: str, default: str) -> str:
-    """An ``alembic -x name=value`` option, or its default: the one reader of ``-x``."""
+    """An ``alembic -x name=value`` option, or its default: the one reader of ``-x``. Outside an Alembic run
+    (the `reserve swap` commands share these mechanics) every option has its default."""
+    if getattr(context, "_proxy", None) is None:
+        return default
     return context.get_x_argument(as_dictionary=True).get(name, default)
 
 
@@ -51,9 +54,40 @@ def check_x_options(*, offline: bool) -> None:
     """
     LockPolicy.from_x_options()
     duration_option("index_build_wait", INDEX_BUILD_WAIT)
+    SwapOptions.from_x_options()
     if offline:
         for name, default in SESSION_DEFAULTS.items():
             duration_option(name, default)
+
+
+SWAP_METHODS = ("online", "locked")
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """How the guard swap runs: ``-x swap_method=online|locked``, and the online backfill's batches.
+
+    Online (the default) builds a standby table with the target guard, keeps it
+    in step and exchanges the two under a lock held for catalog work only;
+    locked swaps the constraint in place, holding ACCESS EXCLUSIVE while
+    PostgreSQL builds its index. Offline scripts always carry the locked method.
+    """
+
+    method: str = "online"
+    batch_rows: int = 5000
+    batch_pause_s: float = 0.0
+
+    @classmethod
+    def from_x_options(cls) -> SwapOptions:
+        default = cls()
+        method = x_option("swap_method", default.method)
+        if method not in SWAP_METHODS:
+            raise CommandError(f"invalid -x swap_method={method!r}: give {' or '.join(SWAP_METHODS)}")
+        rows = _number_option("swap_batch_rows", default.batch_rows, int)
+        pause = _number_option("swap_batch_pause", default.batch_pause_s, float)
+        if rows < 1 or pause < 0:
+            raise CommandError("swap_batch_rows must be >= 1 and swap_batch_pause >= 0")
+        return cls(method, rows, pause)
 
 
 @dataclass(frozen=True)

@@ -46,4 +46,6 @@ def test_offline_sql_applies_with_psql_and_gives_the_online_catalog(empty_db: Da
     )
     assert result.returncode == 0, db.scrub(result.stderr, url)
     assert empty_db.current() == REVISIONS[-1]
+    assert "an offline script uses the locked method" in script  # said in the script, at the swap
+    head_db.close_window()  # the online upgrade's catalog once its window is closed: the same as the locked one's
     assert empty_db.snapshot() == head_db.snapshot()

@@ -74,7 +74,8 @@ def test_refused_data_names_the_step_and_the_servers_reason(baseline_db: Databas
 
 def test_a_terminated_backend_is_a_lost_connection_with_one_message(baseline_db: Database):
     baseline_db.upgrade(BELOW_SWAP)
-    with faults.holding_lock(baseline_db.url, "allocations", "ACCESS SHARE"), baseline_db.connect(autocommit=True) as dba:
+    # An open write transaction: the online swap's build waits for it (its triggers need SHARE ROW EXCLUSIVE).
+    with faults.holding_lock(baseline_db.url, "allocations", "ROW EXCLUSIVE"), baseline_db.connect(autocommit=True) as dba:
         proc = faults.start_alembic(baseline_db.url, "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1",
                                     "upgrade", "head")
         backend = faults.wait_for_backend(dba, query_contains="LOCK TABLE public.allocations", waiting_on_lock=True,
@@ -89,7 +90,7 @@ def test_a_terminated_backend_is_a_lost_connection_with_one_message(baseline_db:
 def test_ctrl_c_during_a_wait_is_one_message_and_changes_nothing(baseline_db: Database):
     baseline_db.upgrade(BELOW_SWAP)
     before = baseline_db.snapshot()
-    with faults.holding_lock(baseline_db.url, "allocations", "ACCESS SHARE"), baseline_db.connect(autocommit=True) as dba:
+    with faults.holding_lock(baseline_db.url, "allocations", "ROW EXCLUSIVE"), baseline_db.connect(autocommit=True) as dba:
         proc = faults.start_alembic(baseline_db.url, "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1",
                                     "upgrade", "head")
         faults.wait_for_backend(dba, query_contains="LOCK TABLE public.allocations", waiting_on_lock=True, proc=proc)

@@ -11,12 +11,15 @@ from alembic.util import CommandError
 
 from reserve.rollout import alembic_runner
 from reserve.rollout.verify import verify
+from reserve.schema import expectations
 from reserve.schema.catalog import pending_indexes
 from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
+from reserve.schema.swap import state as swap_state
 from tests.support import REVISIONS, Database, Venue, confirm, slot
 
 BELOW_SWAP = REVISIONS[-2]  # the revision `alembic downgrade -1` from head returns to
 FAST_LOCK = ["swap_lock_timeout=200ms", "swap_lock_attempts=2", "swap_lock_pause=0.1"]
+LOCKED = ["swap_method=locked"]
 
 
 def _constraint_names(db: Database) -> set[str]:
@@ -101,7 +104,18 @@ def test_evidence_rows_survive_downgrade_to_baseline_and_upgrade_head(head_db: D
         assert conn.execute("SELECT to_regnamespace('reserve_archive')").fetchone()[0] is None
 
 
-def test_downgrade_refuses_allocations_that_break_the_old_guard_and_changes_nothing(head_db: Database):
+ROLLBACKS = {  # how `alembic downgrade -1` runs from head: (close the window first?, -x options)
+    "exchange back in the window": (False, []),
+    "online rebuild": (True, []),
+    "locked": (True, LOCKED),
+}
+
+
+@pytest.mark.parametrize("rollback", list(ROLLBACKS))
+def test_downgrade_refuses_allocations_that_break_the_old_guard_and_changes_nothing(head_db: Database, rollback: str):
+    close_window, x = ROLLBACKS[rollback]
+    if close_window:
+        head_db.close_window()
     with head_db.connect() as conn:
         first, second = Venue(conn, "A"), Venue(conn, "B")
         shared_resource = first.tables[0]
@@ -115,10 +129,10 @@ def test_downgrade_refuses_allocations_that_break_the_old_guard_and_changes_noth
     before = head_db.snapshot()
 
     with pytest.raises(CommandError) as refused:
-        head_db.downgrade("-1")
+        head_db.downgrade("-1", x=x)
 
-    assert all(str(i) in str(refused.value) for i in ids)
-    assert OLD_GUARD.name in str(refused.value)
+    assert f"{min(ids)} & {max(ids)}" in str(refused.value)  # the pair, as the locked pre-check names it
+    assert OLD_GUARD.name in str(refused.value) and "Nothing was changed" in str(refused.value)
     assert head_db.current() == REVISIONS[-1]
     assert head_db.snapshot() == before
 
@@ -139,18 +153,47 @@ def test_upgrade_without_the_old_guard_scans_and_refuses_same_restaurant_overlap
     assert empty_db.current() == BELOW_SWAP
 
 
-def test_swap_gives_up_cleanly_when_another_transaction_holds_allocations(baseline_db: Database):
+def test_locked_swap_gives_up_cleanly_when_another_transaction_holds_allocations(baseline_db: Database):
     baseline_db.upgrade(BELOW_SWAP)
     before = baseline_db.snapshot()
     with baseline_db.connect() as blocker:
         blocker.execute("SELECT count(*) FROM allocations")  # ACCESS SHARE, held until rollback
         with pytest.raises(CommandError, match="could not lock public.allocations after 2 attempts"):
-            baseline_db.upgrade("head", x=FAST_LOCK)
+            baseline_db.upgrade("head", x=[*FAST_LOCK, *LOCKED])
         blocker.rollback()
     assert baseline_db.current() == BELOW_SWAP
     assert baseline_db.snapshot() == before
+    baseline_db.upgrade("head", x=[*FAST_LOCK, *LOCKED])
+    assert baseline_db.current() == REVISIONS[-1]
+
+
+def test_online_swap_gives_up_at_its_exchange_keeps_the_copy_and_a_rerun_resumes_from_it(baseline_db: Database):
+    baseline_db.upgrade(BELOW_SWAP)
+    with baseline_db.connect() as conn:
+        venue = Venue(conn)
+        for table in venue.tables:
+            conn.execute("INSERT INTO allocations (restaurant_id, resource_type, resource_id, \"window\") "
+                         "VALUES (%s, 'table', %s, tstzrange(%s, %s))", (venue.id, table, *slot(3)))
+        conn.commit()
+    before = baseline_db.snapshot()
+    with baseline_db.connect() as blocker:
+        blocker.execute("SELECT count(*) FROM allocations")  # ACCESS SHARE: the build and backfill go on, not the exchange
+        with pytest.raises(CommandError, match=r"exchange: could not lock .*public\.allocations.* after 2 attempts"):
+            baseline_db.upgrade("head", x=FAST_LOCK)
+        blocker.rollback()
+    assert baseline_db.current() == BELOW_SWAP
+    assert expectations.without_machinery(baseline_db.snapshot()) == before  # the live table is untouched
+    with baseline_db.connect() as conn:
+        found = swap_state.read(conn)
+        assert found is not None and found.phase == swap_state.BACKFILLED and found.rows_copied == len(venue.tables)
+    check = next(c for c in verify(baseline_db.url).checks if c.name == "catalog")
+    assert check.data["command"] == "alembic upgrade head" and check.data["alternative"] == "reserve swap abort"
+
     baseline_db.upgrade("head", x=FAST_LOCK)
     assert baseline_db.current() == REVISIONS[-1]
+    with baseline_db.connect() as conn:
+        assert swap_state.read(conn).rows_copied == found.rows_copied  # resumed: nothing copied twice
+    assert verify(baseline_db.url).exit_code == 0
 
 
 def test_readers_are_not_stalled_longer_than_the_lock_timeout_while_the_swap_waits(baseline_db: Database):
@@ -198,15 +241,16 @@ def test_a_rollback_that_cannot_get_its_lock_changes_nothing_at_all(head_db: Dat
         assert pending_indexes(conn) == []  # the index is built only after the guard is back
 
 
-def test_a_rollback_interrupted_in_its_index_build_keeps_the_old_guard_and_a_rerun_finishes(
+def test_a_locked_rollback_interrupted_in_its_index_build_keeps_the_old_guard_and_a_rerun_finishes(
         head_db: Database, baseline_db: Database):
+    head_db.close_window()
     with head_db.connect() as reporter:
         reporter.execute("SET application_name = 'weekly-report'")
         reporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         reporter.execute("SELECT count(*) FROM restaurants")  # a snapshot, and no lock on allocations
         reporter_pid = reporter.info.backend_pid
         with pytest.raises(CommandError) as interrupted:
-            head_db.downgrade("-1", x=[*FAST_LOCK, "index_build_wait=300ms"])
+            head_db.downgrade("-1", x=[*FAST_LOCK, *LOCKED, "index_build_wait=300ms"])
         message = str(interrupted.value)
         reporter.rollback()
     assert "downgrade 0004_allocations_no_overlap: the concurrent build of index allocations_resource_window_idx" in message
@@ -219,7 +263,7 @@ def test_a_rollback_interrupted_in_its_index_build_keeps_the_old_guard_and_a_rer
     assert check.status == "fail" and check.data["command"] == "alembic downgrade -1"
     assert REDUNDANT_INDEX in check.data["pending"]
 
-    head_db.downgrade("-1", x=FAST_LOCK)
+    head_db.downgrade("-1", x=[*FAST_LOCK, *LOCKED])
     assert head_db.current() == BELOW_SWAP
     with head_db.connect() as conn:
         assert pending_indexes(conn) == []

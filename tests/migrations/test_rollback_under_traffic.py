@@ -1,5 +1,6 @@
 """The emergency rollback on a busy database: `alembic downgrade -1` restores the old guard promptly while
-reports, REPEATABLE READ transactions and autovacuum run, and `reserve preflight --target -1` names what it can
+reports, REPEATABLE READ transactions and autovacuum run (by every method: the online exchange back inside the
+window, the online rebuild after it, the locked method), and `reserve preflight --target -1` names what it can
 never avoid waiting for (a transaction holding a lock on allocations, such as pg_dump).
 
 Alembic runs as a subprocess, as an operator runs it.
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from bench.rollback_under_traffic import long_report
@@ -23,6 +25,7 @@ from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir
 from reserve.schema import catalog, guards, locks, revisions
 from tests import faults
+from tests.datasets import LOCKED
 from tests.support import REVISIONS, Database
 
 HEAD, BELOW_SWAP = REVISIONS[-1], REVISIONS[-2]
@@ -50,15 +53,34 @@ def _old_guard_back(conn: psycopg.Connection[Any]) -> bool:
     return guards.is_in_place(conn, guards.OLD_GUARD)
 
 
-def test_the_rollback_restores_the_guard_promptly_while_a_report_and_a_repeatable_read_transaction_run(
+@pytest.mark.parametrize("window_open", [True, False], ids=["exchange back in the window", "online rebuild"])
+def test_the_online_rollback_ends_while_a_report_and_a_repeatable_read_transaction_go_on(head_db: Database,
+                                                                                          window_open: bool):
+    """Neither the exchange back nor the online rebuild waits for a snapshot: no CREATE INDEX CONCURRENTLY."""
+    _with_data(head_db)
+    if not window_open:
+        head_db.close_window()
+    with long_report(head_db.url, 120) as (_, report_done), head_db.connect() as snapshot_holder:
+        snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        snapshot_holder.execute("SELECT count(*) FROM restaurants")
+        code, output = faults.run_alembic(head_db.url, "downgrade", "-1", timeout_s=PROMPTLY_S)
+        assert not report_done.is_set(), "the report ended first: nothing showed the rollback did not wait for it"
+        snapshot_holder.rollback()
+    assert code == 0, output
+    with head_db.connect() as conn:
+        assert faults.boundary(conn).at == BELOW_SWAP
+
+
+def test_the_locked_rollback_restores_the_guard_promptly_while_a_report_and_a_repeatable_read_transaction_run(
         head_db: Database):
     _with_data(head_db)
+    head_db.close_window()
     with long_report(head_db.url, 120) as (report_pid, report_done), head_db.connect() as snapshot_holder, \
             head_db.connect(autocommit=True) as dba:
         snapshot_holder.execute("SET application_name = 'finance-export'")
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT count(*) FROM restaurants")
-        proc = faults.start_alembic(head_db.url, "downgrade", "-1")
+        proc = faults.start_alembic(head_db.url, *LOCKED, "downgrade", "-1")
         restored_after = _wait_until(lambda: _old_guard_back(dba), "the old guard to be restored", proc=proc)
         assert restored_after < PROMPTLY_S
 
@@ -138,12 +160,14 @@ def test_preflight_for_the_rollback_names_a_running_pg_dump_by_pid_and_applicati
     assert f"pid {dump_pid} (pg_dump) holds ACCESS SHARE on public.allocations" in check["detail"]
 
 
-def test_a_rollback_stopped_during_its_index_build_is_named_by_verify_and_finished_by_a_rerun(head_db: Database):
+def test_a_locked_rollback_stopped_during_its_index_build_is_named_by_verify_and_finished_by_a_rerun(
+        head_db: Database):
     _with_data(head_db)
+    head_db.close_window()
     with head_db.connect() as snapshot_holder, head_db.connect(autocommit=True) as dba:
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT 1 FROM restaurants LIMIT 1")
-        proc = faults.start_alembic(head_db.url, "downgrade", "-1")
+        proc = faults.start_alembic(head_db.url, *LOCKED, "downgrade", "-1")
         faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True, proc=proc)
         faults.kill_client(proc)  # the operator's Ctrl-C would do the same; the deploy job's timeout does worse
         proc.wait(timeout=10)
@@ -158,7 +182,7 @@ def test_a_rollback_stopped_during_its_index_build_is_named_by_verify_and_finish
     assert check["data"]["command"] == "alembic downgrade -1"
     assert "restored allocations_resource_window_excl" in check["detail"]
 
-    code, output = faults.run_alembic(head_db.url, "downgrade", "-1")
+    code, output = faults.run_alembic(head_db.url, *LOCKED, "downgrade", "-1")
     assert code == 0, output
     with head_db.connect() as conn:
         assert faults.boundary(conn).at == BELOW_SWAP and catalog.pending_indexes(conn) == []

@@ -4,15 +4,43 @@ from __future__ import annotations
 
 from reserve.schema import catalog, expectations
 from tests.support import REVISIONS, Database
+from tools import expected as expected_tool
+
+
+def _machinery_text(db_: Database) -> str:
+    return catalog.as_text(expectations.machinery(db_.snapshot()))
 
 
 def test_shipped_expectations_equal_a_fresh_migration_of_every_revision(empty_db: Database):
     assert expectations.shipped() == REVISIONS
     for revision in REVISIONS:
         empty_db.upgrade(revision)
+        if revision == expectations.SWAP_REVISION:  # the online upgrade leaves its window open
+            assert _machinery_text(empty_db) == catalog.as_text(expectations.expected(expectations.WINDOW)), \
+                "reserve/schema/expected/window.txt is stale: run `make expected`"
+            empty_db.close_window()
         assert catalog.as_text(empty_db.snapshot()) == catalog.as_text(expectations.expected(revision)), (
             f"reserve/schema/expected/{revision}.txt is stale: run `make expected`"
         )
+
+
+def test_the_retired_table_a_rollback_leaves_is_the_shipped_one_and_not_drift_below_the_swap(head_db: Database):
+    expected_tool.roll_back_leaving_the_table_retired(head_db.url)
+    assert _machinery_text(head_db) == catalog.as_text(expectations.expected(expectations.RETIRED)), \
+        "reserve/schema/expected/retired.txt is stale: run `make expected`"
+    with head_db.connect() as conn:
+        assert expectations.drift(conn, REVISIONS[-2]) == []
+        assert expectations.drift(conn, REVISIONS[-1]) != []
+        conn.execute("ALTER TABLE reserve_swap.allocations ADD COLUMN extra int")
+        assert any("extra" in d.line for d in expectations.drift(conn, REVISIONS[-2]))  # changed machinery is drift
+
+
+def test_an_open_window_is_not_drift_at_head_but_a_changed_one_is(head_db: Database):
+    with head_db.connect() as conn:
+        assert expectations.drift(conn, REVISIONS[-1]) == []
+        conn.execute("DROP TRIGGER reserve_swap_stage ON public.allocations")
+        found = expectations.drift(conn, REVISIONS[-1])
+    assert [(d.section, d.kind) for d in found] == [("triggers", "missing")], found
 
 
 def test_a_fresh_head_has_no_drift(head_db: Database):

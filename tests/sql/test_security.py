@@ -26,6 +26,10 @@ DEFINER_EXECUTE = {
     "text,text,booking_status,text,jsonb,uuid)": {"service_role"},
     "purge_booking_confirmation_results(timestamp with time zone,integer,boolean)": {"reserve_maintenance"},
 }
+# The online swap's mirror (reserve_swap, while its window is open): a trigger function, definer so that a venue's
+# write to allocations can be copied into tables no platform role may touch; executable by nobody but the owner
+# (a trigger function cannot be called directly anyway).
+SWAP_MIRROR_DEFINERS = {"reserve_swap.mirror()"}
 # The invoker functions the RLS policies and the definer functions call: same grants, same pinned path.
 INVOKER_EXECUTE = {
     "current_restaurant_id()": {"service_role"},
@@ -75,7 +79,20 @@ def test_the_security_definer_functions_at_head_are_exactly_the_reviewed_ones(he
         everywhere = {row[0] for row in conn.execute(
             "SELECT p.oid::regprocedure::text FROM pg_proc p "
             "WHERE p.prosecdef AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)")}
-    assert everywhere == set(DEFINER_EXECUTE)
+    assert everywhere == set(DEFINER_EXECUTE) | SWAP_MIRROR_DEFINERS  # regprocedure qualifies what is off the path
+
+
+@pytest.mark.parametrize("signature", sorted(SWAP_MIRROR_DEFINERS))
+def test_the_swap_mirrors_definer_functions_are_executable_by_no_role_and_pin_search_path(head_db: Database,
+                                                                                         signature: str):
+    with head_db.connect() as conn:
+        grantees, default_acl = conn.execute(GRANTEES, (signature,)).fetchone()
+        config = conn.execute("SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure", (signature,)).fetchone()[0]
+        assert not default_acl and grantees == []
+        assert _search_path(config) == ["pg_catalog", "pg_temp"]
+        for role in (*PLATFORM_ROLES, "reserve_maintenance"):
+            assert not scalar(conn, "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, signature))
+            assert not scalar(conn, "SELECT has_schema_privilege(%s, 'reserve_swap', 'USAGE')", (role,))
 
 
 @pytest.mark.parametrize("signature", sorted(DEFINER_EXECUTE | INVOKER_EXECUTE))

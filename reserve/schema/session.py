@@ -1,0 +1,154 @@
+"""A database session for the schema's mechanics, inside Alembic or outside it, and bounded lock taking.
+
+The revisions run their SQL through Alembic's connection (so the lock trace
+sees every statement); the online swap's own commands (`reserve swap
+finish`, `abort`, `status`) run through a plain psycopg connection. Both
+speak the small interface here: ``execute(sql, params)`` returning rows,
+``transaction()`` for a unit of work that commits whole, ``savepoint()``
+for an attempt that may be undone. ``take(...)`` is the one place that takes
+locks with a short wait per attempt and bounded retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import psycopg
+from alembic import op
+from alembic.util import CommandError
+from sqlalchemy.exc import DBAPIError
+
+from reserve.schema import failures, locks
+from reserve.schema.options import LockPolicy
+
+log = logging.getLogger("reserve.schema.session")
+
+
+class Session(Protocol):
+    def execute(self, query: str, params: Any = None) -> Any: ...
+
+    def transaction(self) -> Any: ...
+
+    def savepoint(self) -> Any: ...
+
+
+class AlembicSession:
+    """Alembic's connection (``op.get_bind()``) as a Session.
+
+    Inside the revision's own transaction, ``transaction()`` is not used;
+    inside an ``autocommit_block()`` it opens real transactions with BEGIN and
+    COMMIT, each committed on its own (the online swap's phases).
+    """
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        if params is None:
+            return op.get_bind().exec_driver_sql(query, execution_options={"no_parameters": True})
+        return op.get_bind().exec_driver_sql(query, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            try:
+                self.execute("ROLLBACK")
+            except DBAPIError:
+                pass  # the connection is gone: the server has rolled back already
+            raise
+        self.execute("COMMIT")
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        nested = op.get_bind().begin_nested()
+        try:
+            yield
+        except BaseException:
+            nested.rollback()
+            raise
+        nested.commit()
+
+    @property
+    def pid(self) -> int:
+        return op.get_bind().connection.driver_connection.info.backend_pid
+
+
+class PsycopgSession:
+    """An autocommit psycopg connection as a Session (the `reserve swap` commands)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        return self.conn.execute(query, params)
+
+    def transaction(self) -> Any:
+        return self.conn.transaction()
+
+    def savepoint(self) -> Any:
+        return self.conn.transaction()
+
+    @property
+    def pid(self) -> int:
+        return self.conn.info.backend_pid
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    error = failures.database_error(exc)
+    return getattr(error, "sqlstate", None)
+
+
+class LockGiveUp(CommandError):
+    """Every bounded attempt to take the locks timed out; nothing was changed."""
+
+
+def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: LockPolicy | None = None,
+         restore_lock_timeout: str | None = None) -> None:
+    """Take ``wanted`` (table -> SQL mode) in the current transaction, all of them, with a bounded wait.
+
+    Each attempt waits at most ``policy.lock_timeout`` for all of them; a
+    failed attempt is rolled back to a savepoint (releasing what it got, so no
+    table stays locked while another is waited for), the sessions in the way
+    are logged, and it is retried after a pause. When every attempt fails,
+    LockGiveUp names them; the transaction is as it was. Tables that do not
+    exist are skipped. Afterwards the transaction's lock_timeout is
+    ``restore_lock_timeout`` (the run's own setting).
+    """
+    policy = policy or LockPolicy.from_x_options()
+    existing = {row[0] for row in session.execute(
+        "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL", (list(wanted),)).fetchall()}
+    present = {table: mode for table, mode in wanted.items() if table in existing}
+    if not present:
+        return
+    groups = locks.StepLocks(present).groups()
+    names = ", ".join(sorted(present))
+    in_the_way: list[locks.Holder] = []
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            with session.savepoint():
+                session.execute("SELECT set_config('lock_timeout', %s, true)", (policy.lock_timeout,))
+                for mode, tables in groups:
+                    session.execute(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE")
+        except (DBAPIError, psycopg.Error) as exc:
+            if _sqlstate(exc) != "55P03":
+                raise
+            in_the_way = locks.holders(session, present)
+            log.warning("locks on %s not granted within %s (attempt %d/%d): %s", names, policy.lock_timeout,
+                        attempt, policy.attempts, "; ".join(h.describe() for h in in_the_way) or "the holder has gone")
+            if attempt < policy.attempts:
+                time.sleep(policy.pause_s)
+            continue
+        if restore_lock_timeout is not None:
+            session.execute("SELECT set_config('lock_timeout', %s, true)", (restore_lock_timeout,))
+        log.info("%s: %s taken (attempt %d/%d)", action,
+                 "; ".join(f"{mode} on {', '.join(tables)}" for mode, tables in groups), attempt, policy.attempts)
+        return
+    held_by = "; ".join(h.describe() for h in in_the_way) or "a transaction that has ended since"
+    raise LockGiveUp(
+        f"{action}: could not lock {names} after {policy.attempts} attempts of {policy.lock_timeout} "
+        f"(in the way: {held_by}). Nothing was changed; rerun when they have finished, or raise -x swap_lock_attempts."
+    )

@@ -1,0 +1,11 @@
+"""The online swap of the allocations guard (the default method of revision 0004).
+
+- ``state``: the machinery's names and the one-row state a rerun resumes from;
+- ``standby``: the standby table's definition, read from the live table's catalog;
+- ``mirror``: the triggers that keep the standby in step without failing a write;
+- ``dependents``: foreign keys, policies, views, publications and triggers that
+  follow the table when it changes identity;
+- ``exchange``: the bounded lock under which live and standby trade places, and
+  what follows it (validation, the window, cleanup);
+- ``online``: the phases in order, resumable: build, backfill, exchange, settle.
+"""

@@ -1,0 +1,240 @@
+"""The exchange: live and standby trade places under one bounded ACCESS EXCLUSIVE lock, catalog work only.
+
+Under the lock: drop the mirror's triggers from the table that leaves, move
+it to a side schema, move the standby into ``public``, move the first into
+``reserve_swap``, re-point every dependent (reserve.schema.swap.dependents),
+and, when a window opens, put the mirror on the new live table. Nothing
+reads or writes rows there, so the hold does not grow with the table. Before
+it: the standby's recorded conflicts are retried, and any that remain stop
+the exchange, listing the allocation ids, with nothing changed.
+
+After it (``settle``): the re-pointed foreign keys are validated without
+blocking writers; then a window opens (after an upgrade) or the table that
+left is retired (after a downgrade, or an exchange back): dropped with the
+machinery when one short lock attempt allows, else emptied and left for
+`reserve swap finish`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from alembic.util import CommandError
+
+from reserve.schema import guards
+from reserve.schema.options import LockPolicy, session_setting
+from reserve.schema.session import LockGiveUp, Session, take
+from reserve.schema.swap import dependents, mirror
+from reserve.schema.swap.state import (
+    EXCHANGE_SCHEMA,
+    LIVE,
+    PENDING,
+    RETIRED,
+    STANDBY,
+    SWAPPED,
+    WINDOW,
+    SwapState,
+    conflicts,
+    read,
+)
+
+log = logging.getLogger("reserve.schema.swap")
+
+AE = "ACCESS EXCLUSIVE"
+MACHINERY_TABLES = (STANDBY, PENDING, "reserve_swap.conflicts", "reserve_swap.state")
+# Dropping the standby removes its foreign keys' triggers from the tables they reference.
+DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "public.restaurants": AE}
+
+
+def record_conflict(session: Session, allocation: str, exc: BaseException) -> None:
+    from reserve.schema import failures
+
+    error = failures.database_error(exc)
+    session.execute(
+        "INSERT INTO reserve_swap.conflicts (allocation_id, sqlstate, detail) VALUES (%s, %s, %s) "
+        "ON CONFLICT (allocation_id) DO UPDATE SET sqlstate = EXCLUDED.sqlstate, detail = EXCLUDED.detail, "
+        "recorded_at = now()",
+        (allocation, getattr(error, "sqlstate", None) or "XX000",
+         (getattr(getattr(error, "diag", None), "message_primary", None) or str(exc)).splitlines()[0][:500]))
+
+
+def resync(session: Session, guard_name: str) -> int:
+    """Copy again every row recorded as a conflict (its partner may have moved since); the conflicts left."""
+    ids = [row[0] for row in session.execute("SELECT allocation_id::text FROM reserve_swap.conflicts").fetchall()]
+    for allocation in ids:
+        with session.transaction():
+            session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
+            try:
+                with session.savepoint():
+                    session.execute("DELETE FROM reserve_swap.allocations WHERE id = %s", (allocation,))
+                    session.execute(
+                        "WITH current AS (SELECT * FROM public.allocations WHERE id = %s FOR UPDATE) "
+                        "INSERT INTO reserve_swap.allocations SELECT * FROM current", (allocation,))
+                    session.execute("DELETE FROM reserve_swap.conflicts WHERE allocation_id = %s", (allocation,))
+            except Exception as exc:  # noqa: BLE001 (still refused: recorded again, with today's reason)
+                record_conflict(session, allocation, exc)
+    return session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]
+
+
+class _ConflictsAppeared(Exception):
+    """The mirror recorded a conflict between the last check and the exchange's lock: refused, no lock held."""
+
+
+def _refuse_conflicts(session: Session, action: str, guard: guards.Guard) -> None:
+    """Refuse the exchange, naming every recorded allocation and who it collides with in the live table (found
+    with no lock held: the exchange's transaction is over)."""
+    found = conflicts(session)
+    total = session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]
+    ids = [allocation for allocation, _, _ in found]
+    pairs = [f"{a} & {b}" for a, b in session.execute(guard.partners_sql(), {"ids": ids}).fetchall()]
+    paired = {allocation for pair in pairs for allocation in pair.split(" & ")}
+    failed = [f"{allocation} ({sqlstate}: {detail})" for allocation, sqlstate, detail in found
+              if allocation not in paired]
+    listed = "; ".join(filter(None, [f"pairs of allocations that break {guard.name}: {', '.join(pairs)}" if pairs
+                                     else "", f"copies that failed: {', '.join(failed)}" if failed else ""]))
+    raise CommandError(
+        f"{action}: {total} allocation(s) cannot be kept under {guard.name} (the same resource in two restaurants "
+        f"at once, or a failed copy): {listed}. Nothing was changed; resolve these allocations, then run it again.")
+
+
+def _exchange(session: Session, *, action: str, open_window: bool, standby_guard_after: str,
+              direction: str) -> None:
+    """The one short lock: live and standby trade places; dependents follow; the state says what happened."""
+    with session.transaction():
+        deps = dependents.find(session)
+        take(session, {LIVE: AE, STANDBY: AE, PENDING: AE, **dict.fromkeys(deps.tables, AE)},
+             action=f"{action}: exchange", restore_lock_timeout=session_setting("lock_timeout"))
+        if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
+            raise _ConflictsAppeared
+        started = time.perf_counter()
+        for statement in mirror.remove(LIVE):
+            session.execute(statement)
+        for statement in (f"CREATE SCHEMA {EXCHANGE_SCHEMA}", f"ALTER TABLE {LIVE} SET SCHEMA {EXCHANGE_SCHEMA}",
+                          f"ALTER TABLE {STANDBY} SET SCHEMA public",
+                          f"ALTER TABLE {EXCHANGE_SCHEMA}.allocations SET SCHEMA reserve_swap",
+                          f"DROP SCHEMA {EXCHANGE_SCHEMA}"):
+            session.execute(statement)
+        for statement in deps.repoint(moved_to=STANDBY):
+            session.execute(statement)
+        if open_window:
+            for statement in mirror.install(standby_guard_after):
+                session.execute(statement)
+        session.execute("UPDATE reserve_swap.state SET phase = %s, direction = %s, standby_guard = %s, "
+                        "swapped_at = now()", (SWAPPED, direction, standby_guard_after))
+        log.info("%s: exchanged %s and %s (catalog work: %.1f ms under the lock)", action, LIVE, STANDBY,
+                 (time.perf_counter() - started) * 1000)
+
+
+def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, *, action: str, open_window: bool,
+                      standby_guard_after: str, direction: str) -> None:
+    """Retry the recorded conflicts, refuse when any remain (before the lock, or when one appears under it)."""
+    if resync(session, found.standby_guard):
+        _refuse_conflicts(session, action, guard)
+    try:
+        _exchange(session, action=action, open_window=open_window, standby_guard_after=standby_guard_after,
+                  direction=direction)
+    except _ConflictsAppeared:
+        _refuse_conflicts(session, action, guard)
+
+
+def forward(session: Session, found: SwapState, new_guard: guards.Guard, *, action: str) -> None:
+    """A built, backfilled standby becomes the live table."""
+    guard = new_guard if found.direction == "upgrade" else guards.OLD_GUARD
+    previous = guards.OLD_GUARD.name if found.direction == "upgrade" else new_guard.name
+    _checked_exchange(session, found, guard, action=action, open_window=found.direction == "upgrade",
+                      standby_guard_after=previous, direction=found.direction)
+
+
+def back(session: Session, found: SwapState, new_guard: guards.Guard, *, action: str) -> str:
+    """Inside the window, the rollback: the previous table, kept in step, becomes live again."""
+    _checked_exchange(session, found, guards.OLD_GUARD, action=action, open_window=False,
+                      standby_guard_after=new_guard.name, direction="downgrade")
+    return settle(session, read(session), action=action)
+
+
+def settle(session: Session, found: SwapState | None, *, action: str) -> str:
+    """After the exchange: validate the re-pointed foreign keys, then open the window or drop the machinery."""
+    assert found is not None and found.phase == SWAPPED
+    for table, name in session.execute(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), k.conname FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE k.confrelid = %s::regclass AND k.contype = 'f' AND NOT k.convalidated ORDER BY 1, 2",
+            (LIVE,)).fetchall():
+        with session.transaction():
+            take(session, {table: "SHARE UPDATE EXCLUSIVE", LIVE: "ROW SHARE"}, action=f"{action}: validating {name}",
+                 restore_lock_timeout=session_setting("lock_timeout"))
+            session.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
+    if found.direction == "upgrade":
+        with session.transaction():
+            session.execute("UPDATE reserve_swap.state SET phase = %s, window_opened_at = now()", (WINDOW,))
+        return (f"{action}: exchanged; the previous table stays in step in {STANDBY} (the window): "
+                "`alembic downgrade -1` swaps back instantly, `reserve swap finish` closes it")
+    return retire(session, action=action)
+
+
+def retire(session: Session, *, action: str) -> str:
+    """After a downgrade: drop the table that left, if one short lock attempt allows it; else empty it and leave
+    it to `reserve swap finish` (or the next revision run).
+
+    Dropping it removes its foreign keys, which takes ACCESS EXCLUSIVE on bookings and restaurants for an
+    instant: behind any long report on bookings that waits, and every booking read queues behind the wait. The
+    emergency rollback does not retry that; an emptied table with no mirror costs an index probe per deleted
+    booking (its foreign keys cascade) and nothing else, and is gone at the next quiet moment.
+    """
+    with session.transaction():
+        session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
+    once = LockPolicy.from_x_options()
+    try:
+        close(session, action=action, policy=LockPolicy(once.lock_timeout, attempts=1, pause_s=0))
+    except LockGiveUp as exc:
+        with session.transaction():
+            take(session, {STANDBY: AE}, action=f"{action}: emptying the table that left",
+                 restore_lock_timeout=session_setting("lock_timeout"))
+            session.execute(f"TRUNCATE {STANDBY}, {PENDING}")
+        log.warning("%s: the table that left is emptied but not dropped yet (%s); `reserve swap finish` drops it",
+                    action, exc)
+        return (f"{action}: exchanged; the table that left is emptied in {STANDBY}, to be dropped by "
+                "`reserve swap finish` when nothing holds bookings or restaurants for a moment")
+    return f"{action}: exchanged; the table that left and the swap's machinery are dropped"
+
+
+def close(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
+    """Drop the mirror from the live table and the whole machinery (the standby with it), in one transaction
+    with bounded lock attempts: interrupted, or given up (LockGiveUp), it has changed nothing, so a window is
+    never left open without its mirror."""
+    with session.transaction():
+        wanted = {**({LIVE: AE} if mirror.installed_on(session, LIVE) else {}), **DROP_LOCKS}
+        take(session, wanted, action=f"{action}: dropping the standby and the mirror", policy=policy,
+             restore_lock_timeout=session_setting("lock_timeout"))
+        for statement in mirror.remove(LIVE):
+            session.execute(statement)
+        session.execute("DROP SCHEMA reserve_swap CASCADE")
+
+
+def finish(session: Session, *, action: str = "reserve swap finish") -> str:
+    """Close an open window: the previous table and the mirror go; the rollback is then a rebuild."""
+    found = read(session)
+    if found is None:
+        raise CommandError(f"{action}: no swap window is open: nothing to finish")
+    if found.phase == RETIRED:
+        close(session, action=action)
+        return f"{action}: the table the rollback replaced ({STANDBY}) is dropped, with the swap's machinery"
+    if found.phase != WINDOW:
+        raise CommandError(f"{action}: the online {found.direction} is still in flight (phase: {found.phase}); "
+                           "finish it first, or `reserve swap abort` before its exchange")
+    close(session, action=action)
+    return f"{action}: the window is closed; {STANDBY} and the mirror are dropped"
+
+
+def abort(session: Session, *, action: str = "reserve swap abort") -> str:
+    """Drop a swap that has not exchanged yet: the live table is untouched, the standby and the mirror go."""
+    found = read(session)
+    if found is None:
+        raise CommandError(f"{action}: no swap is in flight: nothing to abort")
+    if found.exchanged:
+        raise CommandError(f"{action}: the exchange has happened already (phase: {found.phase}); "
+                           + ("close it with `reserve swap finish`" if found.phase in (WINDOW, RETIRED)
+                              else "finish it with the same alembic command"))
+    close(session, action=action)
+    return f"{action}: the online {found.direction} is dropped; {LIVE} is as it was"

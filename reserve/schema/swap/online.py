@@ -1,0 +1,217 @@
+"""The online guard swap: ACCESS EXCLUSIVE on allocations for catalog work only, at any table size.
+
+In order, each phase committed on its own and recorded in ``reserve_swap.state``,
+so that an interrupted run is resumed by the same command:
+
+1. **build**: the standby (reserve.schema.swap.standby) with the target guard
+   from the start, and the mirror (reserve.schema.swap.mirror) on the live
+   table; short bounded locks (SHARE ROW EXCLUSIVE) for the triggers and the
+   standby's foreign keys;
+2. **backfill**: rows copied in id order, a batch per transaction, each batch
+   locking its source rows (FOR UPDATE) so that a concurrent delete or update
+   can never be overwritten by an older copy; then ANALYZE;
+3. **exchange** (reserve.schema.swap.exchange): under the bounded ACCESS
+   EXCLUSIVE lock, the two tables trade schemas and every dependent is
+   re-pointed: renames and catalog updates only, whatever the row count;
+4. **validate** the re-pointed foreign keys (SHARE UPDATE EXCLUSIVE: nobody waits);
+5. after an upgrade, the previous table stays in step (the window: the
+   rollback is then an exchange back, `reserve swap finish` closes it); after a
+   downgrade, the table that was live is retired: dropped with the machinery
+   at once when a short lock attempt allows, else emptied and dropped later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from alembic.util import CommandError
+
+from reserve.schema import guards
+from reserve.schema.options import LockPolicy, SwapOptions, session_setting
+from reserve.schema.session import Session, take
+from reserve.schema.swap import dependents, exchange, mirror, standby
+from reserve.schema.swap.state import (
+    BACKFILLED,
+    BUILDING,
+    LIVE,
+    RETIRED,
+    STANDBY,
+    SWAPPED,
+    WINDOW,
+    SwapState,
+    read,
+)
+
+log = logging.getLogger("reserve.schema.swap")
+
+# The standby's foreign keys put their triggers on the referenced tables; the mirror's triggers go on
+# the live table: SHARE ROW EXCLUSIVE on each, briefly, to build.
+BUILD_LOCKS = {LIVE: "SHARE ROW EXCLUSIVE", "public.bookings": "SHARE ROW EXCLUSIVE",
+               "public.restaurants": "SHARE ROW EXCLUSIVE"}
+_FIRST_BATCH = "SELECT * FROM public.allocations ORDER BY id LIMIT %(n)s FOR UPDATE"
+_NEXT_BATCH = "SELECT * FROM public.allocations WHERE id > %(after)s::uuid ORDER BY id LIMIT %(n)s FOR UPDATE"
+_COPY = """
+WITH batch AS ({batch}),
+     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch ON CONFLICT (id) DO NOTHING RETURNING 1)
+SELECT (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
+"""
+
+
+def target_guard(direction: str, new_guard: guards.Guard) -> guards.Guard:
+    return new_guard if direction == "upgrade" else guards.OLD_GUARD
+
+
+def run(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> str:
+    """Move the live table to the guard of ``direction``, resuming whatever an earlier run left; what it did."""
+    options = SwapOptions.from_x_options()
+    found = read(session)
+    if found is not None and found.phase == RETIRED:  # an earlier rollback's table, left to drop: drop it first
+        exchange.close(session, action=f"{action}: dropping the table an earlier rollback replaced")
+        found = None
+    if found is not None and found.direction == direction:
+        return _resume(session, found, new_guard, options, action)
+    if found is not None and found.phase == WINDOW and direction == "downgrade":
+        return exchange.back(session, found, new_guard, action=action)
+    if found is not None:
+        raise CommandError(
+            f"{action}: an online {found.direction} of allocations is in flight (phase: {found.phase}); finish it "
+            f"with `alembic {found.direction} {'head' if found.direction == 'upgrade' else '-1'}`"
+            + (" or drop it with `reserve swap abort`" if not found.exchanged else "") + ". Nothing was changed.")
+    if guards.is_in_place(session, target_guard(direction, new_guard)):
+        return f"{target_guard(direction, new_guard).name} is already in place"
+    build(session, direction, new_guard, action=action)
+    return _resume(session, read(session), new_guard, options, action)
+
+
+def _resume(session: Session, found: SwapState | None, new_guard: guards.Guard, options: SwapOptions,
+            action: str) -> str:
+    assert found is not None
+    if found.phase == BUILDING:
+        backfill(session, found, options, action=action)
+        found = read(session)
+    if found is not None and found.phase == BACKFILLED:
+        exchange.forward(session, found, new_guard, action=action)
+        found = read(session)
+    if found is not None and found.phase == SWAPPED:
+        return exchange.settle(session, found, action=action)
+    return f"{action}: the exchange is done; {found.phase if found else 'no swap in flight'}"
+
+
+def build(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> None:
+    """The standby, its machinery and the mirror, in one transaction: all of it or nothing."""
+    target = standby.for_direction(direction, new_guard)
+    with session.transaction():
+        found = dependents.find(session)
+        if found.unsupported:
+            raise CommandError(f"{action}: the online swap cannot re-point {', '.join(found.unsupported)}, which "
+                               "depend on public.allocations; nothing was changed. Use -x swap_method=locked.")
+        try:
+            ddl = standby.statements(session, target)
+        except standby.UnsupportedTable as exc:
+            raise CommandError(f"{action}: the online swap cannot copy public.allocations exactly ({exc}); nothing "
+                               "was changed. Use -x swap_method=locked.") from None
+        take(session, BUILD_LOCKS, action=f"{action}: building the standby",
+             restore_lock_timeout=session_setting("lock_timeout"))
+        session.execute(mirror.machinery_sql())
+        for function in mirror.function_sql():
+            session.execute(function)
+        for statement in ddl:
+            session.execute(statement)
+        for statement in standby.grants(session):
+            session.execute(statement)
+        if not standby.same_columns(session):
+            raise CommandError(f"{action}: the standby's columns differ from public.allocations'; nothing was changed")
+        session.execute("INSERT INTO reserve_swap.state (direction, standby_guard, phase) VALUES (%s, %s, %s)",
+                        (direction, target.guard.name, BUILDING))
+        for statement in mirror.install(target.guard.name):
+            session.execute(statement)
+    log.info("%s: standby %s built with %s; the mirror copies every committed write into it", action, STANDBY,
+             target.guard.name)
+
+
+def backfill(session: Session, found: SwapState, options: SwapOptions, *, action: str) -> None:
+    """Copy every row, in id order, a batch per transaction, resuming after the last batch committed."""
+    copied_total, batches = found.rows_copied, 0
+    (total,) = session.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
+    started = time.monotonic()
+    if found.backfill_after is not None:
+        log.info("%s: resuming the backfill after %d rows (copied by an earlier run)", action, copied_total)
+    while True:
+        selected, copied = copy_next_batch(session, found.standby_guard, options.batch_rows, action=action)
+        batches += 1
+        if not selected:
+            break
+        copied_total += copied
+        if batches % 20 == 0:
+            log.info("%s: backfill %d rows copied (of about %d) in %.0fs", action, copied_total, max(total, 0),
+                     time.monotonic() - started)
+        if options.batch_pause_s:
+            time.sleep(options.batch_pause_s)
+    with session.transaction():
+        session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
+    session.execute(f"ANALYZE {STANDBY}")
+    log.info("%s: backfill done, %d rows copied in %.1fs; standby analyzed", action, copied_total,
+             time.monotonic() - started)
+
+
+def copy_next_batch(session: Session, guard_name: str, rows: int, *, action: str) -> tuple[int, int]:
+    """The batch after the last one committed (the state row records where that ended): (rows selected, rows
+    copied). Zero selected: the backfill has reached the end of the table."""
+    (after,) = session.execute("SELECT backfill_after::text FROM reserve_swap.state").fetchone()
+    _, selected, copied = _copy_batch(session, guard_name, after, rows, action=action)
+    return selected, copied
+
+
+def _copy_batch(session: Session, guard_name: str, after: str | None, rows: int, *, action: str
+                ) -> tuple[str | None, int, int]:
+    """One batch: (its last id, rows selected, rows copied). A row the standby's guard refuses is recorded as a
+    conflict (the batch is copied row by row); a row lock held too long is waited for again, bounded."""
+    policy = LockPolicy.from_x_options()
+    query = _COPY.format(batch=_NEXT_BATCH if after else _FIRST_BATCH)
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            with session.transaction():
+                session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
+                last, selected, copied = session.execute(query, {"after": after, "n": rows}).fetchone()
+                if selected:
+                    session.execute("UPDATE reserve_swap.state SET backfill_after = %s, rows_copied = rows_copied + %s",
+                                    (last, copied))
+                return last, selected, copied
+        except Exception as exc:  # noqa: BLE001 (sorted out by SQLSTATE just below)
+            state = _sqlstate(exc)
+            if state and state.startswith("23"):
+                return _copy_rows_one_by_one(session, guard_name, after, rows)
+            if state != "55P03" or attempt == policy.attempts:
+                raise
+            log.warning("%s: a backfill batch waited longer than lock_timeout for a row lock (attempt %d/%d)",
+                        action, attempt, policy.attempts)
+            time.sleep(policy.pause_s)
+    raise AssertionError("unreachable")
+
+
+def _copy_rows_one_by_one(session: Session, guard_name: str, after: str | None, rows: int) -> tuple[str | None, int, int]:
+    with session.transaction():
+        session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
+        batch = (_NEXT_BATCH if after else _FIRST_BATCH).replace("SELECT *", "SELECT id::text", 1)
+        ids = [row[0] for row in session.execute(batch, {"after": after, "n": rows}).fetchall()]
+        copied = 0
+        for allocation in ids:
+            try:
+                with session.savepoint():
+                    session.execute("INSERT INTO reserve_swap.allocations SELECT * FROM public.allocations "
+                                    "WHERE id = %s ON CONFLICT (id) DO NOTHING", (allocation,))
+                copied += 1
+            except Exception as exc:  # noqa: BLE001 (recorded, the swap refuses until it is resolved)
+                exchange.record_conflict(session, allocation, exc)
+        if ids:
+            session.execute("UPDATE reserve_swap.state SET backfill_after = %s, rows_copied = rows_copied + %s",
+                            (ids[-1], copied))
+        return (ids[-1] if ids else None), len(ids), copied
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    from reserve.schema import failures
+
+    error = failures.database_error(exc)
+    return getattr(error, "sqlstate", None)

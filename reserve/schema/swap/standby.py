@@ -1,0 +1,184 @@
+"""The standby: a copy of allocations' definition in schema reserve_swap, with the target guard from the start.
+
+Everything is read from the live table's catalog, so that after the exchange
+the catalog is exactly what the in-place method leaves: the same columns
+(order, types, defaults, NOT NULL), the same CHECK, key and foreign-key
+constraints under the same names, the same indexes under the same names
+(minus what the swap drops, plus what it adds), RLS flags, policies, grants,
+storage options, replica identity and owner. Because the standby lives in
+its own schema, its indexes carry their final names from the start: the
+exchange moves tables between schemas and renames nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reserve.schema import guards
+from reserve.schema.swap.state import LIVE, STANDBY
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the standby carries instead of the live table's guard: the guard it adds, the constraint and
+    indexes of the live table it leaves out, and the indexes it adds (as CREATE INDEX for ``{table}``)."""
+
+    guard: guards.Guard
+    drop_constraints: tuple[str, ...]
+    drop_indexes: tuple[str, ...]
+    add_indexes: tuple[str, ...]
+
+
+def for_direction(direction: str, new_guard: guards.Guard) -> Target:
+    """Upgrade: allocations_no_overlap, without the old guard and its redundant index; downgrade: the reverse."""
+    redundant = guards.redundant_index_sql(guards.REDUNDANT_INDEX).replace(guards.TABLE, "{table}")
+    if direction == "upgrade":
+        return Target(new_guard, (guards.OLD_GUARD.name,), (guards.REDUNDANT_INDEX,), ())
+    return Target(guards.OLD_GUARD, (new_guard.name,), (), (redundant,))
+
+
+class UnsupportedTable(Exception):
+    """The live table has something the standby cannot reproduce exactly; the swap does not start."""
+
+
+def _qualified(session: Any) -> None:
+    """Deparse every name with its schema (definitions are replayed on another table, in another schema)."""
+    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+
+
+def statements(session: Any, target: Target) -> list[str]:
+    """The DDL that creates the standby (in the current transaction: it sets a local search_path)."""
+    _qualified(session)
+    refuse_unsupported(session)
+    out = [f"CREATE TABLE {STANDBY} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
+           "INCLUDING COMMENTS)"]
+    for name, _kind, definition in session.execute(
+            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x', 'f') ORDER BY contype = 'f', conname",
+            (LIVE,)).fetchall():
+        if name not in target.drop_constraints:
+            out.append(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}')
+    out.append(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+    for name, definition in session.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
+            "  (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
+            "ORDER BY 1", (LIVE,)).fetchall():
+        if name not in target.drop_indexes:
+            out.append(definition.replace(f" ON {LIVE} ", f" ON {STANDBY} ", 1))
+    out += [index.format(table=STANDBY) for index in target.add_indexes]
+    out += _table_settings(session)
+    out += _policies(session)
+    return out
+
+
+def grants(session: Any) -> list[str]:
+    """The live table's grants on the standby, exactly: after the standby exists (default privileges may have
+    granted it more), revoke every grant it has, then grant what the live table grants."""
+    return [f"REVOKE ALL ON {STANDBY} FROM PUBLIC", *revoke_inherited_grants(session), *_grants(session)]
+
+
+def _table_settings(session: Any) -> list[str]:
+    rls, force, options, identity, owner, comment = session.execute(
+        "SELECT relrowsecurity, relforcerowsecurity, reloptions, relreplident, relowner::regrole::text, "
+        "obj_description(oid, 'pg_class') FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
+    out = []
+    if rls:
+        out.append(f"ALTER TABLE {STANDBY} ENABLE ROW LEVEL SECURITY")
+    if force:
+        out.append(f"ALTER TABLE {STANDBY} FORCE ROW LEVEL SECURITY")
+    if options:
+        out.append(f"ALTER TABLE {STANDBY} SET ({', '.join(options)})")
+    if identity == "f":
+        out.append(f"ALTER TABLE {STANDBY} REPLICA IDENTITY FULL")
+    elif identity == "n":
+        out.append(f"ALTER TABLE {STANDBY} REPLICA IDENTITY NOTHING")
+    elif identity == "i":
+        index = session.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                "WHERE i.indrelid = %s::regclass AND i.indisreplident", (LIVE,)).fetchone()[0]
+        out.append(f'ALTER TABLE {STANDBY} REPLICA IDENTITY USING INDEX "{index}"')
+    if comment is not None:
+        out.append(f"COMMENT ON TABLE {STANDBY} IS {_literal(comment)}")
+    current = session.execute("SELECT current_user::regrole::text").fetchone()[0]
+    if owner != current:
+        out.append(f"ALTER TABLE {STANDBY} OWNER TO {owner}")
+    return out
+
+
+def _policies(session: Any) -> list[str]:
+    out = []
+    for name, permissive, command, roles, using, check in session.execute(
+            "SELECT polname, polpermissive, polcmd, "
+            "       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE quote_ident(r::regrole::text) END "
+            "             FROM unnest(polroles) r), "
+            "       pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid) "
+            "FROM pg_policy WHERE polrelid = %s::regclass ORDER BY polname", (LIVE,)).fetchall():
+        verb = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}[command]
+        clauses = (f" USING ({using})" if using else "") + (f" WITH CHECK ({check})" if check else "")
+        out.append(f'CREATE POLICY "{name}" ON {STANDBY} AS {"PERMISSIVE" if permissive else "RESTRICTIVE"} '
+                   f"FOR {verb} TO {', '.join(roles)}{clauses}")
+    return out
+
+
+_GRANTEE = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END"
+
+
+def _grants(session: Any) -> list[str]:
+    """GRANT statements for what the live table grants, table and column privileges."""
+    out = []
+    for grantee, privilege, grantable in session.execute(
+            f"SELECT {_GRANTEE}, a.privilege_type, a.is_grantable "
+            "FROM pg_class c, aclexplode(COALESCE(c.relacl, acldefault('r', c.relowner))) a "
+            "WHERE c.oid = %s::regclass AND a.grantee <> c.relowner ORDER BY 1, 2", (LIVE,)).fetchall():
+        out.append(f"GRANT {privilege} ON {STANDBY} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}")
+    for column, grantee, privilege in session.execute(
+            f"SELECT quote_ident(t.attname), {_GRANTEE}, a.privilege_type "
+            "FROM pg_attribute t, aclexplode(t.attacl) a WHERE t.attrelid = %s::regclass AND t.attacl IS NOT NULL "
+            "ORDER BY 1, 2, 3", (LIVE,)).fetchall():
+        out.append(f"GRANT {privilege} ({column}) ON {STANDBY} TO {grantee}")
+    return out
+
+
+def revoke_inherited_grants(session: Any) -> list[str]:
+    """REVOKE statements for every non-owner grantee the new standby got from default privileges."""
+    return [f"REVOKE ALL ON {STANDBY} FROM {grantee}" for (grantee,) in session.execute(
+        "SELECT DISTINCT quote_ident(a.grantee::regrole::text) FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.oid = %s::regclass AND a.grantee NOT IN (0, c.relowner)", (STANDBY,)).fetchall()]
+
+
+def refuse_unsupported(session: Any) -> None:
+    """Stop before anything is built when the live table has what the standby cannot reproduce exactly."""
+    found: list[str] = []
+    for column, detail in session.execute(
+            "SELECT a.attname, CASE WHEN a.attidentity <> '' THEN 'an identity column' "
+            "                      WHEN a.attgenerated <> '' THEN 'a generated column' "
+            "                      ELSE 'a default from an owned sequence' END "
+            "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            "  AND (a.attidentity <> '' OR a.attgenerated <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%%')",
+            (LIVE,)).fetchall():
+        found.append(f"column {column} is {detail}")
+    (statistics,) = session.execute("SELECT count(*) FROM pg_statistic_ext WHERE stxrelid = %s::regclass",
+                                    (LIVE,)).fetchone()
+    if statistics:
+        found.append(f"{statistics} extended statistics object(s)")
+    if found:
+        raise UnsupportedTable("; ".join(found))
+
+
+def columns(session: Any, table: str) -> list[tuple[str, str]]:
+    """(name, type) of the table's columns in their order: the mirror copies rows with SELECT *."""
+    return [tuple(row) for row in session.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def same_columns(session: Any, tables: Sequence[str] = (LIVE, STANDBY)) -> bool:
+    first, *others = (columns(session, table) for table in tables)
+    return all(other == first for other in others)

@@ -1,0 +1,40 @@
+-- The online guard swap's machinery (reserve.schema.swap): a schema that grants nothing to
+-- anyone, holding the standby copy of allocations (created next, by reserve.schema.swap.standby),
+-- what the swap has done so far, the ids the mirror still has to copy in this transaction, and
+-- the rows the standby could not take. Dropped whole when the swap is finished or aborted.
+CREATE SCHEMA reserve_swap;
+REVOKE ALL ON SCHEMA reserve_swap FROM PUBLIC;
+COMMENT ON SCHEMA reserve_swap IS 'reserve-migrations: the online swap of the allocations guard (standby table and mirror)';
+
+CREATE TABLE reserve_swap.state (
+  singleton boolean PRIMARY KEY DEFAULT true CONSTRAINT state_one_row CHECK (singleton),
+  -- What the next exchange does: 'upgrade' installs allocations_no_overlap, 'downgrade' the old guard.
+  direction text NOT NULL CONSTRAINT state_direction_check CHECK (direction IN ('upgrade', 'downgrade')),
+  standby_guard text NOT NULL,
+  -- building: standby created, mirror on, backfill running; backfilled: in step, ready to exchange;
+  -- swapped: exchanged, foreign keys being validated; window: after an upgrade, the previous table
+  -- kept in step so that the rollback is an exchange back; retired: after a downgrade, the table
+  -- that left, emptied, waiting for a moment when it can be dropped (its foreign keys need a brief
+  -- ACCESS EXCLUSIVE on bookings and restaurants).
+  phase text NOT NULL CONSTRAINT state_phase_check
+    CHECK (phase IN ('building', 'backfilled', 'swapped', 'window', 'retired')),
+  backfill_after uuid,
+  rows_copied bigint NOT NULL DEFAULT 0,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  backfilled_at timestamptz,
+  swapped_at timestamptz,
+  window_opened_at timestamptz,
+  retired_at timestamptz
+);
+
+-- Ids written in the current transaction, for the mirror to copy at commit (rows never outlive it).
+CREATE UNLOGGED TABLE reserve_swap.pending (id uuid PRIMARY KEY);
+
+-- Allocations the standby could not take (its guard refused them, or the copy failed): the
+-- standby is not in step while any is here; the exchange refuses, listing them.
+CREATE TABLE reserve_swap.conflicts (
+  allocation_id uuid PRIMARY KEY,
+  sqlstate text NOT NULL,
+  detail text NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now()
+);

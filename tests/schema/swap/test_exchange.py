@@ -1,0 +1,127 @@
+"""reserve.schema.swap.exchange and .dependents: everything that points at allocations by identity follows it
+through the exchange (foreign keys, other tables' policies, views, publications, triggers, grants), nothing is
+left depending on the table that left, and an exchange the standby's guard cannot take is refused with ids."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.util import CommandError
+
+from reserve.schema import guards
+from reserve.schema.session import PsycopgSession
+from reserve.schema.swap import dependents, exchange
+from reserve.schema.swap import state as swap_state
+from tests import swapping
+from tests.support import REVISIONS, Database, slot
+
+PLANTED = """
+CREATE VIEW public.allocation_days AS SELECT id, restaurant_id, lower("window")::date AS day FROM public.allocations;
+CREATE PUBLICATION realtime_allocations FOR TABLE public.allocations;
+CREATE TABLE public.allocation_audit (n bigserial PRIMARY KEY, allocation uuid);
+CREATE FUNCTION public.audit_allocation() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO public.allocation_audit (allocation) VALUES (NEW.id); RETURN NULL; END $$;
+CREATE TRIGGER allocation_audit AFTER INSERT ON public.allocations FOR EACH ROW EXECUTE FUNCTION public.audit_allocation();
+GRANT SELECT (id, restaurant_id) ON public.allocations TO authenticated;
+"""
+
+
+def _depending_on(conn, table: str) -> list[str]:
+    return dependents.remaining(PsycopgSession(conn), table)
+
+
+def _oid(conn, table: str) -> int:
+    return conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+
+
+def test_after_the_online_upgrade_nothing_outside_the_previous_table_points_at_it(head_db: Database):
+    with head_db.connect() as conn:
+        assert _depending_on(conn, swap_state.STANDBY) == []
+        live = _oid(conn, swap_state.LIVE)
+        policies = conn.execute(
+            "SELECT DISTINCT p.polrelid::regclass::text FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid "
+            "WHERE d.classid = 'pg_policy'::regclass AND d.refobjid = %s AND p.polrelid <> %s ORDER BY 1",
+            (live, live)).fetchall()
+        keys = conn.execute("SELECT conrelid::regclass::text, convalidated FROM pg_constraint WHERE confrelid = %s "
+                            "ORDER BY 1", (live,)).fetchall()
+    # The 0003b policies of the two tables whose rows name an allocation read the new live table, by oid.
+    assert [row[0] for row in policies] == ["booking_assignment_idempotency", "booking_table_assignments"]
+    assert keys == [("booking_assignment_idempotency", True), ("booking_table_assignments", True)]
+
+
+@pytest.mark.parametrize("then_back", [False, True], ids=["upgrade", "upgrade then exchange back"])
+def test_a_view_a_publication_a_trigger_and_column_grants_follow_the_table(pre_swap_db: Database, then_back: bool):
+    with pre_swap_db.connect() as conn:
+        conn.execute(PLANTED)
+        conn.commit()
+    pre_swap_db.upgrade("head")
+    if then_back:
+        pre_swap_db.downgrade("-1")
+    (venue, _) = swapping.two_venues(pre_swap_db)
+    with pre_swap_db.connect() as conn:
+        new = swapping.insert(conn, venue.id, venue.tables[0], slot(3))
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM allocation_days WHERE id = %s", (new,)).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM allocation_audit WHERE allocation = %s", (new,)).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'realtime_allocations' "
+                            "AND schemaname = 'public' AND tablename = 'allocations'").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM pg_publication_rel WHERE prrelid = 'public.allocations'::regclass"
+                            ).fetchone()[0] == 1
+        assert conn.execute("SELECT has_column_privilege('authenticated', 'public.allocations', 'restaurant_id', "
+                            "'SELECT'), has_column_privilege('authenticated', 'public.allocations', 'window', "
+                            "'SELECT')").fetchone() == (True, False)
+        view_reads = conn.execute(
+            "SELECT DISTINCT d.refobjid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+            "WHERE r.ev_class = 'public.allocation_days'::regclass AND d.refobjid <> r.ev_class").fetchall()
+        assert [row[0] for row in view_reads] == ["allocations"]
+        if not then_back:
+            assert _depending_on(conn, swap_state.STANDBY) == []
+
+
+def test_a_dependent_the_swap_cannot_repoint_stops_it_before_anything_is_built(pre_swap_db: Database):
+    with pre_swap_db.connect() as conn:
+        conn.execute("CREATE FUNCTION public.allocation_count() RETURNS bigint LANGUAGE sql "
+                     "BEGIN ATOMIC SELECT count(*) FROM public.allocations; END")
+        conn.commit()
+    before = pre_swap_db.snapshot()
+    with pytest.raises(CommandError, match=r"cannot re-point function public\.allocation_count\(\).*swap_method=locked"):
+        pre_swap_db.upgrade("head")
+    assert pre_swap_db.current() == REVISIONS[-2] and pre_swap_db.snapshot() == before
+    pre_swap_db.upgrade("head", x=["swap_method=locked"])  # the fallback, which keeps the table's identity
+    assert pre_swap_db.current() == REVISIONS[-1]
+
+
+def test_the_standby_is_analyzed_before_it_becomes_live(pre_swap_db: Database):
+    (venue, _) = swapping.two_venues(pre_swap_db)
+    with pre_swap_db.connect() as conn:
+        for n in range(50):
+            swapping.insert(conn, venue.id, venue.tables[n % 3], slot(2 + 3 * n))
+        conn.commit()
+    pre_swap_db.upgrade("head")
+    with pre_swap_db.connect() as conn:
+        analyzed, tuples = conn.execute(
+            "SELECT s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL, c.reltuples FROM pg_class c "
+            "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'public.allocations'::regclass").fetchone()
+        statistics = conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' "
+                                  "AND tablename = 'allocations'").fetchone()[0]
+    assert analyzed and tuples == 50 and statistics > 0
+
+
+def test_the_online_rebuild_refuses_a_row_the_old_guard_cannot_take_listing_the_pair_then_goes_on(head_db: Database):
+    head_db.close_window()
+    a, b = swapping.two_venues(head_db)
+    window = slot(5)
+    with head_db.connect(autocommit=True) as conn:
+        first = swapping.insert(conn, a.id, a.tables[0], window)
+        swapping.build(conn, "downgrade")  # the standby carries the old, global guard
+        twin = swapping.insert(conn, b.id, a.tables[0], window)  # the application's write goes through
+        swapping.backfill_rest(conn, direction="downgrade")  # the mirror copied the twin: the backfill meets first
+        assert swapping.conflict_ids(conn) == {first}
+        found = swap_state.read(conn)
+        with pytest.raises(CommandError) as refused:
+            exchange.forward(PsycopgSession(conn), found, guards.NEW_GUARD, action="test swap")
+        assert f"{min(first, twin)} & {max(first, twin)}" in str(refused.value)
+        assert guards.OLD_GUARD.name in str(refused.value)
+        assert swap_state.read(conn).phase == swap_state.BACKFILLED  # nothing exchanged
+        conn.execute("DELETE FROM allocations WHERE id = %s", (twin,))
+        exchange.forward(PsycopgSession(conn), swap_state.read(conn), guards.NEW_GUARD, action="test swap")
+        assert guards.is_in_place(conn, guards.OLD_GUARD)

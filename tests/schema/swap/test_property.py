@@ -1,0 +1,126 @@
+"""The online swap under random writes: whatever sequence of inserts, updates, deletes and rolled-back work the
+application does while the backfill runs (some of it in transactions that stay open across a batch), the table
+that is live after the exchange holds exactly the rows the application committed, and the previous table
+(kept in step in the window) holds them too."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reserve import db
+from tests import swapping
+from tests.support import NOW, Database
+
+_databases = itertools.count(1)
+ROWS_AT_START = 30
+
+# One step of the application or of the backfill.
+operations = st.one_of(
+    st.tuples(st.just("insert"), st.integers(0, 1), st.integers(0, 2), st.integers(0, 400)),
+    st.tuples(st.just("update"), st.integers(0, 10_000), st.integers(0, 400)),
+    st.tuples(st.just("delete"), st.integers(0, 10_000)),
+    st.tuples(st.just("swap_windows"), st.integers(0, 10_000)),
+    st.tuples(st.just("rolled_back_insert"), st.integers(0, 1), st.integers(0, 400)),
+    st.tuples(st.just("batch"), st.integers(1, 12)),
+    st.tuples(st.just("batch_while_open"), st.integers(0, 10_000), st.integers(0, 400), st.integers(1, 12)),
+)
+
+
+def _window(slot: int) -> tuple[Any, Any]:
+    start = NOW + timedelta(days=30, minutes=30 * slot)
+    return start, start + timedelta(minutes=30)
+
+
+def _pick(conn: psycopg.Connection[Any], n: int) -> Any:
+    ids = [row[0] for row in conn.execute("SELECT id FROM allocations ORDER BY id")]
+    return ids[n % len(ids)] if ids else None
+
+
+def _move(conn: psycopg.Connection[Any], allocation: Any, slot: int) -> None:
+    """Move an allocation to a free slot of its resource (the old guard refuses an overlap at commit)."""
+    conn.execute("UPDATE allocations a SET \"window\" = tstzrange(%s, %s) WHERE id = %s AND NOT EXISTS ("
+                 "SELECT 1 FROM allocations o WHERE o.resource_id = a.resource_id AND o.id <> a.id "
+                 "AND o.\"window\" && tstzrange(%s, %s))", (*_window(slot), allocation, *_window(slot)))
+
+
+def _insert(conn: psycopg.Connection[Any], venues: Any, venue: int, table: int, slot: int) -> None:
+    chosen = venues[venue]
+    conn.execute("INSERT INTO allocations (restaurant_id, resource_type, resource_id, \"window\") "
+                 "SELECT %s, 'table', %s, tstzrange(%s, %s) WHERE NOT EXISTS (SELECT 1 FROM allocations o "
+                 "WHERE o.resource_id = %s AND o.\"window\" && tstzrange(%s, %s))",
+                 (chosen.id, chosen.tables[table], *_window(slot), chosen.tables[table], *_window(slot)))
+
+
+def _apply(app: psycopg.Connection[Any], backfill: psycopg.Connection[Any], venues: Any, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    if kind == "insert":
+        _insert(app, venues, op[1], op[2], op[3])
+    elif kind == "update":
+        if (target := _pick(app, op[1])) is not None:
+            _move(app, target, op[2])
+    elif kind == "delete":
+        if (target := _pick(app, op[1])) is not None:
+            app.execute("DELETE FROM allocations WHERE id = %s", (target,))
+    elif kind == "swap_windows":  # through a temporary overlap, repaired before commit (the old guard is deferred)
+        first = _pick(app, op[1])
+        partner = first and app.execute(
+            "SELECT o.id, o.\"window\", a.\"window\" FROM allocations a JOIN allocations o ON o.resource_id = a.resource_id "
+            "AND o.id <> a.id WHERE a.id = %s ORDER BY o.id LIMIT 1", (first,)).fetchone()
+        if partner:
+            second, second_window, first_window = partner
+            app.execute("UPDATE allocations SET \"window\" = %s WHERE id = %s", (second_window, first))
+            app.execute("UPDATE allocations SET \"window\" = %s WHERE id = %s", (first_window, second))
+    elif kind == "rolled_back_insert":
+        _insert(app, venues, op[1], 0, op[2])
+        app.rollback()
+        return
+    elif kind == "batch":
+        swapping.copy_batch(backfill, op[1])
+        return
+    elif kind == "batch_while_open":  # a write left open while a batch runs: the batch may wait for its row lock
+        if (target := _pick(app, op[1])) is not None:
+            _move(app, target, op[2])
+        batch = swapping.InThread(lambda: swapping.copy_batch(backfill, op[3]))
+        swapping.wait_until(lambda: batch.done or swapping.waiting_for_a_lock(app, backfill.info.backend_pid),
+                            "the batch to finish or wait")
+        app.commit()
+        batch.result()
+        return
+    app.commit()
+
+
+@settings(max_examples=20, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(operations, min_size=5, max_size=40))
+def test_after_the_exchange_the_live_table_is_exactly_what_the_application_committed(pg_server, templates, steps):
+    name = f"reserve_swap_prop_{os.getpid()}_{next(_databases)}"
+    with db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates["pre_swap"]}"')
+    try:
+        target = Database(name, pg_server.url(name))
+        venues = swapping.two_venues(target)
+        with target.connect() as app:
+            for n in range(ROWS_AT_START):
+                _insert(app, venues, n % 2, n % 3, n)
+            app.commit()
+        with target.connect() as app, target.connect(autocommit=True) as backfill:
+            swapping.build(backfill)
+            for op in steps:
+                _apply(app, backfill, venues, op)
+            committed = swapping.rows(app, "public.allocations")
+            app.commit()
+            swapping.backfill_rest(backfill)
+            swapping.exchange_forward(backfill)
+            assert swapping.rows(backfill, "public.allocations") == committed
+            assert swapping.rows(backfill, "reserve_swap.allocations") == committed  # the window, in step
+            assert swapping.conflict_ids(backfill) == set()
+    finally:
+        with db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,130 @@
+"""What the online swap's tests share: driving its phases step by step from the test, and comparing tables.
+
+The phases are the library's own (reserve.schema.swap), run through a plain
+psycopg session, so that a test can stop between two batches, hold a row
+lock in another connection, or commit two application transactions at the
+same moment, and then look.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from reserve.schema.guards import NEW_GUARD, OLD_GUARD
+from reserve.schema.session import PsycopgSession
+from reserve.schema.swap import exchange, online
+from reserve.schema.swap import state as swap_state
+from tests.support import Database, Venue
+
+ACTION = "test swap"
+COLUMNS = "id, restaurant_id, booking_id, resource_type, resource_id, \"window\", shadow, is_maintenance"
+
+
+def session(conn: psycopg.Connection[Any]) -> PsycopgSession:
+    assert conn.autocommit, "the swap's phases commit one by one: give it an autocommit connection"
+    return PsycopgSession(conn)
+
+
+def build(conn: psycopg.Connection[Any], direction: str = "upgrade") -> swap_state.SwapState:
+    """The standby and the mirror (phase: building)."""
+    online.build(session(conn), direction, NEW_GUARD, action=ACTION)
+    found = swap_state.read(conn)
+    assert found is not None
+    return found
+
+
+def standby_guard(direction: str) -> str:
+    return (NEW_GUARD if direction == "upgrade" else OLD_GUARD).name
+
+
+def copy_batch(conn: psycopg.Connection[Any], rows: int, direction: str = "upgrade") -> int:
+    """One backfill batch; the rows it selected."""
+    selected, _ = online.copy_next_batch(session(conn), standby_guard(direction), rows, action=ACTION)
+    return selected
+
+
+def backfill_rest(conn: psycopg.Connection[Any], rows: int = 1000, direction: str = "upgrade") -> None:
+    while copy_batch(conn, rows, direction):
+        pass
+    conn.execute("UPDATE reserve_swap.state SET phase = 'backfilled', backfilled_at = now()")
+
+
+def exchange_forward(conn: psycopg.Connection[Any]) -> None:
+    found = swap_state.read(conn)
+    assert found is not None
+    exchange.forward(session(conn), found, NEW_GUARD, action=ACTION)
+
+
+def rows(conn: psycopg.Connection[Any], table: str) -> set[tuple[Any, ...]]:
+    return set(conn.execute(f"SELECT {COLUMNS} FROM {table}").fetchall())
+
+
+def differences(conn: psycopg.Connection[Any]) -> tuple[set[Any], set[Any]]:
+    """(rows live but not in the standby, rows in the standby but not live), by full row."""
+    live, standby = rows(conn, swap_state.LIVE), rows(conn, swap_state.STANDBY)
+    return live - standby, standby - live
+
+
+def conflict_ids(conn: psycopg.Connection[Any]) -> set[uuid.UUID]:
+    return {row[0] for row in conn.execute("SELECT allocation_id FROM reserve_swap.conflicts")}
+
+
+def insert(conn: psycopg.Connection[Any], restaurant: uuid.UUID, resource: uuid.UUID,
+           window: tuple[datetime, datetime], booking: uuid.UUID | None = None) -> uuid.UUID:
+    return conn.execute(
+        "INSERT INTO allocations (restaurant_id, booking_id, resource_type, resource_id, \"window\") "
+        "VALUES (%s, %s, 'table', %s, tstzrange(%s, %s)) RETURNING id",
+        (restaurant, booking, resource, *window)).fetchone()[0]
+
+
+def waiting_for_a_lock(conn: psycopg.Connection[Any], pid: int) -> bool:
+    return conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+
+
+class InThread:
+    """Run ``work`` in a thread (it may block on a lock); ``result()`` joins and re-raises its error."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self._value = work()
+        except BaseException as exc:  # noqa: BLE001 (handed to the test by result())
+            self._error = exc
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout_s: float = 30) -> Any:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "still blocked"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def two_venues(db_: Database) -> tuple[Any, Any]:
+    """Two restaurants with tables, committed (Venue objects of tests.support)."""
+    with db_.connect() as conn:
+        venues = Venue(conn, "A"), Venue(conn, "B")
+        conn.commit()
+    return venues
