@@ -298,6 +298,44 @@ def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_
 
 
 @main.group()
+def swap() -> None:
+    """The online swap of the allocations guard: its window (the previous table kept in step after an online
+    upgrade, so that `alembic downgrade -1` is an exchange back), seen and closed deliberately."""
+
+
+@swap.command("status")
+@click.option("--probe-writes", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Single-row inserts (rolled back) that measure the mirror's write overhead; 0 skips it.")
+@json_option
+def swap_status(probe_writes: int, as_json: bool) -> None:
+    """Whether the rollback is an instant exchange back, since when, rows mirrored, conflicts, overhead, disk."""
+    from reserve.operations import swap_window
+
+    url = _url()
+    _run(lambda: swap_window.status(url, probe_writes=probe_writes), as_json)
+
+
+@swap.command("finish")
+@json_option
+def swap_finish(as_json: bool) -> None:
+    """Close the window after the observation period: drop the mirror and the previous table (idempotent)."""
+    from reserve.operations import swap_window
+
+    url = _url()
+    _run(lambda: swap_window.finish(url), as_json)
+
+
+@swap.command("abort")
+@json_option
+def swap_abort(as_json: bool) -> None:
+    """Drop an online swap that has not exchanged yet (its standby and mirror); the live table is untouched."""
+    from reserve.operations import swap_window
+
+    url = _url()
+    _run(lambda: swap_window.abort(url), as_json)
+
+
+@main.group()
 def analyze() -> None:
     """Analyses of production data (ids and counts only)."""
 

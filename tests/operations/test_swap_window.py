@@ -1,0 +1,129 @@
+"""reserve swap status|finish|abort: the online upgrade's window seen and closed deliberately, and verify's word
+on both states at head. Interrupted, `finish` changes nothing, and a rerun completes it."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from reserve.cli import main
+from reserve.rollout.verify import verify
+from reserve.schema import catalog, expectations
+from reserve.schema.swap import state as swap_state
+from tests import faults, swapping
+from tests.support import REVISIONS, Database, slot
+
+
+def swap(db_: Database, *args: str):
+    env = {"DATABASE_URL": db_.url.render_as_string(hide_password=False)}
+    return CliRunner().invoke(main, ["swap", *args, "--json"], env=env, catch_exceptions=False)
+
+
+def checks(result) -> dict[str, dict]:
+    return {check["name"]: check for check in json.loads(result.output)["checks"]}
+
+
+def test_status_in_the_window_says_the_rollback_is_instant_and_what_the_window_costs(head_db: Database):
+    a, _ = swapping.two_venues(head_db)
+    with head_db.connect() as conn:
+        for n in range(5):
+            swapping.insert(conn, a.id, a.tables[n % 3], slot(2 + 3 * n))
+        conn.commit()
+    result = swap(head_db, "status")
+    facts = json.loads(result.output)["facts"]
+    assert result.exit_code == 0
+    assert checks(result)["instant rollback"]["status"] == "ok"
+    assert facts["window"] == "open" and facts["instant_rollback"] is True
+    assert facts["previous_table_guard"] == "allocations_resource_window_excl"
+    assert facts["rows_written_to_the_standby"] >= 5 and facts["conflicts"] == 0
+    assert facts["extra_disk_bytes"] > 0 and facts["window_age_s"] >= 0
+    overhead = facts["mirror_write_overhead"]
+    assert overhead["writes"] == 200 and overhead["mirrored_ms_per_write"] > overhead["plain_ms_per_write"] > 0
+    with head_db.connect() as conn:  # the probe's writes were rolled back
+        assert conn.execute("SELECT count(*) FROM allocations").fetchone()[0] == 5
+
+
+def test_status_names_the_rows_that_make_the_rollback_not_instant(head_db: Database):
+    a, b = swapping.two_venues(head_db)
+    with head_db.connect() as conn:
+        swapping.insert(conn, a.id, a.tables[0], slot(3))
+        twin = swapping.insert(conn, b.id, a.tables[0], slot(3))  # legal now, not under the previous guard
+        conn.commit()
+    result = swap(head_db, "status", "--probe-writes", "0")
+    check = checks(result)["instant rollback"]
+    assert result.exit_code == 0 and check["status"] == "warn"
+    assert check["data"]["conflicts"] == [str(twin)] and str(twin) in check["detail"]
+    assert json.loads(result.output)["facts"]["instant_rollback"] is False
+    verified = next(c for c in verify(head_db.url).checks if c.name == "swap window")
+    assert verified.status == "warn" and str(twin) in verified.detail
+
+
+def test_verify_accepts_both_states_at_head_and_says_which_it_found(head_db: Database):
+    in_window = verify(head_db.url)
+    assert in_window.exit_code == 0
+    assert next(c for c in in_window.checks if c.name == "swap window").status == "ok"
+    result = swap(head_db, "finish")
+    assert result.exit_code == 0 and checks(result)["finish"]["status"] == "ok"
+    closed = verify(head_db.url)
+    assert closed.exit_code == 0 and not any(c.name == "swap window" for c in closed.checks)
+    with head_db.connect() as conn:
+        assert catalog.as_text(catalog.snapshot(conn)) == catalog.as_text(expectations.expected(REVISIONS[-1]))
+        assert swap_state.read(conn) is None
+
+
+def test_finish_twice_is_a_warning_the_second_time_and_changes_nothing(head_db: Database):
+    assert swap(head_db, "finish").exit_code == 0
+    before = head_db.snapshot()
+    again = swap(head_db, "finish")
+    assert again.exit_code == 0 and checks(again)["finish"]["status"] == "warn"
+    assert "nothing to finish" in checks(again)["finish"]["detail"]
+    assert head_db.snapshot() == before
+
+
+def test_finish_below_head_is_refused(pre_swap_db: Database):
+    result = swap(pre_swap_db, "finish")
+    assert result.exit_code == 1 and "below head" in checks(result)["finish"]["detail"]
+
+
+def test_finish_and_abort_refuse_a_swap_still_in_flight_and_abort_drops_it(pre_swap_db: Database):
+    with pre_swap_db.connect(autocommit=True) as conn:
+        swapping.build(conn)
+    before = expectations.without_machinery(pre_swap_db.snapshot())
+    refused = swap(pre_swap_db, "finish")
+    assert refused.exit_code == 1 and "still in flight" in checks(refused)["finish"]["detail"]
+    aborted = swap(pre_swap_db, "abort")
+    assert aborted.exit_code == 0, aborted.output
+    assert pre_swap_db.snapshot() == before  # machinery gone, live table as it was
+    assert expectations.differences(REVISIONS[-2], pre_swap_db.snapshot()) == []
+
+
+def test_abort_after_the_exchange_is_refused(head_db: Database):
+    result = swap(head_db, "abort")
+    assert result.exit_code == 1 and "reserve swap finish" in checks(result)["abort"]["detail"]
+
+
+def test_finish_interrupted_while_it_waits_leaves_the_window_whole_and_a_rerun_closes_it(head_db: Database):
+    """finish drops the mirror and the previous table in one transaction: terminated while it waits for its locks
+    (a report holds bookings), nothing has changed; the window is still in step and the rollback still instant."""
+    with faults.holding_lock(head_db.url, "bookings", "ACCESS SHARE"), head_db.connect(autocommit=True) as dba:
+        env = {"DATABASE_URL": head_db.url.render_as_string(hide_password=False)}
+        runner = swapping.InThread(lambda: CliRunner().invoke(main, ["swap", "finish", "--json"], env=env))
+        swapping.wait_until(lambda: any(b.wait_event_type == "Lock" for b in _reserve_backends(dba)),
+                            "finish to wait for its locks")
+        assert faults.terminate(dba, _reserve_backends(dba)[0].pid)
+        result = runner.result()
+    assert result.exit_code != 0
+    with head_db.connect() as conn:
+        assert faults.boundary(conn).window_open
+        assert expectations.differences(REVISIONS[-1], catalog.snapshot(conn)) == []
+    assert swap(head_db, "finish").exit_code == 0
+    with head_db.connect() as conn:
+        assert swap_state.read(conn) is None
+
+
+def _reserve_backends(dba) -> list:
+    rows = dba.execute("SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'reserve' "
+                       "AND state = 'active' AND query LIKE 'LOCK TABLE%%'").fetchall()
+    return [faults.Backend(*row) for row in rows]
