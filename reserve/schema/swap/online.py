@@ -5,11 +5,11 @@ so that an interrupted run is resumed by the same command:
 
 1. **build**: the standby (reserve.schema.swap.standby) with the target guard
    from the start, and the mirror (reserve.schema.swap.mirror) on the live
-   table; short bounded locks (SHARE ROW EXCLUSIVE) for the triggers and the
-   standby's foreign keys;
+   table; a short bounded lock (SHARE ROW EXCLUSIVE) for its triggers;
 2. **backfill**: rows copied in id order, a batch per transaction, each batch
    locking its source rows (FOR UPDATE) so that a concurrent delete or update
-   can never be overwritten by an older copy; then ANALYZE;
+   can never be overwritten by an older copy; then the standby's foreign keys
+   (NOT VALID, then validated) and ANALYZE;
 3. **exchange** (reserve.schema.swap.exchange): under the bounded ACCESS
    EXCLUSIVE lock, the two tables trade schemas and every dependent is
    re-pointed: renames and catalog updates only, whatever the row count;
@@ -45,15 +45,19 @@ from reserve.schema.swap.state import (
 
 log = logging.getLogger("reserve.schema.swap")
 
-# The standby's foreign keys put their triggers on the referenced tables; the mirror's triggers go on
-# the live table: SHARE ROW EXCLUSIVE on each, briefly, to build.
-BUILD_LOCKS = {LIVE: "SHARE ROW EXCLUSIVE", "public.bookings": "SHARE ROW EXCLUSIVE",
-               "public.restaurants": "SHARE ROW EXCLUSIVE"}
+SRE = "SHARE ROW EXCLUSIVE"
+# The mirror's triggers go on the live table: SHARE ROW EXCLUSIVE, briefly, to build. (The standby's foreign
+# keys, which put their triggers on the tables they reference, come after the backfill.)
+BUILD_LOCKS = {LIVE: SRE}
 _FIRST_BATCH = "SELECT * FROM public.allocations ORDER BY id LIMIT %(n)s FOR UPDATE"
 _NEXT_BATCH = "SELECT * FROM public.allocations WHERE id > %(after)s::uuid ORDER BY id LIMIT %(n)s FOR UPDATE"
+# A row already in the standby was copied there by the mirror, from a commit before this batch's snapshot (a
+# later one waits for the batch's row lock): skipped. A rare race with a commit between the snapshot and the
+# row lock is a unique violation, and the batch is copied again row by row.
 _COPY = """
 WITH batch AS ({batch}),
-     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch ON CONFLICT (id) DO NOTHING RETURNING 1)
+     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch b
+                WHERE NOT EXISTS (SELECT 1 FROM reserve_swap.allocations s WHERE s.id = b.id) RETURNING 1)
 SELECT (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
 """
 
@@ -148,11 +152,37 @@ def backfill(session: Session, found: SwapState, options: SwapOptions, *, action
                      time.monotonic() - started)
         if options.batch_pause_s:
             time.sleep(options.batch_pause_s)
+    add_foreign_keys(session, action=action)
+    session.execute(f"ANALYZE {STANDBY}")
     with session.transaction():
         session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
-    session.execute(f"ANALYZE {STANDBY}")
-    log.info("%s: backfill done, %d rows copied in %.1fs; standby analyzed", action, copied_total,
-             time.monotonic() - started)
+    log.info("%s: backfill done, %d rows copied in %.1fs; foreign keys validated; standby analyzed", action,
+             copied_total, time.monotonic() - started)
+
+
+def add_foreign_keys(session: Session, *, action: str) -> None:
+    """The standby's foreign keys, once it is filled: added NOT VALID (a brief SHARE ROW EXCLUSIVE on the standby
+    and the tables they reference, as adding any foreign key takes), then validated in one pass that blocks
+    nobody. What a failed run already added is not added again."""
+    with session.transaction():
+        wanted = standby.foreign_keys(session)
+        have = dict(session.execute("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = %s::regclass "
+                                    "AND contype = 'f'", (STANDBY,)).fetchall())
+        missing = [(name, definition) for name, definition in wanted if name not in have]
+        if missing:
+            referenced = [row[0] for row in session.execute(
+                "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint WHERE conrelid = %s::regclass "
+                "AND contype = 'f'", (LIVE,)).fetchall()]
+            take(session, {STANDBY: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the standby's keys",
+                 restore_lock_timeout=session_setting("lock_timeout"))
+            for name, definition in missing:
+                session.execute(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition} NOT VALID')
+    for name, _ in wanted:
+        if not have.get(name):
+            with session.transaction():
+                take(session, {STANDBY: "SHARE UPDATE EXCLUSIVE"}, action=f"{action}: validating {name}",
+                     restore_lock_timeout=session_setting("lock_timeout"))
+                session.execute(f'ALTER TABLE {STANDBY} VALIDATE CONSTRAINT "{name}"')
 
 
 def copy_next_batch(session: Session, guard_name: str, rows: int, *, action: str) -> tuple[int, int]:
