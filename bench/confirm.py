@@ -80,6 +80,11 @@ class HoldPool:
                          "booking_id uuid NOT NULL, idempotency_key text NOT NULL)")
             self.tables = conn.execute(
                 "SELECT count(*) FROM public.table_inventory WHERE active AND zone_id IS NOT NULL").fetchone()[0]
+            # A pool set up again in the same database (the online swap's rounds, then these) goes on after
+            # the holds and days an earlier one used.
+            self.next_n, self.next_day = conn.execute(
+                "SELECT coalesce(max(q.n), 0) + 1, coalesce(max(b.start_at::date - current_date), 0) + 1 "
+                "FROM bench.queue q LEFT JOIN public.bookings b ON b.id = q.booking_id").fetchone()
 
     def add(self, count: int) -> tuple[int, int]:
         """Prepare ``count`` more single-table holds on distinct (table, day) slots; returns their n range."""

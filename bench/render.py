@@ -19,6 +19,9 @@ SERIES = (
     ("floor_old_s", "bare ADD CONSTRAINT, old guard", "--s"),
     ("seed_order_s", "bare ADD CONSTRAINT, seed key order", ":^"),
     ("index_only_s", "plain CREATE INDEX, shipped key", ":v"),
+    ("online_upgrade_wall_s", "online upgrade head (background wall)", "-.D"),
+    ("online_upgrade_lock_s", "online upgrade head (hold)", "-D"),
+    ("online_downgrade_lock_s", "online downgrade -1 (hold)", "-P"),
 )
 
 
@@ -58,6 +61,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     if all(v is not None for v in predicted):
         ax.plot(rows, predicted, "x", color="black", markersize=9, label="preflight prediction (upgrade)")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # the online holds are milliseconds, the locked ones seconds to minutes
     ax.set_xticks(rows)
     ax.set_xticklabels([f"{r / 1000:.0f}k" if r < 1_000_000 else f"{r / 1e6:.1f}M" for r in rows])
     ax.set_xlabel("rows in allocations (10% shadow)")
@@ -115,6 +119,8 @@ def results_markdown(result: dict[str, Any], plotted: bool) -> str:
         ],
     ))
     out.append("")
+
+    out += online_markdown(swap.get("online"), result.get("scaling") or [])
 
     scaling = result.get("scaling") or []
     if scaling:
@@ -185,6 +191,44 @@ def results_markdown(result: dict[str, Any], plotted: bool) -> str:
             f"Downgrade: predicted {fmt(pred['downgrade']['predicted_s'])}s, measured {fmt(pred['downgrade']['actual_s'])}s "
             f"({fmt(pred['downgrade']['error_pct'], 1, '%')}). Method: {pred['method']}.", ""]
     return "\n".join(out)
+
+
+def _ms(seconds: float | None) -> str:
+    return fmt(None if seconds is None else seconds * 1000, 1)
+
+
+def online_markdown(on: dict[str, Any] | None, scaling: list[dict[str, Any]]) -> list[str]:
+    """The online method beside the locked one: holds in milliseconds, background and rollback wall times."""
+    if not on:
+        return []
+    out = ["### The online method (default) beside the locked one", "", on["statistic"] + ".", ""]
+    out.append(table(
+        ["measurement", "value"],
+        [["online `upgrade head`: ACCESS EXCLUSIVE hold (ms): `swap.online.upgrade_lock_s`", _ms(on["upgrade_lock_s"])],
+         ["online `upgrade head`: background wall time (s)", fmt(on["upgrade_wall_s"])],
+         ["background / locked method's floor build (`floor_new_s`)", fmt(on["background_over_floor_new"])],
+         ["`downgrade -1` inside the window (exchange back): hold (ms)", _ms(on["window_downgrade_lock_s"])],
+         ["`downgrade -1` inside the window: wall (s)", fmt(on["window_downgrade_wall_s"])],
+         ["`downgrade -1` after `swap finish` (online rebuild): hold (ms)", _ms(on["rebuild_downgrade_lock_s"])],
+         ["`downgrade -1` after `swap finish` (online rebuild): wall (s)", fmt(on["rebuild_downgrade_wall_s"])]],
+    ))
+    out.append("")
+    if len(scaling) > 1:
+        out.append(table(["rows", "online hold up (ms)", "online hold down (ms)", "online background (s)",
+                          "locked hold up (s)", "locked hold down (s)"],
+                         [[f"{p['rows']:,}", _ms(p.get("online_upgrade_lock_s")), _ms(p.get("online_downgrade_lock_s")),
+                           fmt(p.get("online_upgrade_wall_s")), fmt(p["upgrade_lock_s"]), fmt(p["downgrade_lock_s"])]
+                          for p in scaling]))
+        out.append("")
+    overhead = on.get("mirror_overhead")
+    if overhead:
+        out += ["#### What the open window's mirror costs a confirm", ""]
+        out.append(table(["clients", "p95 ms with mirror", "p95 ms without", "p95 ratio", "tps ratio"],
+                         [[c, fmt(overhead["mirror"]["p95_ms"][c]), fmt(overhead["no_mirror"]["p95_ms"][c]),
+                           fmt(overhead["p95_ratio"][c], 3), fmt(overhead["tps_ratio"][c], 3)]
+                          for c in overhead["p95_ratio"]]))
+        out += ["", overhead["method"] + ".", ""]
+    return out
 
 
 SKELETON = f"""# Benchmarks

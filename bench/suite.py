@@ -5,7 +5,11 @@ bench/render.py renders it). Everything is measured side by side in one run
 on one throw-away server (``EphemeralPostgres(fsync=True)``), so that what
 matters is a ratio, not an absolute number on a noisy shared machine:
 
-- **swap** (bench/swap.py): the ACCESS EXCLUSIVE hold of the real ``alembic
+- **online** (bench/online.py): the default method's ACCESS EXCLUSIVE hold
+  (milliseconds, whatever the size), its background wall time against the
+  locked method's floor build, the rollback inside the window and after it,
+  and what the window's mirror costs a confirm under pgbench.
+- **swap** (bench/swap.py): the locked method's ACCESS EXCLUSIVE hold of the real ``alembic
   upgrade head`` (from 0003) and ``alembic downgrade -1``, seen from the
   database (bench/instruments.py), against the floors: a bare ``ALTER TABLE …
   ADD CONSTRAINT`` of the guard under test, of the old guard and of the seed's
@@ -36,13 +40,14 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from bench import online
 from bench.builds import key_label
-from bench.confirm import confirm_benchmark
+from bench.confirm import Pgbench, confirm_benchmark
 from bench.data import create_database, drop_database, environment, load, loadavg
 from bench.explore import summarize_explore
 from bench.instruments import Progress
 from bench.options import Options
-from bench.summary import predictor_summary, probe_summary, scaling_point, targets
+from bench.summary import online_targets, predictor_summary, probe_summary, scaling_point, targets
 from bench.swap import summarize_swap, swap_series
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.schema import guards
@@ -66,13 +71,16 @@ def run(options: Options, progress: Progress = print, *, server: EphemeralPostgr
         url = create_database(server, dbname)
         if not own_server:
             stack.callback(drop_database, server, dbname)
-        measure_main(result, url, guard, options, progress)
+        pgbench = online.pgbench_for(server if options.confirm else None, dbname)
+        stack.callback(online.discard, pgbench)
+        measure_main(result, url, guard, options, progress, pgbench=pgbench)
         result["scaling"] = scaling(server, dbname, result, guard, options, progress)
         if options.confirm:
             progress("confirm throughput: v11 against v12")
             result["confirm"] = confirm_benchmark(server, dbname, options, progress)
         result["environment"]["loadavg_end"] = loadavg()
     result["targets"] = targets(result)
+    result["targets"] |= online_targets(result)
     result["elapsed_s"] = round(time.time() - started, 1)
     return result
 
@@ -84,14 +92,21 @@ def key_source(guard: Guard) -> str:
     return f"proposed for NEW_GUARD (reserve/schema/guards.py ships ({key_label(guards.NEW_GUARD.key)}))"
 
 
-def measure_main(result: dict[str, Any], url: URL, guard: Guard, options: Options, progress: Progress) -> None:
-    """The main dataset: load, the swap series with probes (and exploration), and their summaries."""
+def measure_main(result: dict[str, Any], url: URL, guard: Guard, options: Options, progress: Progress, *,
+                 pgbench: Pgbench | None = None) -> None:
+    """The main dataset: load, the online series (with the window's cost to a confirm), the locked series with
+    probes (and exploration), and their summaries."""
     progress(f"loading {options.rows:,} allocations")
     result["dataset"] = load(url, options.rows, progress)
     result["environment"] = environment(url)
+    progress("the online method (the default)")
+    online_measured = online.online_series(url, guard, options, progress, pgbench=pgbench)
+    progress("the locked method (-x swap_method=locked) and its floors")
     series = swap_series(url, guard, options, progress, main=True)
     result["swap"] = summarize_swap(series, result["dataset"]["counts"]["allocations"], guard.key)
     result["swap"]["key_source"] = key_source(guard)
+    result["swap"]["online"] = online.summarize_online(online_measured, result["swap"]["floor_new_s"])
+    result["samples_online"] = online_measured
     result["probe"] = probe_summary(series)
     result["predictor"] = predictor_summary(series, result["swap"])
     result["samples"] = {"upgrade": series["upgrade"], "downgrade": series["downgrade"], "floors": series["floors"],
@@ -114,7 +129,7 @@ def add_seed_order_probes(result: dict[str, Any], first_floors: dict[str, Any]) 
 def scaling(server: EphemeralPostgres, dbname: str, result: dict[str, Any], guard: Guard, options: Options,
             progress: Progress) -> list[dict[str, Any]]:
     """The main dataset's point and the swap at each smaller size, by rows."""
-    points = [scaling_point(result["swap"], result["predictor"], result["dataset"])]
+    points = [scaling_point(result["swap"], result["predictor"], result["dataset"], result["swap"]["online"])]
     for size in sorted(s for s in options.scaling if s != options.rows):
         progress(f"scaling point: {size:,} allocations")
         points.append(scaling_at(server, f"{dbname}_{size}", size, guard, options, progress))
@@ -125,8 +140,10 @@ def scaling_at(server: EphemeralPostgres, name: str, size: int, guard: Guard, op
                progress: Progress) -> dict[str, Any]:
     small_url = create_database(server, name)
     loaded = load(small_url, size, progress)
+    small_online = online.online_series(small_url, guard, replace(options, repeats=2), progress)
     small = swap_series(small_url, guard, replace(options, explore=False), progress, main=False)
     small_swap = summarize_swap(small, loaded["counts"]["allocations"], guard.key)
-    point = scaling_point(small_swap, predictor_summary(small, small_swap), loaded)
+    point = scaling_point(small_swap, predictor_summary(small, small_swap), loaded,
+                          online.summarize_online(small_online, small_swap["floor_new_s"]))
     drop_database(server, name)
     return point

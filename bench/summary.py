@@ -46,10 +46,44 @@ def predictor_summary(series: dict[str, Any], swap: dict[str, Any]) -> dict[str,
     }
 
 
-def scaling_point(swap: dict[str, Any], pred: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+def scaling_point(swap: dict[str, Any], pred: dict[str, Any], loaded: dict[str, Any],
+                  online: dict[str, Any] | None = None) -> dict[str, Any]:
+    online = online or {}
     return {"rows": swap["rows"], "live_rows": loaded["live_allocations"], **{k: swap[k] for k in SCALING_KEYS},
             "predicted_upgrade_s": pred["predicted_s"], "predicted_downgrade_s": pred["downgrade"]["predicted_s"],
-            "predictor_error_pct": pred["error_pct"], "predictor_downgrade_error_pct": pred["downgrade"]["error_pct"]}
+            "predictor_error_pct": pred["error_pct"], "predictor_downgrade_error_pct": pred["downgrade"]["error_pct"],
+            **{f"online_{k}": online.get(k) for k in ONLINE_SCALING_KEYS}}
+
+
+ONLINE_SCALING_KEYS = ("upgrade_lock_s", "downgrade_lock_s", "upgrade_wall_s", "window_downgrade_wall_s",
+                       "rebuild_downgrade_wall_s")
+
+
+def online_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's and 14's targets for the online method, from the main run and the scaling points."""
+    on = result["swap"].get("online")
+    if not on:
+        return {}
+    out = {
+        "online_upgrade_lock_s": {"value": on["upgrade_lock_s"], "limit": "<= 0.1 s",
+                                  "met": at_most(on["upgrade_lock_s"], 0.1)},
+        "online_downgrade_lock_s": {"value": on["downgrade_lock_s"], "limit": "<= 0.1 s (window and rebuild)",
+                                    "met": at_most(on["downgrade_lock_s"], 0.1)},
+        "online_background_over_floor_new": {"value": on["background_over_floor_new"], "limit": "<= 1.5",
+                                             "met": at_most(on["background_over_floor_new"], 1.5)},
+        "window_rollback_wall_s": {"value": on["window_downgrade_wall_s"], "limit": "<= 5 s",
+                                   "met": at_most(on["window_downgrade_wall_s"], 5.0)},
+    }
+    points = [p for p in result.get("scaling") or [] if p.get("online_upgrade_lock_s")]
+    if len(points) > 1:
+        flat = ratio(points[-1]["online_upgrade_lock_s"], points[0]["online_upgrade_lock_s"])
+        out["online_hold_largest_over_smallest"] = {"value": flat, "limit": "<= 2 (flat in size)",
+                                                    "met": at_most(flat, 2.0)}
+    overhead = on.get("mirror_overhead")
+    if overhead:
+        out["mirror_confirm_p95_ratio"] = {"value": overhead["p95_ratio"], "limit": "<= 1.25 at 1 and 4 clients",
+                                           "met": max(overhead["p95_ratio"].values()) <= 1.25}
+    return out
 
 
 def at_most(value: float | None, limit: float) -> bool:

@@ -25,15 +25,19 @@ from reserve.rollout import alembic_runner, predictor
 from reserve.rollout.lockwatch import proc_cpu_s
 from reserve.schema.guards import Guard
 
+# This series measures the locked method (the fallback, and the floor the online one is held to):
+# bench/online.py measures the online one, the default.
+LOCKED = ["swap_method=locked"]
+
 
 def upgrade_head(url: URL, guard: Guard) -> Sample:
-    """The real ``alembic upgrade head``, installing ``guard`` for this one run, timed."""
-    return timed_migration(url, lambda: alembic_runner.upgrade(url, "head", new_guard=guard))
+    """The real ``alembic upgrade head -x swap_method=locked``, installing ``guard`` for this one run, timed."""
+    return timed_migration(url, lambda: alembic_runner.upgrade(url, "head", LOCKED, new_guard=guard))
 
 
 def downgrade_one(url: URL, guard: Guard) -> Sample:
-    """The real ``alembic downgrade -1``, taking ``guard`` away for this one run, timed."""
-    return timed_migration(url, lambda: alembic_runner.downgrade(url, "-1", new_guard=guard))
+    """The real ``alembic downgrade -1 -x swap_method=locked``, taking ``guard`` away for this one run, timed."""
+    return timed_migration(url, lambda: alembic_runner.downgrade(url, "-1", LOCKED, new_guard=guard))
 
 
 def predict(url: URL, direction: str, guard: Guard) -> dict[str, Any]:

@@ -30,10 +30,18 @@ def test_a_tiny_run_writes_every_key_of_the_results_document(pg_server, tmp_path
         assert set(result["confirm"][version]["tps"]) == {"1", "4", "8"}
         assert set(result["confirm"][version]["p95_ms"]) == {"1", "4", "8"}
     assert result["confirm"]["evidence_rows"] > 0  # v12 wrote its evidence, v11 none
+    online = swap["online"]
+    assert 0 < online["upgrade_lock_s"] < online["upgrade_wall_s"]  # the hold the swap reported, inside the run
+    assert online["window_downgrade_lock_s"] > 0 and online["rebuild_downgrade_lock_s"] > 0
+    assert set(online["mirror_overhead"]["p95_ratio"]) == {"1", "4"}  # the window's cost, up to 4 clients
+    steps = [h["step"] for h in result["samples_online"]["upgrade"][0]["holds"]]
+    assert steps == ["exchange"], steps  # the online upgrade takes ACCESS EXCLUSIVE once
+    assert {"online_upgrade_lock_s", "online_downgrade_lock_s", "window_rollback_wall_s",
+            "mirror_confirm_p95_ratio"} <= set(result["targets"])
     assert result["predictor"]["predicted_s"] > 0 and result["predictor"]["actual_s"] == swap["upgrade_lock_s"]
     assert {"upgrade_lock_over_floor_new", "floor_new_over_seed_order", "predictor_error"} <= set(result["targets"])
     result["timestamp"] = "test"
     written = render.refresh_docs(result, tmp_path)
     doc = (tmp_path / "BENCHMARKS.md").read_text()
-    assert render.BEGIN in doc and render.END in doc and "swap.upgrade_lock_s" in doc
+    assert render.BEGIN in doc and render.END in doc and "swap.upgrade_lock_s" in doc and "swap.online.upgrade_lock_s" in doc
     assert tmp_path / "BENCHMARKS.md" in written

@@ -105,6 +105,7 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
         deps = dependents.find(session)
         take(session, {LIVE: AE, STANDBY: AE, PENDING: AE, **dict.fromkeys(deps.tables, AE)},
              action=f"{action}: exchange", restore_lock_timeout=session_setting("lock_timeout"))
+        locked = time.perf_counter()
         if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
             raise _ConflictsAppeared
         started = time.perf_counter()
@@ -124,6 +125,7 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
                         "swapped_at = now()", (SWAPPED, direction, standby_guard_after))
         log.info("%s: exchanged %s and %s (catalog work: %.1f ms under the lock)", action, LIVE, STANDBY,
                  (time.perf_counter() - started) * 1000)
+    log_hold(action, "exchange", locked)
 
 
 def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, *, action: str, open_window: bool,
@@ -207,9 +209,19 @@ def close(session: Session, *, action: str, policy: LockPolicy | None = None) ->
         wanted = {**({LIVE: AE} if mirror.installed_on(session, LIVE) else {}), **DROP_LOCKS}
         take(session, wanted, action=f"{action}: dropping the standby and the mirror", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
+        locked = time.perf_counter()
         for statement in mirror.remove(LIVE):
             session.execute(statement)
         session.execute("DROP SCHEMA reserve_swap CASCADE")
+    log_hold(action, "dropping the standby and the mirror", locked)
+
+
+def log_hold(action: str, step: str, locked: float) -> None:
+    """How long the step held ACCESS EXCLUSIVE, from the moment the lock was granted to the commit, seen from the
+    client (so an upper bound); carried on the record as ``ae_hold_s`` for the benchmark and the rehearsal."""
+    held = time.perf_counter() - locked
+    log.info("%s: %s held ACCESS EXCLUSIVE on %s for %.1f ms (lock granted to commit)", action, step, LIVE,
+             held * 1000, extra={"ae_hold_s": held, "ae_step": step})
 
 
 def finish(session: Session, *, action: str = "reserve swap finish") -> str:

@@ -1,0 +1,186 @@
+"""The online swap measured, beside the locked one in the same run.
+
+From 0003, ``repeats`` times: the real ``alembic upgrade head`` by the online
+method (its ACCESS EXCLUSIVE hold as the swap itself times it, from the lock
+granted to the commit, and as ``reserve.rollout.lockwatch`` sees it; its
+background wall time against the locked method's floor build), then, inside
+the window it opens, ``alembic downgrade -1`` (the exchange back: hold and
+wall). The first repetition instead measures what the open window costs a
+confirm (pgbench, the mirror's triggers enabled and disabled in interleaved
+rounds), closes the window with ``reserve swap finish`` and measures the
+rollback that rebuilds the old guard's table online.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from bench.confirm import HoldPool, Pgbench, calibrate, confirm_run
+from bench.instruments import Progress, connect, r3, timed_migration
+from bench.options import Options
+from reserve.operations import swap_window
+from reserve.rollout import alembic_runner
+from reserve.rollout.ephemeral import EphemeralPostgres
+from reserve.schema.guards import Guard
+from reserve.schema.swap.state import STAGE_TRIGGER
+from reserve.stats import quantile
+
+ONLINE = ["swap_method=online"]
+MIRROR_STATES = ("mirror", "no_mirror")
+
+
+class _Holds(logging.Handler):
+    """The ACCESS EXCLUSIVE holds the swap reports (``ae_hold_s`` on its log records), in order."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.holds: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "ae_hold_s"):
+            self.holds.append((getattr(record, "ae_step", "?"), record.ae_hold_s))
+
+
+@contextmanager
+def reported_holds() -> Iterator[_Holds]:
+    logger = logging.getLogger("reserve.schema.swap")
+    handler, level = _Holds(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def timed_online(url: URL, action: Callable[[], None]) -> dict[str, Any]:
+    """One online run: wall, the holds it reported (the longest is the headline), and lockwatch's view."""
+    with reported_holds() as reported:
+        sample = timed_migration(url, action)
+    return {"wall_s": r3(sample.wall_s), "lock_s": r3(max((s for _, s in reported.holds), default=0.0)),
+            "holds": [{"step": step, "seconds": round(s, 4)} for step, s in reported.holds],
+            "lockwatch_total_s": r3(sample.lock_s), "lockwatch_holds": sample.holds}
+
+
+def upgrade(url: URL, guard: Guard) -> dict[str, Any]:
+    return timed_online(url, lambda: alembic_runner.upgrade(url, "head", ONLINE, new_guard=guard))
+
+
+def downgrade(url: URL, guard: Guard) -> dict[str, Any]:
+    return timed_online(url, lambda: alembic_runner.downgrade(url, "-1", ONLINE, new_guard=guard))
+
+
+def online_series(url: URL, guard: Guard, options: Options, progress: Progress, *,
+                  pgbench: Pgbench | None = None) -> dict[str, Any]:
+    """From 0003 back to 0003: online upgrades, window rollbacks, one rebuild rollback (and, given
+    ``pgbench``, the window's cost to a confirm)."""
+    out: dict[str, Any] = {"upgrade": [], "window_downgrade": [], "rebuild_downgrade": []}
+    for rep in range(max(options.repeats, 2)):
+        up = upgrade(url, guard)
+        out["upgrade"].append(up)
+        progress(f"online rep {rep + 1}: upgrade head: lock {up['lock_s'] * 1000:.1f} ms, wall {up['wall_s']:.1f}s")
+        if rep == 0:
+            if pgbench is not None:
+                out["mirror_overhead"] = mirror_overhead(pgbench, options, progress)
+            swap_window.finish(url)
+            down = downgrade(url, guard)
+            out["rebuild_downgrade"].append(down)
+            progress(f"online rep 1: downgrade -1 after swap finish (rebuild): lock {down['lock_s'] * 1000:.1f} ms, "
+                     f"wall {down['wall_s']:.1f}s")
+            swap_window.finish(url)  # a rollback that could not drop what it replaced left it retired
+        else:
+            down = downgrade(url, guard)
+            out["window_downgrade"].append(down)
+            progress(f"online rep {rep + 1}: downgrade -1 in the window: lock {down['lock_s'] * 1000:.1f} ms, "
+                     f"wall {down['wall_s']:.2f}s")
+    return out
+
+
+def set_mirror(url: URL, enabled: bool) -> None:
+    """Benchmark only: the mirror's row trigger on or off (off, the previous table falls out of step, so the
+    window is closed after these rounds)."""
+    with connect(url) as conn:
+        conn.execute(f"ALTER TABLE public.allocations {'ENABLE' if enabled else 'DISABLE'} TRIGGER {STAGE_TRIGGER}")
+
+
+def mirror_overhead(bench: Pgbench, options: Options, progress: Progress) -> dict[str, Any]:
+    """Confirm latency and throughput with the window's mirror and without it, interleaved rounds at 1 and 4
+    clients, the same confirm version (v12) at head."""
+    pool = HoldPool(bench.url)
+    pool.setup()
+    per_client = calibrate(bench, pool, options, progress)
+    clients = tuple(c for c in options.confirm_clients if c <= 4) or options.confirm_clients[:1]
+    cursor, _ = pool.add(options.confirm_rounds * len(MIRROR_STATES) * sum(c * per_client[c] for c in clients))
+    latencies: dict[tuple[str, int], list[float]] = {}
+    seconds: dict[tuple[str, int], float] = {}
+    try:
+        for c in clients:
+            for round_no in range(options.confirm_rounds):
+                for state in MIRROR_STATES if round_no % 2 == 0 else MIRROR_STATES[::-1]:
+                    set_mirror(bench.url, state == "mirror")
+                    run = confirm_run(bench, pool, "v12", c, per_client[c], cursor)
+                    cursor += run.transactions
+                    latencies.setdefault((state, c), []).extend(run.latencies_ms)
+                    seconds[(state, c)] = seconds.get((state, c), 0.0) + run.transactions / run.tps
+                    progress(f"  {state} c={c} round {round_no + 1}: {run.tps:7.1f} tps, "
+                             f"p95 {quantile(run.latencies_ms, 0.95):6.2f} ms")
+    finally:
+        set_mirror(bench.url, True)
+    out: dict[str, Any] = {s: {"p95_ms": {}, "tps": {}} for s in MIRROR_STATES}
+    for (state, c), values in latencies.items():
+        out[state]["p95_ms"][str(c)] = round(quantile(values, 0.95), 3)
+        out[state]["tps"][str(c)] = round(len(values) / seconds[(state, c)], 1)
+    out["p95_ratio"] = {str(c): round(out["mirror"]["p95_ms"][str(c)] / out["no_mirror"]["p95_ms"][str(c)], 3)
+                        for c in clients}
+    out["tps_ratio"] = {str(c): round(out["mirror"]["tps"][str(c)] / out["no_mirror"]["tps"][str(c)], 3)
+                        for c in clients}
+    out["method"] = (f"pgbench -M prepared, one v12 confirm per transaction, {options.confirm_rounds} interleaved "
+                     "rounds with the window's mirror trigger enabled and disabled, per client count")
+    return out
+
+
+def pgbench_for(server: EphemeralPostgres | None, dbname: str) -> Pgbench | None:
+    return None if server is None else Pgbench(server, dbname, Path(tempfile.mkdtemp(prefix="reserve-bench-")))
+
+
+def discard(pgbench: Pgbench | None) -> None:
+    if pgbench is not None:
+        shutil.rmtree(pgbench.workdir, ignore_errors=True)
+
+
+def summarize_online(series: dict[str, Any], locked_floor_new_s: float | None) -> dict[str, Any]:
+    """The headline figures: the least disturbed sample of each (min), and the background against the floor."""
+    def least(samples: list[dict[str, Any]], key: str) -> float | None:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        return min(values) if values else None
+
+    background = least(series["upgrade"], "wall_s")
+    out = {
+        "upgrade_lock_s": least(series["upgrade"], "lock_s"),
+        "upgrade_lock_max_s": max((s["lock_s"] for s in series["upgrade"]), default=None),
+        "upgrade_wall_s": background,
+        "background_over_floor_new": None if not locked_floor_new_s or background is None
+        else round(background / locked_floor_new_s, 3),
+        "window_downgrade_lock_s": least(series["window_downgrade"], "lock_s"),
+        "window_downgrade_wall_s": least(series["window_downgrade"], "wall_s"),
+        "rebuild_downgrade_lock_s": least(series["rebuild_downgrade"], "lock_s"),
+        "rebuild_downgrade_wall_s": least(series["rebuild_downgrade"], "wall_s"),
+        "statistic": f"min of {len(series['upgrade'])} online upgrades, {len(series['window_downgrade'])} window "
+                     f"rollbacks, {len(series['rebuild_downgrade'])} rebuild rollback; holds as the swap times them "
+                     "(lock granted to commit, from the client)",
+    }
+    out["downgrade_lock_s"] = max(v for v in (out["window_downgrade_lock_s"], out["rebuild_downgrade_lock_s"], 0.0)
+                                  if v is not None)
+    if "mirror_overhead" in series:
+        out["mirror_overhead"] = series["mirror_overhead"]
+    return out
