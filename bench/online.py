@@ -13,11 +13,9 @@ rollback that rebuilds the old guard's table online.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from bench.options import Options
 from reserve.operations import swap_window
 from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
+from reserve.rollout.lockwatch import reported_holds
 from reserve.schema.guards import Guard
 from reserve.schema.swap.state import STAGE_TRIGGER
 from reserve.stats import quantile
@@ -37,38 +36,11 @@ ONLINE = ["swap_method=online"]
 MIRROR_STATES = ("mirror", "no_mirror")
 
 
-class _Holds(logging.Handler):
-    """The ACCESS EXCLUSIVE holds the swap reports (``ae_hold_s`` on its log records), in order."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.holds: list[tuple[str, float]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if hasattr(record, "ae_hold_s"):
-            self.holds.append((getattr(record, "ae_step", "?"), record.ae_hold_s))
-
-
-@contextmanager
-def reported_holds() -> Iterator[_Holds]:
-    logger = logging.getLogger("reserve.schema.swap")
-    handler, level = _Holds(), logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def timed_online(url: URL, action: Callable[[], None]) -> dict[str, Any]:
     """One online run: wall, the holds it reported (the longest is the headline), and lockwatch's view."""
     with reported_holds() as reported:
         sample = timed_migration(url, action)
-    return {"wall_s": r3(sample.wall_s), "lock_s": r3(max((s for _, s in reported.holds), default=0.0)),
-            "holds": [{"step": step, "seconds": round(s, 4)} for step, s in reported.holds],
+    return {"wall_s": r3(sample.wall_s), "lock_s": r3(reported.longest_s), "holds": reported.as_list(),
             "lockwatch_total_s": r3(sample.lock_s), "lockwatch_holds": sample.holds}
 
 

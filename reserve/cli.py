@@ -93,19 +93,26 @@ def main() -> None:
     """
 
 
+swap_method_option = click.option(
+    "--swap-method", type=click.Choice(["online", "locked"]), default="online", show_default=True,
+    help="The method 0004 runs with (alembic -x swap_method=...): online (the default) or locked (the fallback).")
+
+
 @main.command()
 @click.option("--target", default="head", show_default=True,
               help="Revision to move to (upgrade or downgrade); -1 is what `alembic downgrade -1` undoes.")
 @click.option("--backup-confirmed", is_flag=True, help="The operator confirms a backup / PITR exists.")
 @click.option("--long-transaction-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0))
+@swap_method_option
 @json_option
-def preflight(target: str, backup_confirmed: bool, long_transaction_seconds: float, as_json: bool) -> None:
+def preflight(target: str, backup_confirmed: bool, long_transaction_seconds: float, swap_method: str,
+              as_json: bool) -> None:
     """Go / no-go for moving DATABASE_URL to --target."""
     from reserve.rollout.preflight import preflight as run
 
     url = _url()
-    _run(lambda: run(url, target, backup_confirmed=backup_confirmed, long_transaction_s=long_transaction_seconds),
-         as_json)
+    _run(lambda: run(url, target, backup_confirmed=backup_confirmed, long_transaction_s=long_transaction_seconds,
+                     swap_method=swap_method), as_json)
 
 
 @main.command()
@@ -165,14 +172,16 @@ def adopt(as_json: bool) -> None:
               type=click.Path(file_okay=False, path_type=Path), help="Where artifacts/<timestamp>/ goes.")
 @click.option("--use-database-url", is_flag=True,
               help="Rehearse on the server of DATABASE_URL (in a new database) instead of a throw-away server.")
+@swap_method_option
 @json_option
-def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, as_json: bool) -> None:
+def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, swap_method: str, as_json: bool) -> None:
     """Rehearse the whole rollout on a throw-away database and write the evidence bundle."""
     from reserve.rollout import rehearsal
 
     url = _url() if use_database_url else None
     with _failures_reported():
-        result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json)
+        result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json,
+                                    swap_method=swap_method)
     summary: dict[str, Any] = result.summary
     click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=_terminal_width()))
     sys.exit(0 if summary["verdict"] == "go" else 1)

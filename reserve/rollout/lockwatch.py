@@ -9,13 +9,22 @@ benchmarks all measure the lock with this one instrument.
 Each hold also records its holder and, when the server runs on this machine
 (the throw-away ones do), the holder's CPU time over the hold, read from
 /proc: a figure that does not depend on what else the machine is doing.
+
+A hold shorter than the polling interval (the online swap's exchange, a few
+milliseconds) can slip between two polls: the swap also times its own holds
+(from the lock granted to the commit) and reports them on its log records;
+``reported_holds`` collects them, and every instrument shows the longer of
+the two.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,3 +130,37 @@ class LockWatch:
             self._thread.join(timeout=10)
         if self.error:
             raise self.error
+
+
+class ReportedHolds(logging.Handler):
+    """The ACCESS EXCLUSIVE holds the swap reports (``ae_hold_s`` on its log records), in order."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.holds: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "ae_hold_s"):
+            self.holds.append((getattr(record, "ae_step", "?"), record.ae_hold_s))
+
+    @property
+    def longest_s(self) -> float:
+        return max((seconds for _, seconds in self.holds), default=0.0)
+
+    def as_list(self) -> list[dict[str, float | str]]:
+        return [{"step": step, "seconds": round(seconds, 4)} for step, seconds in self.holds]
+
+
+@contextmanager
+def reported_holds() -> Iterator[ReportedHolds]:
+    """Collect the holds the online swap reports while an Alembic run in this process goes on."""
+    logger = logging.getLogger("reserve.schema.swap")
+    handler, level = ReportedHolds(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

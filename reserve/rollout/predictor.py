@@ -72,6 +72,43 @@ class Prediction:
     elapsed_s: float = 0.0
 
 
+# The online method (reserve.schema.swap), measured by `make bench` (docs/BENCHMARKS.md, "The online
+# method"): the exchange's ACCESS EXCLUSIVE hold is catalog work, the same at any size (the longest of
+# its holds at 100k..1M rows, rounded up); the background copy into a table that has the guard from the
+# start costs about this many times the locked method's build (one GiST insertion per row instead of a
+# bulk build, and a row lock per source row); the window's mirror makes a confirm this much slower (p95).
+ONLINE_HOLD_S = 0.05
+ONLINE_BACKGROUND_OVER_BUILD = 1.8
+ONLINE_CONFIRM_P95_RATIO = 1.2
+
+
+@dataclass(frozen=True)
+class OnlinePrediction:
+    """What the online method will cost: its short hold, the work in the background, the disk, the writes."""
+
+    hold_s: float
+    background_s: float
+    extra_disk_bytes: int
+    confirm_p95_ratio: float
+    how: str
+
+
+def predict_online(conn: psycopg.Connection[Any], direction: str, *, window_open: bool = False,
+                   sample_rows: int = SAMPLE_ROWS, guard: Guard | None = None) -> OnlinePrediction:
+    """The online swap of ``direction``: the exchange's hold is a constant; the background is the locked
+    method's predicted build (measured on a sample here, as for the locked method) times what the online copy
+    costs over it; the extra disk is a second copy of allocations with its indexes. A rollback inside an open
+    window copies nothing: it only exchanges back."""
+    size = conn.execute("SELECT pg_total_relation_size('public.allocations')").fetchone()[0]
+    if window_open and direction == "downgrade":
+        return OnlinePrediction(ONLINE_HOLD_S, 0.0, 0, 1.0, "inside the open window: an exchange back, no copy")
+    build = predict_swap_hold(conn, direction, sample_rows=sample_rows, guard=guard)
+    return OnlinePrediction(
+        ONLINE_HOLD_S, build.seconds * ONLINE_BACKGROUND_OVER_BUILD, size, ONLINE_CONFIRM_P95_RATIO,
+        f"the locked build predicted at {build.seconds:.1f}s ({build.method}) x{ONLINE_BACKGROUND_OVER_BUILD:g} "
+        "for the online copy (make bench)")
+
+
 def guard_for(direction: str) -> Guard:
     """The guard the swap builds under the lock: the new one up, the old one down."""
     if direction == "upgrade":

@@ -23,6 +23,7 @@ from reserve.schema import expectations, guards, locks, revisions, tenancy
 SWAP_REVISION = "0004_allocations_no_overlap"
 REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
 REFERENCE_MAJOR = 15
+SWAP_METHODS = ("online", "locked")
 
 
 def is_production_looking(url: URL) -> bool:
@@ -31,8 +32,11 @@ def is_production_looking(url: URL) -> bool:
 
 
 def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
-              long_transaction_s: float = 60.0) -> Report:
-    """Run every check; raises db.ConnectionFailed or revisions.UnknownRevision (exit 2)."""
+              long_transaction_s: float = 60.0, swap_method: str = "online") -> Report:
+    """Run every check, for the swap's ``swap_method`` (what ``-x swap_method`` will say to Alembic); raises
+    db.ConnectionFailed or revisions.UnknownRevision (exit 2)."""
+    if swap_method not in SWAP_METHODS:
+        raise ValueError(f"swap_method must be one of {', '.join(SWAP_METHODS)}, not {swap_method!r}")
     relative = target.startswith("-")
     target_revision = None if relative else revisions.resolve(target)  # a typo fails before connecting
     report = Report("preflight")
@@ -47,6 +51,7 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
             "current_revision": current or "none",
             "target_revision": target_revision or "base",
             "step": f"{direction} {' -> '.join(moving)}" if moving else "nothing to do",
+            "swap_method": swap_method,
         })
         check_server(conn, report)
         check_extensions(conn, report)
@@ -54,8 +59,9 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         crosses_swap = SWAP_REVISION in moving
         check_guard_data(conn, report, direction if crosses_swap else "none")
         check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in moving)
-        check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s)
-        check_size_and_hold(conn, report, direction if crosses_swap else "none")
+        check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s,
+                       swap_method)
+        check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
         check_backup(conn, report, url, backup_confirmed)
     return report
 
@@ -138,7 +144,8 @@ def check_tenant_references(conn: psycopg.Connection[Any], report: Report, appli
                rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
 
 
-def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float) -> None:
+def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float,
+                   swap_method: str = "online") -> None:
     """Sessions whose locks conflict with what the step will take (reserve.schema.locks.DECLARED), and long transactions.
 
     A conflicting holder makes each of the step's bounded lock attempts time
@@ -149,7 +156,7 @@ def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tu
     restored the guard, builds its index concurrently and that build waits for
     every older snapshot (blocking nobody).
     """
-    wanted = locks.step_tables(steps)
+    wanted = locks.step_tables(steps, swap_method)
     watched = wanted or {guards.TABLE: "ACCESS EXCLUSIVE"}
     found = locks.holders(conn, watched)
     names = ", ".join(sorted(t.removeprefix("public.") for t in watched))
@@ -178,7 +185,8 @@ def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tu
                              for p, app, state, age in long_running])
 
 
-def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
+def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction: str,
+                        swap_method: str = "online") -> None:
     size = conn.execute(
         "SELECT pg_total_relation_size('public.allocations'), pg_size_pretty(pg_total_relation_size('public.allocations'))"
     ).fetchone() if conn.execute("SELECT to_regclass('public.allocations')").fetchone()[0] else None
@@ -194,16 +202,48 @@ def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction
     if any(c.name == "guard data" and c.status == FAIL for c in report.checks):
         report.add("lock hold", WARN, "not predicted: the data would make the swap fail (see guard data)")
         return
-    from reserve.rollout.predictor import predict_swap_hold
+    from reserve.rollout import predictor
 
     try:
-        prediction = predict_swap_hold(conn, direction)
+        if swap_method == "online":
+            predict_online(conn, report, direction)
+            return
+        prediction = predictor.predict_swap_hold(conn, direction)
     except psycopg.Error as exc:
         report.add("lock hold", WARN, f"could not predict the hold: {str(exc).splitlines()[0]}")
         return
     report.facts["predicted_lock_hold_s"] = round(prediction.seconds, 2)
     report.add("lock hold", OK, f"ACCESS EXCLUSIVE on allocations for about {prediction.seconds:.1f}s "
-               f"({direction}; {prediction.method})", predicted_s=prediction.seconds)
+               f"({direction}; locked method; {prediction.method})", predicted_s=prediction.seconds)
+
+
+def predict_online(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
+    """The online method's four costs: the short hold, the background, the disk until the previous table goes,
+    the write overhead while the mirror runs."""
+    from reserve.rollout import predictor
+    from reserve.schema.swap import state as swap_state
+
+    found = swap_state.read(conn)
+    window = found is not None and found.phase == swap_state.WINDOW
+    p = predictor.predict_online(conn, direction, window_open=window)
+    report.facts.update({"predicted_lock_hold_s": p.hold_s, "predicted_background_s": round(p.background_s, 1),
+                         "predicted_extra_disk_bytes": p.extra_disk_bytes,
+                         "predicted_confirm_p95_ratio": p.confirm_p95_ratio})
+    report.add("lock hold", OK, f"ACCESS EXCLUSIVE on allocations for under {p.hold_s * 1000:.0f} ms, at the "
+               f"exchange ({direction}; online method: catalog work only, whatever the size)", predicted_s=p.hold_s)
+    if window:
+        report.add("background", OK, "none: the previous table is in step (the window is open), so the rollback "
+                   "is an exchange back" + (f"; but {found.conflicts} recorded conflict(s) make it refuse: "
+                                            "`reserve swap status` lists them" if found.conflicts else ""))
+        return
+    held_until = "until `reserve swap finish` closes the window" if direction == "upgrade" else "until the rollback ends"
+    report.add("background", OK, f"about {p.background_s:.0f}s of copying that blocks nobody ({p.how})",
+               predicted_s=p.background_s)
+    pretty = conn.execute("SELECT pg_size_pretty(%s::bigint)", (p.extra_disk_bytes,)).fetchone()[0]
+    report.add("extra disk", OK, f"about {pretty} (a second allocations with its indexes), "
+               f"held {held_until}", bytes=p.extra_disk_bytes)
+    report.add("write overhead", OK, f"while the mirror runs, each write to allocations is copied: confirm p95 about "
+               f"x{p.confirm_p95_ratio:g} (make bench)", ratio=p.confirm_p95_ratio)
 
 
 def check_backup(conn: psycopg.Connection[Any], report: Report, url: URL, confirmed: bool) -> None:

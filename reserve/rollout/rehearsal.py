@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from reserve import db
 from reserve.report import UsageError, table
 from reserve.rollout import alembic_runner, dataset, qa, snapshots
-from reserve.rollout.lockwatch import LockWatch
+from reserve.rollout.lockwatch import LockWatch, reported_holds
 from reserve.rollout.preflight import preflight
 from reserve.rollout.scratch import scratch_database
 from reserve.rollout.verify import verify
@@ -57,7 +57,9 @@ class Step:
     ok: bool
     seconds: float
     detail: str = ""
-    lock_hold_s: float | None = None
+    lock_hold_s: float | None = None  # the longest ACCESS EXCLUSIVE hold on allocations, polled or reported
+    # The holds the online swap timed itself (lock granted to commit): shorter than one poll, often.
+    reported_holds: list[dict[str, Any]] | None = None
     lock_retries: int | None = None  # lock attempts that timed out and were retried (the soak counts them)
     # For a migration step: statements traced, the strongest lock per table, locks beyond the declaration.
     lock_trace: dict[str, Any] | None = None
@@ -71,7 +73,7 @@ class Result:
 
     def render(self, width: int | None = None) -> str:
         rows = [("ok" if step.ok else "FAIL", step.name, f"{step.seconds:.2f}",
-                 "" if step.lock_hold_s is None else f"{step.lock_hold_s:.2f}", step.detail) for step in self.steps]
+                 _held(step.lock_hold_s), step.detail) for step in self.steps]
         verdict = self.summary.get("verdict", "no-go")
         failed = self.summary.get("failed_step")
         return (table(("result", "step", "seconds", "ACCESS EXCLUSIVE held (s)", "detail"), rows, width=width)
@@ -132,9 +134,16 @@ def _output_dir(out_dir: Path) -> Path:
     raise RehearsalSetupError(f"cannot find a new directory for the evidence bundle in {out_dir}")
 
 
+def _held(seconds: float | None) -> str:
+    """A hold as the bundle shows it: milliseconds resolve the online exchange, seconds the locked build."""
+    return "" if seconds is None else f"{seconds:.3f}"
+
+
 def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path = Path("artifacts"),
-             progress: bool = True) -> Result:
-    """Rehearse the rollout end to end; the Result's summary says go or no-go and which step failed."""
+             progress: bool = True, swap_method: str = "online") -> Result:
+    """Rehearse the rollout end to end with the swap's ``swap_method`` (online, the default, or locked); the
+    Result's summary says go or no-go and which step failed."""
+    x = [f"swap_method={swap_method}"]
     out = _output_dir(out_dir)
     result = Result(out)
     console = Console(stderr=True, quiet=not progress)
@@ -149,11 +158,12 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             with console.status(f"[bold]{name}[/bold]…"):
                 log.info("step %s: start", name)
                 started = time.perf_counter()
-                lock = None
+                lock = reported = None
                 try:
                     with ExitStack() as stack:
                         if watch_lock:
                             lock = stack.enter_context(LockWatch(target))
+                            reported = stack.enter_context(reported_holds())
                         detail = action() or ""
                     beyond = traces[name].undeclared() if name in traces else []
                     if beyond:
@@ -163,7 +173,9 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                     detail, ok = db.scrub(f"{type(exc).__name__}: {exc}", target).splitlines()[0], False
                 seconds = time.perf_counter() - started
                 record = Step(name, ok, round(seconds, 3), detail,
-                              lock_hold_s=round(lock.longest_s, 3) if lock is not None else None,
+                              lock_hold_s=round(max(lock.longest_s, reported.longest_s), 4) if lock and reported
+                              else None,
+                              reported_holds=reported.as_list() if reported else None,
                               lock_trace=_trace_summary(traces[name]) if name in traces else None)
                 result.steps.append(record)
                 log.info("step %s: %s in %.2fs %s", name, "ok" if ok else "FAILED", seconds, detail)
@@ -177,7 +189,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
         def migrate(name: str, run: Callable[..., None], revision: str, done: str) -> Callable[[], str]:
             def action() -> str:
                 traces[name] = locktrace.LockTrace()
-                run(target, revision, trace=traces[name])
+                run(target, revision, x, trace=traces[name])
                 return done
             return action
 
@@ -188,12 +200,14 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             return f"{counts['allocations']} allocations, {counts['bookings']} bookings"
 
         def run_preflight() -> str:
-            report = preflight(target, "head", backup_confirmed=True)
+            report = preflight(target, "head", backup_confirmed=True, swap_method=swap_method)
             facts["preflight"] = report.as_dict()
             log.info("preflight:\n%s", report.to_text())
             if report.failures:
                 raise StepFailed("; ".join(f"{c.name}: {c.detail}" for c in report.failures))
-            return f"go; predicted lock hold {report.facts.get('predicted_lock_hold_s')}s"
+            background = report.facts.get("predicted_background_s")
+            return (f"go; predicted lock hold {report.facts.get('predicted_lock_hold_s')}s ({swap_method})"
+                    + (f", {background}s in the background" if background is not None else ""))
 
         def write_snapshot(filename: str) -> Callable[[], str]:
             def action() -> str:
@@ -284,6 +298,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             pass
         finally:
             (out / "locks.txt").write_text(_render_traces(traces), encoding="utf-8")
+    facts["swap_method"] = swap_method
     result.summary = _summary(result, facts, rows)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "SUMMARY.md").write_text(_human_summary(result), encoding="utf-8")
@@ -319,7 +334,9 @@ def _summary(result: Result, facts: dict[str, Any], rows: int) -> dict[str, Any]
         "steps": [asdict(s) for s in result.steps],
         "lock_hold_s": locks,
         "lock_trace_statements": sum((s.lock_trace or {}).get("statements", 0) for s in result.steps),
+        "swap_method": facts.get("swap_method"),
         "predicted_lock_hold_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_lock_hold_s"),
+        "predicted_background_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_background_s"),
         "probe_ms": facts.get("probe"),
         "qa": facts.get("qa"),
         "artifacts": [name for name in ARTIFACTS if (result.out / name).exists() or name in ("summary.json", "SUMMARY.md")],
@@ -335,8 +352,11 @@ def _human_summary(result: Result) -> str:
         "| step | result | seconds | ACCESS EXCLUSIVE held (s) | detail |", "|---|---|---|---|---|",
     ]
     for step in result.steps:
-        lock = f"{step.lock_hold_s:.2f}" if step.lock_hold_s is not None else ""
+        lock = _held(step.lock_hold_s)
         lines.append(f"| {step.name} | {'ok' if step.ok else 'FAIL'} | {step.seconds:.2f} | {lock} | {step.detail} |")
-    lines += ["", f"Predicted lock hold of the swap (preflight): {s['predicted_lock_hold_s']} s.",
+    lines += ["", f"Swap method: {s['swap_method']}. Predicted lock hold of the swap (preflight): "
+              f"{s['predicted_lock_hold_s']} s" + (f", background {s['predicted_background_s']} s"
+                                                  if s.get("predicted_background_s") is not None else "") + ".",
+              "Per-statement locks of every migration step: `locks.txt`.",
               "", "Files: " + ", ".join(f"`{a}`" for a in s["artifacts"]), ""]
     return "\n".join(lines)

@@ -25,7 +25,33 @@ def test_baseline_with_valid_old_guard_is_go_without_a_table_scan(baseline_db: D
     assert "proved by the catalog" in guard.detail
     assert report.facts["step"].startswith("upgrade 0002_confirmation_results")
     hold = next(c for c in report.checks if c.name == "lock hold")
-    assert hold.data["predicted_s"] > 0 and "built allocations_no_overlap on a sample" in hold.detail
+    assert 0 < hold.data["predicted_s"] <= 0.1 and "online method" in hold.detail  # the default: the exchange
+    background = next(c for c in report.checks if c.name == "background")
+    assert background.data["predicted_s"] > 0 and "built allocations_no_overlap on a sample" in background.detail
+    assert report.facts["predicted_extra_disk_bytes"] > 0 and "swap finish" in _detail(report, "extra disk")
+    assert report.facts["predicted_confirm_p95_ratio"] > 1
+
+
+def _detail(report, name: str) -> str:
+    return next(c.detail for c in report.checks if c.name == name)
+
+
+def test_the_locked_method_predicts_the_build_under_the_lock(baseline_db: Database):
+    with baseline_db.connect(autocommit=True) as conn:
+        dataset.generate(conn, dataset.Shape(restaurants=2, tables_per_restaurant=5, windows_per_table=10))
+    report = preflight(baseline_db.url, "head", swap_method="locked")
+    hold = next(c for c in report.checks if c.name == "lock hold")
+    assert hold.data["predicted_s"] > 0 and "locked method; built allocations_no_overlap on a sample" in hold.detail
+    assert "background" not in {c.name for c in report.checks}
+    assert report.facts["swap_method"] == "locked"
+
+
+def test_a_rollback_inside_the_open_window_predicts_no_copy(head_db: Database):
+    assert _detail(preflight(head_db.url, "-1"), "background").startswith("none: the previous table is in step")
+    head_db.close_window()
+    after = preflight(head_db.url, "-1")
+    assert "of copying that blocks nobody" in _detail(after, "background")
+    assert "until the rollback ends" in _detail(after, "extra disk")
 
 
 def test_password_is_masked_in_the_report(baseline_db: Database):

@@ -38,7 +38,14 @@ def test_rehearsal_writes_the_whole_evidence_bundle(bundle):
     assert "public.allocations" not in results["upgrade 0002_confirmation_results"]["strongest"]
     assert all(step["lock_trace"]["undeclared"] == [] for step in steps.values() if step["lock_trace"])
     assert summary["lock_trace_statements"] > 0
-    assert isinstance(summary["lock_hold_s"]["upgrade 0004_allocations_no_overlap"], float)
+    # The online method (the default): the swap's one ACCESS EXCLUSIVE hold is the exchange, timed by the swap.
+    assert summary["swap_method"] == "online"
+    reported = steps["upgrade 0004_allocations_no_overlap"]["reported_holds"]
+    assert [hold["step"] for hold in reported] == ["exchange"], reported
+    assert 0 < summary["lock_hold_s"]["upgrade 0004_allocations_no_overlap"] < 1.0
+    assert {hold["step"] for hold in steps["downgrade -1"]["reported_holds"]} == {
+        "exchange", "dropping the standby and the mirror"}  # inside the window: an exchange back
+    assert "Swap method: online" in (result.out / "SUMMARY.md").read_text()
     locks_txt = (result.out / "locks.txt").read_text()
     assert "## rehearsal step: downgrade -1" in locks_txt and "+ ACCESS EXCLUSIVE on public.allocations" in locks_txt
     assert "5 passed, 0 failed" in (result.out / "tests.txt").read_text()
@@ -64,3 +71,13 @@ def test_an_output_directory_that_cannot_be_written_is_a_setup_error(tmp_path: P
     blocker.write_text("not a directory")
     with pytest.raises(rehearsal.RehearsalSetupError, match="cannot write the evidence bundle"):
         rehearsal.rehearse(None, rows=1000, out_dir=blocker)
+
+
+def test_the_locked_fallback_is_rehearsed_on_request(pg_server, templates, tmp_path: Path):
+    result = rehearsal.rehearse(pg_server.url(), rows=2000, out_dir=tmp_path, progress=False, swap_method="locked")
+    assert result.summary["verdict"] == "go", result.render()
+    steps = {step["name"]: step for step in result.summary["steps"]}
+    assert steps["upgrade 0004_allocations_no_overlap"]["reported_holds"] == []  # no exchange: the build holds it
+    assert "background" not in steps["preflight"]["detail"]
+    trace = (result.out / "locks.txt").read_text()
+    assert "DROP CONSTRAINT allocations_resource_window_excl" in trace or "ADD CONSTRAINT allocations_no_overlap" in trace
