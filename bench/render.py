@@ -210,7 +210,9 @@ def online_markdown(on: dict[str, Any] | None, scaling: list[dict[str, Any]]) ->
          ["`downgrade -1` inside the window (exchange back): hold (ms)", _ms(on["window_downgrade_lock_s"])],
          ["`downgrade -1` inside the window: wall (s)", fmt(on["window_downgrade_wall_s"])],
          ["`downgrade -1` after `swap finish` (online rebuild): hold (ms)", _ms(on["rebuild_downgrade_lock_s"])],
-         ["`downgrade -1` after `swap finish` (online rebuild): wall (s)", fmt(on["rebuild_downgrade_wall_s"])]],
+         ["`downgrade -1` after `swap finish` (online rebuild): wall (s)", fmt(on["rebuild_downgrade_wall_s"])],
+         ["longest ACCESS EXCLUSIVE on bookings (dropping the machinery), any run (ms)",
+          _ms(on.get("bookings_lock_max_s"))]],
     ))
     out.append("")
     if len(scaling) > 1:

@@ -94,15 +94,15 @@ def key_source(guard: Guard) -> str:
 
 def measure_main(result: dict[str, Any], url: URL, guard: Guard, options: Options, progress: Progress, *,
                  pgbench: Pgbench | None = None) -> None:
-    """The main dataset: load, the online series (with the window's cost to a confirm), the locked series with
-    probes (and exploration), and their summaries."""
+    """The main dataset: load, the locked series with probes (and exploration), the online series (with the
+    window's cost to a confirm), and their summaries."""
     progress(f"loading {options.rows:,} allocations")
     result["dataset"] = load(url, options.rows, progress)
     result["environment"] = environment(url)
-    progress("the online method (the default)")
-    online_measured = online.online_series(url, guard, options, progress, pgbench=pgbench)
     progress("the locked method (-x swap_method=locked) and its floors")
     series = swap_series(url, guard, options, progress, main=True)
+    progress("the online method (the default)")
+    online_measured = online.online_series(url, guard, options, progress, pgbench=pgbench)
     result["swap"] = summarize_swap(series, result["dataset"]["counts"]["allocations"], guard.key)
     result["swap"]["key_source"] = key_source(guard)
     result["swap"]["online"] = online.summarize_online(online_measured, result["swap"]["floor_new_s"])
@@ -140,8 +140,8 @@ def scaling_at(server: EphemeralPostgres, name: str, size: int, guard: Guard, op
                progress: Progress) -> dict[str, Any]:
     small_url = create_database(server, name)
     loaded = load(small_url, size, progress)
-    small_online = online.online_series(small_url, guard, replace(options, repeats=2), progress)
     small = swap_series(small_url, guard, replace(options, explore=False), progress, main=False)
+    small_online = online.online_series(small_url, guard, replace(options, repeats=2), progress)
     small_swap = summarize_swap(small, loaded["counts"]["allocations"], guard.key)
     point = scaling_point(small_swap, predictor_summary(small, small_swap), loaded,
                           online.summarize_online(small_online, small_swap["floor_new_s"]))

@@ -44,14 +44,14 @@ def standby_guard(direction: str) -> str:
     return (NEW_GUARD if direction == "upgrade" else OLD_GUARD).name
 
 
-def copy_batch(conn: psycopg.Connection[Any], rows: int, direction: str = "upgrade") -> int:
-    """One backfill batch; the rows it selected."""
-    selected, _ = online.copy_next_batch(session(conn), standby_guard(direction), rows, action=ACTION)
+def copy_batch(conn: psycopg.Connection[Any], pages: int = 1, direction: str = "upgrade") -> int:
+    """One backfill batch of ``pages`` pages; the rows it selected."""
+    selected, _, _ = online.copy_next_batch(session(conn), standby_guard(direction), pages, action=ACTION)
     return selected
 
 
-def backfill_rest(conn: psycopg.Connection[Any], rows: int = 1000, direction: str = "upgrade") -> None:
-    while copy_batch(conn, rows, direction):
+def backfill_rest(conn: psycopg.Connection[Any], pages: int = 1000, direction: str = "upgrade") -> None:
+    while online.copy_next_batch(session(conn), standby_guard(direction), pages, action=ACTION)[2]:
         pass
     conn.execute("UPDATE reserve_swap.state SET phase = 'backfilled', backfilled_at = now()")
 
@@ -120,6 +120,17 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) 
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.01)
+
+
+def spread_over_pages(conn: psycopg.Connection[Any]) -> None:
+    """Rows written from here on take a page of allocations for every few rows (fillfactor 10), so that a batch
+    of one page holds a few of them, as a batch of a big table holds a small part of it."""
+    conn.execute("ALTER TABLE allocations SET (fillfactor = 10)")
+
+
+def first_page_ids(conn: psycopg.Connection[Any]) -> list[Any]:
+    """The ids the first batch of one page copies, in physical order."""
+    return [row[0] for row in conn.execute("SELECT id FROM allocations WHERE ctid < '(1,0)'::tid ORDER BY ctid")]
 
 
 def two_venues(db_: Database) -> tuple[Any, Any]:

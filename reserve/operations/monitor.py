@@ -45,6 +45,7 @@ from reserve import db
 from reserve.capacity import confirm
 from reserve.report import FAIL, OK, WARN, Report, table
 from reserve.schema import guards, probes, revisions
+from reserve.schema.swap import state as swap_state
 from reserve.stats import quantile
 
 log = logging.getLogger("reserve.operations.monitor")
@@ -53,8 +54,26 @@ GUARD = guards.NEW_GUARD
 OVERLAP_SCAN_LIMIT = 100
 PROBE_P95_LIMIT_MS = 100.0
 RETENTION_DAYS = 30
+WINDOW_DAYS = 7  # the observation period after the online upgrade, then `reserve swap finish`
 STATEMENT_TIMEOUT = "30s"
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class WindowReading:
+    """The online swap's window (reserve.schema.swap): open or not, the rollback instant or not, since when."""
+
+    phase: str | None  # None: no swap in flight and no window open
+    conflicts: int = 0
+    age_s: float | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.phase == swap_state.WINDOW
+
+    @property
+    def rollback_instant(self) -> bool:
+        return self.open and not self.conflicts
 
 
 @dataclass
@@ -75,6 +94,7 @@ class Reading:
     cache_hits_7d: int | None = None
     cache_misses_7d: int | None = None
     probe_ms: list[float] = field(default_factory=list)
+    window: WindowReading | None = None  # None: the swap's state could not be read (no privilege on reserve_swap)
 
     @property
     def overlaps(self) -> int:
@@ -131,6 +151,7 @@ def read(conn: psycopg.Connection[Any], *, probe_runs: int = 5, always_scan: boo
             "FROM public.confirmation_cache_events WHERE recorded_at > now() - interval '7 days'"
         ).fetchone()
 
+    reading.window = read_window(conn)
     params = probes.sample_parameters(conn)
     if params["restaurant_id"] is not None and probe_runs > 0:
         conn.execute(probes.RESTAURANT_SCOPED, params, prepare=True).fetchall()  # warm-up, plans the statement
@@ -139,6 +160,20 @@ def read(conn: psycopg.Connection[Any], *, probe_runs: int = 5, always_scan: boo
             conn.execute(probes.RESTAURANT_SCOPED, params, prepare=True).fetchall()
             reading.probe_ms.append((time.perf_counter() - started) * 1000)
     return reading
+
+
+def read_window(conn: psycopg.Connection[Any]) -> WindowReading | None:
+    """The swap's window; None when this role may not read reserve_swap (it grants nothing to anyone)."""
+    try:
+        found = swap_state.read(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    if found is None:
+        return WindowReading(None)
+    age = None
+    if found.window_opened_at is not None:
+        age = conn.execute("SELECT extract(epoch FROM now() - %s)::float8", (found.window_opened_at,)).fetchone()[0]
+    return WindowReading(found.phase, found.conflicts, age)
 
 
 def _connect(url: URL) -> psycopg.Connection[Any]:
@@ -183,6 +218,7 @@ def once(url: URL, *, probe_runs: int = 50) -> Report:
                    f"7 days: {_percent(week)} ({r.cache_hits_7d} hits, {r.cache_misses_7d} misses)",
                    ratio_24h=day, ratio_7d=week, hits_24h=r.cache_hits_24h, misses_24h=r.cache_misses_24h,
                    hits_7d=r.cache_hits_7d, misses_7d=r.cache_misses_7d)
+    add_window(report, r.window)
     p50, p95 = r.probe_quantile(0.5), r.probe_quantile(0.95)
     if p95 is None:
         report.add("overlap probe", OK, "no allocations to probe")
@@ -191,6 +227,24 @@ def once(url: URL, *, probe_runs: int = 50) -> Report:
                    f"p50 {p50:.3f} ms, p95 {p95:.3f} ms over {len(r.probe_ms)} runs (limit {PROBE_P95_LIMIT_MS:g} ms)",
                    p50_ms=p50, p95_ms=p95, runs=len(r.probe_ms))
     return report
+
+
+def add_window(report: Report, w: WindowReading | None) -> None:
+    if w is None:
+        report.add("swap window", WARN, "reserve_swap is not readable by this role (it grants nothing to anyone)")
+    elif w.phase is None:
+        report.add("swap window", OK, "closed: no online swap in flight")
+    elif not w.open:
+        report.add("swap window", WARN, f"an online swap is in flight or left a table to drop (phase: {w.phase}): "
+                   "`reserve swap status`", phase=w.phase)
+    else:
+        days = (w.age_s or 0) / 86400
+        late = days > WINDOW_DAYS
+        detail = (f"open for {days:.1f} days; rollback " + ("instant" if w.rollback_instant else
+                  f"not instant ({w.conflicts} conflict(s): `reserve swap status`)")
+                  + ("; past the observation period: `reserve swap finish`" if late else ""))
+        report.add("swap window", WARN if late or not w.rollback_instant else OK, detail, phase=w.phase,
+                   conflicts=w.conflicts, age_s=w.age_s, rollback_instant=w.rollback_instant)
 
 
 def _percent(ratio: float | None) -> str:
@@ -260,6 +314,7 @@ class DatabaseCollector(Collector):
             cache.add_metric(["hit"], r.cache_hits_24h)
             cache.add_metric(["miss"], r.cache_misses_24h)
         ratio = Reading.ratio(r.cache_hits_24h, r.cache_misses_24h) if known else None
+        w = r.window if known else None
         return [
             gauge("reserve_database_up", "1 when the last reading of the database succeeded.", 1 if up else 0),
             gauge("reserve_overlapping_allocations",
@@ -278,6 +333,15 @@ class DatabaseCollector(Collector):
             cache,
             gauge("reserve_confirm_cache_hit_ratio", "Hits / (hits + misses) of the confirm client over the last 24 h.",
                   ratio),
+            gauge("reserve_swap_window_open", "1 while the online swap's window is open (the previous table in step).",
+                  None if w is None else int(w.open)),
+            gauge("reserve_swap_rollback_instant",
+                  "1 when `alembic downgrade -1` is an exchange back (window open, no recorded conflict).",
+                  None if w is None else int(w.rollback_instant)),
+            gauge("reserve_swap_conflicts", "Allocations the previous table could not take (the rollback refuses).",
+                  None if w is None else w.conflicts),
+            gauge("reserve_swap_window_age_seconds", "Since when the online swap's window is open.",
+                  w.age_s if w is not None and w.open else None),
         ]
 
 

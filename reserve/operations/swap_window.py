@@ -42,9 +42,10 @@ def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:
         report.facts.update(_figures(conn, found))
         ids = [row[0] for row in swap_state.conflicts(conn)]
         if found.phase == swap_state.RETIRED:
-            report.add("swap", WARN, f"a rollback left the table it replaced, emptied, in {swap_state.STANDBY} "
-                       "(it could not take the brief lock on bookings and restaurants that dropping it needs): "
-                       "`reserve swap finish` drops it")
+            left_by = ("an interrupted `reserve swap finish` left the previous table, out of step,"
+                       if found.direction == "upgrade" else "a rollback left the table it replaced")
+            report.add("swap", WARN, f"{left_by} in {swap_state.STANDBY} (dropping it needs a brief lock on bookings "
+                       "and restaurants): `reserve swap finish` drops it")
             return report
         if found.phase != swap_state.WINDOW:
             report.add("swap", WARN, f"an online {found.direction} is in flight (phase: {found.phase}); "

@@ -137,18 +137,22 @@ class ReportedHolds(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.holds: list[tuple[str, float]] = []
+        self.holds: list[tuple[str, float, str]] = []  # (step, seconds, the tables it held)
 
     def emit(self, record: logging.LogRecord) -> None:
         if hasattr(record, "ae_hold_s"):
-            self.holds.append((getattr(record, "ae_step", "?"), record.ae_hold_s))
+            self.holds.append((getattr(record, "ae_step", "?"), record.ae_hold_s, getattr(record, "ae_tables", "")))
+
+    def longest_on(self, table: str = "public.allocations") -> float:
+        """The longest reported hold that covered ``table``."""
+        return max((seconds for _, seconds, tables in self.holds if table in tables), default=0.0)
 
     @property
     def longest_s(self) -> float:
-        return max((seconds for _, seconds in self.holds), default=0.0)
+        return self.longest_on()
 
     def as_list(self) -> list[dict[str, float | str]]:
-        return [{"step": step, "seconds": round(seconds, 4)} for step, seconds in self.holds]
+        return [{"step": step, "seconds": round(seconds, 4), "tables": tables} for step, seconds, tables in self.holds]
 
 
 @contextmanager

@@ -46,9 +46,13 @@ def verify(url: URL) -> Report:
         if left == expectations.WINDOW and swap is not None and swap.phase == swap_state.WINDOW:
             check_window(report, conn, swap)
         elif left == expectations.RETIRED:
-            report.add("retired table", WARN, f"the rollback of {pending.SWAP_REVISION} left the table it replaced, "
-                       f"emptied, in {swap_state.STANDBY} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
+            report.add("retired table", WARN, f"the rollback of {pending.SWAP_REVISION} left the table it replaced "
+                       f"in {swap_state.STANDBY} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
                        "restaurants): `reserve swap finish` drops it; nothing depends on it")
+        elif left == expectations.CLOSING:
+            report.add("retired table", WARN, "an interrupted `reserve swap finish` left the previous table in "
+                       f"{swap_state.STANDBY}, out of step (its mirror is gone; the rollback is a rebuild): "
+                       "`reserve swap finish` drops it; nothing depends on it")
         if between is not None:
             report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,
                        command=between.command, alternative=between.alternative, differences=[str(d) for d in found])

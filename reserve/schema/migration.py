@@ -85,12 +85,13 @@ def take_locks(revision: str, direction: str, method: str = "online") -> None:
 
 
 def _drop_retired_table(action: str) -> None:
-    """A rollback that could not drop the table it replaced left it emptied; drop it now (bounded), before this
-    revision's own transaction does anything (the drop commits on its own)."""
+    """A rollback that could not drop the table it replaced, or an interrupted `reserve swap finish`, left it
+    retired; drop it now (bounded), before this revision's own transaction does anything (the drop commits on
+    its own)."""
     found = swap_state.read(AlembicSession())
     if found is not None and found.phase == swap_state.RETIRED:
         with op.get_context().autocommit_block():
-            exchange.close(AlembicSession(), action=f"{action}: dropping the table the rollback replaced")
+            exchange.drop_retired(AlembicSession(), action=f"{action}: dropping the table an earlier run left")
 
 
 def protect_tenant_table(table: str, policy: str, privileges: str) -> None:

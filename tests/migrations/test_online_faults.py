@@ -217,10 +217,10 @@ def test_client_killed_with_the_backfill_half_done_a_rerun_resumes_from_the_last
 
 def test_statement_timeout_in_a_backfill_batch_stops_it_and_a_rerun_resumes(below_swap):
     with below_swap.connect() as holder:
-        # A row in the middle of the id order, locked as a long transaction would: the batch reaching it waits.
-        # (FOR UPDATE with OFFSET would lock every row it skips, too.)
-        holder.execute("SELECT id FROM allocations WHERE id = (SELECT id FROM allocations ORDER BY id OFFSET %s LIMIT 1) "
-                       "FOR UPDATE", (ROWS // 2,))
+        # A row in the middle of the table (the backfill copies in physical order), locked as a long transaction
+        # would: the batch reaching it waits. (FOR UPDATE with OFFSET would lock every row it skips, too.)
+        holder.execute("SELECT id FROM allocations WHERE ctid = (SELECT ctid FROM allocations ORDER BY ctid "
+                       "OFFSET %s LIMIT 1) FOR UPDATE", (ROWS // 2,))
         code, output = faults.run_alembic(below_swap.url, "-x", "statement_timeout=1s", "-x", "lock_timeout=30s",
                                           "upgrade", "head")
         holder.rollback()

@@ -22,6 +22,7 @@ from reserve.capacity.confirm import confirm_hold
 from reserve.cli import main
 from reserve.operations import monitor
 from reserve.schema.guards import NEW_GUARD
+from tests import swapping
 from tests.ops_support import with_aged_evidence
 from tests.support import ROOT, Database, Venue, slot
 
@@ -159,6 +160,32 @@ def test_metrics_scraped_over_http_parse_and_hold_the_readings(exporter):
     assert (("outcome", "hit"),) in metrics["reserve_confirm_duration_seconds_count"]
 
 
+def test_the_open_window_is_exported_with_its_age_and_an_instant_rollback(exporter):
+    metrics = _scrape(exporter.url)
+    assert metrics["reserve_swap_window_open"][()] == 1  # head_db: upgraded online, its window open
+    assert metrics["reserve_swap_rollback_instant"][()] == 1 and metrics["reserve_swap_conflicts"][()] == 0
+    assert 0 <= metrics["reserve_swap_window_age_seconds"][()] < 86400
+
+
+def test_a_conflict_makes_the_rollback_not_instant_and_a_closed_window_has_no_age(head_db: Database):
+    a, b = swapping.two_venues(head_db)
+    with head_db.connect() as conn:
+        swapping.insert(conn, a.id, a.tables[0], slot(3))
+        swapping.insert(conn, b.id, a.tables[0], slot(3))  # legal now, not under the previous table's guard
+        conn.commit()
+    running = monitor.start_exporter(head_db.url, 0, min_interval=0, probe_runs=1)
+    try:
+        metrics = _scrape(running.url)
+        assert metrics["reserve_swap_rollback_instant"][()] == 0 and metrics["reserve_swap_conflicts"][()] == 1
+        assert "not instant (1 conflict(s)" in run(head_db, "--once", "--probe-runs", "1").output
+        head_db.close_window()
+        metrics = _scrape(running.url)
+    finally:
+        running.stop()
+    assert metrics["reserve_swap_window_open"][()] == 0 and metrics["reserve_swap_rollback_instant"][()] == 0
+    assert "reserve_swap_window_age_seconds" not in metrics
+
+
 def test_readings_are_reused_within_min_interval(busy: Database):
     running = monitor.start_exporter(busy.url, 0, min_interval=3600, probe_runs=2)
     try:
@@ -233,7 +260,7 @@ def test_promtool_checks_the_alert_rules():
     assert PROMTOOL, "promtool is required in CI: install the Debian package prometheus (make test does)"
     result = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 @needs_promtool
@@ -249,10 +276,11 @@ def _referenced(exprs: list[str]) -> set[str]:
 
 def test_alert_rules_cover_the_four_required_alerts_and_reference_only_exposed_metrics(exporter):
     text = RULES.read_text()
-    for alert in ("AllocationsOverlap", "OverlapGuardMissing", "ConfirmErrorRateHigh", "OverlapProbeSlow"):
+    for alert in ("AllocationsOverlap", "OverlapGuardMissing", "ConfirmErrorRateHigh", "OverlapProbeSlow",
+                  "SwapWindowOpenTooLong", "SwapRollbackNotInstant"):
         assert f"alert: {alert}" in text
     exprs = re.findall(r"expr: (.*(?:\n {10,}.*)*)", text)
-    assert len(exprs) == 6
+    assert len(exprs) == 8
     assert _referenced(exprs) - _exposed_names(exporter.url) == set()
 
 
@@ -277,5 +305,5 @@ def test_every_alert_has_a_runbook_section_in_the_operations_guide():
     anchors = {re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
                for heading in re.findall(r"^#+ (.+)$", guide, re.M)}
     runbooks = re.findall(r"runbook: docs/OPERATIONS\.md#(\S+)", RULES.read_text())
-    assert len(runbooks) == 6
+    assert len(runbooks) == 8
     assert set(runbooks) - anchors == set()

@@ -8,6 +8,8 @@ import json
 from click.testing import CliRunner
 
 from reserve.cli import main
+from reserve.operations import swap_window
+from reserve.rollout.lockwatch import reported_holds
 from reserve.rollout.verify import verify
 from reserve.schema import catalog, expectations
 from reserve.schema.swap import state as swap_state
@@ -103,20 +105,41 @@ def test_abort_after_the_exchange_is_refused(head_db: Database):
     assert result.exit_code == 1 and "reserve swap finish" in checks(result)["abort"]["detail"]
 
 
-def test_finish_interrupted_while_it_waits_leaves_the_window_whole_and_a_rerun_closes_it(head_db: Database):
-    """finish drops the mirror and the previous table in one transaction: terminated while it waits for its locks
-    (a report holds bookings), nothing has changed; the window is still in step and the rollback still instant."""
-    with faults.holding_lock(head_db.url, "bookings", "ACCESS SHARE"), head_db.connect(autocommit=True) as dba:
-        env = {"DATABASE_URL": head_db.url.render_as_string(hide_password=False)}
+def _finish_terminated_while_it_waits(db_: Database, table: str) -> None:
+    with faults.holding_lock(db_.url, table, "ACCESS SHARE"), db_.connect(autocommit=True) as dba:
+        env = {"DATABASE_URL": db_.url.render_as_string(hide_password=False)}
         runner = swapping.InThread(lambda: CliRunner().invoke(main, ["swap", "finish", "--json"], env=env))
         swapping.wait_until(lambda: any(b.wait_event_type == "Lock" for b in _reserve_backends(dba)),
-                            "finish to wait for its locks")
+                            f"finish to wait for its lock on {table}")
         assert faults.terminate(dba, _reserve_backends(dba)[0].pid)
-        result = runner.result()
-    assert result.exit_code != 0
+        assert runner.result().exit_code != 0
+
+
+def test_finish_interrupted_before_the_mirror_is_detached_leaves_the_window_whole(head_db: Database):
+    """finish first detaches the mirror, under a short lock on allocations: terminated while it waits for it
+    (a report reads allocations), nothing has changed; the window is in step and the rollback still instant."""
+    _finish_terminated_while_it_waits(head_db, "allocations")
     with head_db.connect() as conn:
         assert faults.boundary(conn).window_open
         assert expectations.differences(REVISIONS[-1], catalog.snapshot(conn)) == []
+    assert swap(head_db, "finish").exit_code == 0
+    with head_db.connect() as conn:
+        assert swap_state.read(conn) is None
+
+
+def test_finish_interrupted_after_the_mirror_is_detached_is_named_by_verify_and_a_rerun_drops_it(head_db: Database):
+    """The previous table is emptied before it is dropped, so that the drop holds bookings and restaurants for
+    catalog work only: terminated while that drop waits (a report reads bookings), the previous table is retired,
+    empty and out of step; verify names it, the rollback is a rebuild, and a rerun of finish drops it."""
+    _finish_terminated_while_it_waits(head_db, "bookings")
+    with head_db.connect() as conn:
+        found = swap_state.read(conn)
+        assert found is not None and found.phase == swap_state.RETIRED
+        assert conn.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == 0
+        assert expectations.differences(REVISIONS[-1], catalog.snapshot(conn)) == []
+    retired = next(c for c in verify(head_db.url).checks if c.name == "retired table")
+    assert retired.status == "warn" and "interrupted `reserve swap finish`" in retired.detail
+    assert json.loads(swap(head_db, "status").output)["facts"]["instant_rollback"] is False
     assert swap(head_db, "finish").exit_code == 0
     with head_db.connect() as conn:
         assert swap_state.read(conn) is None
@@ -127,3 +150,13 @@ def _reserve_backends(dba) -> list:
                        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'reserve' "
                        "AND state = 'active' AND query LIKE 'LOCK TABLE%%'").fetchall()
     return [faults.Backend(*row) for row in rows]
+
+
+def test_finish_holds_allocations_only_to_detach_the_mirror_and_drops_the_previous_table_emptied(head_db: Database):
+    """Dropping a table holds its locks while its files go: finish empties the previous table first (under its own
+    lock), so that neither allocations nor bookings wait for that."""
+    with reported_holds() as reported:
+        assert [c.status for c in swap_window.finish(head_db.url).checks] == ["ok"]
+    steps = [(step, tables) for step, _, tables in reported.holds]
+    assert steps == [("detaching the mirror", "public.allocations"),
+                     ("dropping the machinery", "public.bookings, public.restaurants")], steps

@@ -44,7 +44,7 @@ def test_rehearsal_writes_the_whole_evidence_bundle(bundle):
     assert [hold["step"] for hold in reported] == ["exchange"], reported
     assert 0 < summary["lock_hold_s"]["upgrade 0004_allocations_no_overlap"] < 1.0
     assert {hold["step"] for hold in steps["downgrade -1"]["reported_holds"]} == {
-        "exchange", "dropping the standby and the mirror"}  # inside the window: an exchange back
+        "exchange", "dropping the machinery"}  # inside the window: an exchange back
     assert "Swap method: online" in (result.out / "SUMMARY.md").read_text()
     locks_txt = (result.out / "locks.txt").read_text()
     assert "## rehearsal step: downgrade -1" in locks_txt and "+ ACCESS EXCLUSIVE on public.allocations" in locks_txt

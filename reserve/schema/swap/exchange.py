@@ -125,7 +125,7 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
                         "swapped_at = now()", (SWAPPED, direction, standby_guard_after))
         log.info("%s: exchanged %s and %s (catalog work: %.1f ms under the lock)", action, LIVE, STANDBY,
                  (time.perf_counter() - started) * 1000)
-    log_hold(action, "exchange", locked)
+    log_hold(action, "exchange", locked, f"{LIVE} and its dependents")
 
 
 def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, *, action: str, open_window: bool,
@@ -176,8 +176,9 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
 
 
 def retire(session: Session, *, action: str) -> str:
-    """After a downgrade: drop the table that left, if one short lock attempt allows it; else empty it and leave
-    it to `reserve swap finish` (or the next revision run).
+    """After a downgrade: the table that left is emptied (under its own lock only, so that its files go while
+    nobody waits), then dropped with the machinery if one short lock attempt allows it; else it is left to
+    `reserve swap finish` (or the next revision run).
 
     Dropping it removes its foreign keys, which takes ACCESS EXCLUSIVE on bookings and restaurants for an
     instant: behind any long report on bookings that waits, and every booking read queues behind the wait. The
@@ -188,40 +189,60 @@ def retire(session: Session, *, action: str) -> str:
         session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
     once = LockPolicy.from_x_options()
     try:
-        close(session, action=action, policy=LockPolicy(once.lock_timeout, attempts=1, pause_s=0))
+        drop_retired(session, action=action, policy=LockPolicy(once.lock_timeout, attempts=1, pause_s=0))
     except LockGiveUp as exc:
-        with session.transaction():
-            take(session, {STANDBY: AE}, action=f"{action}: emptying the table that left",
-                 restore_lock_timeout=session_setting("lock_timeout"))
-            session.execute(f"TRUNCATE {STANDBY}, {PENDING}")
-        log.warning("%s: the table that left is emptied but not dropped yet (%s); `reserve swap finish` drops it",
-                    action, exc)
-        return (f"{action}: exchanged; the table that left is emptied in {STANDBY}, to be dropped by "
+        emptied = "emptied" if exists_empty(session) else "not emptied yet (something held it)"
+        log.warning("%s: the table that left is %s, not dropped (%s); `reserve swap finish` drops it", action,
+                    emptied, exc)
+        return (f"{action}: exchanged; the table that left is {emptied} in {STANDBY}, to be dropped by "
                 "`reserve swap finish` when nothing holds bookings or restaurants for a moment")
     return f"{action}: exchanged; the table that left and the swap's machinery are dropped"
+
+
+def exists_empty(session: Session) -> bool:
+    return session.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {STANDBY})").fetchone()[0]
+
+
+def detach(session: Session, *, action: str) -> None:
+    """Closing a window, first step: the mirror off the live table and the state retired, under a bounded
+    ACCESS EXCLUSIVE on allocations for catalog work only. From here the previous table is out of step (the
+    rollback is a rebuild) and nothing public touches it."""
+    with session.transaction():
+        take(session, {LIVE: AE, STANDBY: AE, PENDING: AE}, action=f"{action}: detaching the mirror",
+             restore_lock_timeout=session_setting("lock_timeout"))
+        locked = time.perf_counter()
+        for statement in mirror.remove(LIVE):
+            session.execute(statement)
+        session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
+    log_hold(action, "detaching the mirror", locked, LIVE)
+
+
+def drop_retired(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
+    """A retired table (no mirror: nothing public writes to it) is emptied first, under its own lock, so that
+    the drop that follows holds bookings and restaurants for catalog work only, not while its files go."""
+    with session.transaction():
+        take(session, {STANDBY: AE, PENDING: AE}, action=f"{action}: emptying the table that left", policy=policy,
+             restore_lock_timeout=session_setting("lock_timeout"))
+        session.execute(f"TRUNCATE {STANDBY}, {PENDING}")
+    close(session, action=action, policy=policy)
 
 
 def close(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
     """Drop the mirror from the live table and the whole machinery (the standby with it), in one transaction
     with bounded lock attempts: interrupted, or given up (LockGiveUp), it has changed nothing, so a window is
-    never left open without its mirror."""
+    never left open without its mirror. Cheap under its locks only when the standby is empty or small
+    (drop_retired empties it first; an abort drops what the backfill copied so far)."""
+    mirrored = mirror.installed_on(session, LIVE)
     with session.transaction():
-        wanted = {**({LIVE: AE} if mirror.installed_on(session, LIVE) else {}), **DROP_LOCKS}
+        wanted = {**({LIVE: AE} if mirrored else {}), **DROP_LOCKS}
         take(session, wanted, action=f"{action}: dropping the standby and the mirror", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         for statement in mirror.remove(LIVE):
             session.execute(statement)
         session.execute("DROP SCHEMA reserve_swap CASCADE")
-    log_hold(action, "dropping the standby and the mirror", locked)
-
-
-def log_hold(action: str, step: str, locked: float) -> None:
-    """How long the step held ACCESS EXCLUSIVE, from the moment the lock was granted to the commit, seen from the
-    client (so an upper bound); carried on the record as ``ae_hold_s`` for the benchmark and the rehearsal."""
-    held = time.perf_counter() - locked
-    log.info("%s: %s held ACCESS EXCLUSIVE on %s for %.1f ms (lock granted to commit)", action, step, LIVE,
-             held * 1000, extra={"ae_hold_s": held, "ae_step": step})
+    log_hold(action, "dropping the machinery", locked,
+             ", ".join([LIVE] * mirrored + ["public.bookings", "public.restaurants"]))
 
 
 def finish(session: Session, *, action: str = "reserve swap finish") -> str:
@@ -230,12 +251,13 @@ def finish(session: Session, *, action: str = "reserve swap finish") -> str:
     if found is None:
         raise CommandError(f"{action}: no swap window is open: nothing to finish")
     if found.phase == RETIRED:
-        close(session, action=action)
-        return f"{action}: the table the rollback replaced ({STANDBY}) is dropped, with the swap's machinery"
+        drop_retired(session, action=action)
+        return f"{action}: the table left in {STANDBY} is dropped, with the swap's machinery"
     if found.phase != WINDOW:
         raise CommandError(f"{action}: the online {found.direction} is still in flight (phase: {found.phase}); "
                            "finish it first, or `reserve swap abort` before its exchange")
-    close(session, action=action)
+    detach(session, action=action)
+    drop_retired(session, action=action)
     return f"{action}: the window is closed; {STANDBY} and the mirror are dropped"
 
 
@@ -250,3 +272,12 @@ def abort(session: Session, *, action: str = "reserve swap abort") -> str:
                               else "finish it with the same alembic command"))
     close(session, action=action)
     return f"{action}: the online {found.direction} is dropped; {LIVE} is as it was"
+
+
+def log_hold(action: str, step: str, locked: float, tables: str = LIVE) -> None:
+    """How long the step held ACCESS EXCLUSIVE on ``tables``, from the moment the lock was granted to the commit,
+    seen from the client (so an upper bound); carried on the record as ``ae_hold_s`` (with ``ae_tables``) for the
+    benchmark and the rehearsal."""
+    held = time.perf_counter() - locked
+    log.info("%s: %s held ACCESS EXCLUSIVE on %s for %.1f ms (lock granted to commit)", action, step, tables,
+             held * 1000, extra={"ae_hold_s": held, "ae_step": step, "ae_tables": tables})

@@ -6,10 +6,11 @@ so that an interrupted run is resumed by the same command:
 1. **build**: the standby (reserve.schema.swap.standby) with the target guard
    from the start, and the mirror (reserve.schema.swap.mirror) on the live
    table; a short bounded lock (SHARE ROW EXCLUSIVE) for its triggers;
-2. **backfill**: rows copied in id order, a batch per transaction, each batch
-   locking its source rows (FOR UPDATE) so that a concurrent delete or update
-   can never be overwritten by an older copy; then the standby's foreign keys
-   (NOT VALID, then validated) and ANALYZE;
+2. **backfill**: rows copied in physical order, a range of pages per
+   transaction, each batch locking its source rows (FOR UPDATE) so that a
+   concurrent delete or update can never be overwritten by an older copy
+   (rows written after the backfill began are the mirror's); then the
+   standby's foreign keys (NOT VALID, then validated) and ANALYZE;
 3. **exchange** (reserve.schema.swap.exchange): under the bounded ACCESS
    EXCLUSIVE lock, the two tables trade schemas and every dependent is
    re-pointed: renames and catalog updates only, whatever the row count;
@@ -49,17 +50,24 @@ SRE = "SHARE ROW EXCLUSIVE"
 # The mirror's triggers go on the live table: SHARE ROW EXCLUSIVE, briefly, to build. (The standby's foreign
 # keys, which put their triggers on the tables they reference, come after the backfill.)
 BUILD_LOCKS = {LIVE: SRE}
-_FIRST_BATCH = "SELECT * FROM public.allocations ORDER BY id LIMIT %(n)s FOR UPDATE"
-_NEXT_BATCH = "SELECT * FROM public.allocations WHERE id > %(after)s::uuid ORDER BY id LIMIT %(n)s FOR UPDATE"
+# A batch: a range of the live table's pages (a TID range scan), its rows locked. In physical order, so that
+# the standby's heap keeps the live one's order (rows loaded by restaurant and time stay together: the guard's
+# index is filled with neighbours, and later scans and builds keep their locality).
+_BATCH = ("SELECT * FROM public.allocations WHERE ctid >= format('(%%s,0)', %(first)s::bigint)::tid "
+          "AND ctid < format('(%%s,0)', %(end)s::bigint)::tid FOR UPDATE")
 # A row already in the standby was copied there by the mirror, from a commit before this batch's snapshot (a
 # later one waits for the batch's row lock): skipped. A rare race with a commit between the snapshot and the
 # row lock is a unique violation, and the batch is copied again row by row.
-_COPY = """
-WITH batch AS ({batch}),
+_COPY = f"""
+WITH batch AS ({_BATCH}),
      copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch b
                 WHERE NOT EXISTS (SELECT 1 FROM reserve_swap.allocations s WHERE s.id = b.id) RETURNING 1)
-SELECT (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1), (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
 """
+# The pages to copy, and which file they are in: rows the live table gets after this are the mirror's; a
+# rewrite (VACUUM FULL, CLUSTER) moves every row, and the backfill starts again from the first page.
+_SOURCE = ("SELECT pg_relation_size(%(t)s::regclass) / current_setting('block_size')::int, "
+           "pg_relation_filenode(%(t)s::regclass)")
 
 
 def target_guard(direction: str, new_guard: guards.Guard) -> guards.Guard:
@@ -71,7 +79,7 @@ def run(session: Session, direction: str, new_guard: guards.Guard, *, action: st
     options = SwapOptions.from_x_options()
     found = read(session)
     if found is not None and found.phase == RETIRED:  # an earlier rollback's table, left to drop: drop it first
-        exchange.close(session, action=f"{action}: dropping the table an earlier rollback replaced")
+        exchange.drop_retired(session, action=f"{action}: dropping the table an earlier run left")
         found = None
     if found is not None and found.direction == direction:
         return _resume(session, found, new_guard, options, action)
@@ -135,21 +143,24 @@ def build(session: Session, direction: str, new_guard: guards.Guard, *, action: 
 
 
 def backfill(session: Session, found: SwapState, options: SwapOptions, *, action: str) -> None:
-    """Copy every row, in id order, a batch per transaction, resuming after the last batch committed."""
+    """Copy every row, in physical order, a range of pages per transaction, resuming after the last batch
+    committed (or from the first page, if the live table has been rewritten since)."""
     copied_total, batches = found.rows_copied, 0
-    (total,) = session.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
+    pages = batch_pages(session, options.batch_rows)
     started = time.monotonic()
-    if found.backfill_after is not None:
+    if found.backfill_end_page is not None:
         log.info("%s: resuming the backfill after %d rows (copied by an earlier run)", action, copied_total)
     while True:
-        selected, copied = copy_next_batch(session, found.standby_guard, options.batch_rows, action=action)
+        selected, copied, more = copy_next_batch(session, found.standby_guard, pages, action=action)
         batches += 1
-        if not selected:
-            break
         copied_total += copied
+        if not more:
+            break
         if batches % 20 == 0:
-            log.info("%s: backfill %d rows copied (of about %d) in %.0fs", action, copied_total, max(total, 0),
-                     time.monotonic() - started)
+            (next_page, end_page) = session.execute(
+                "SELECT backfill_next_page, backfill_end_page FROM reserve_swap.state").fetchone()
+            log.info("%s: backfill %d rows copied, page %d of %d, in %.0fs", action, copied_total, next_page,
+                     end_page, time.monotonic() - started)
         if options.batch_pause_s:
             time.sleep(options.batch_pause_s)
     add_foreign_keys(session, action=action)
@@ -158,6 +169,14 @@ def backfill(session: Session, found: SwapState, options: SwapOptions, *, action
         session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
     log.info("%s: backfill done, %d rows copied in %.1fs; foreign keys validated; standby analyzed", action,
              copied_total, time.monotonic() - started)
+
+
+def batch_pages(session: Session, rows: int) -> int:
+    """Pages per batch for about ``rows`` rows, from the planner's estimate of rows per page."""
+    relpages, reltuples = session.execute("SELECT relpages, reltuples FROM pg_class WHERE oid = %s::regclass",
+                                          (LIVE,)).fetchone()
+    per_page = reltuples / relpages if relpages > 0 and reltuples > 0 else 50.0
+    return max(1, round(rows / per_page))
 
 
 def add_foreign_keys(session: Session, *, action: str) -> None:
@@ -185,33 +204,24 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
                 session.execute(f'ALTER TABLE {STANDBY} VALIDATE CONSTRAINT "{name}"')
 
 
-def copy_next_batch(session: Session, guard_name: str, rows: int, *, action: str) -> tuple[int, int]:
-    """The batch after the last one committed (the state row records where that ended): (rows selected, rows
-    copied). Zero selected: the backfill has reached the end of the table."""
-    (after,) = session.execute("SELECT backfill_after::text FROM reserve_swap.state").fetchone()
-    _, selected, copied = _copy_batch(session, guard_name, after, rows, action=action)
-    return selected, copied
-
-
-def _copy_batch(session: Session, guard_name: str, after: str | None, rows: int, *, action: str
-                ) -> tuple[str | None, int, int]:
-    """One batch: (its last id, rows selected, rows copied). A row the standby's guard refuses is recorded as a
-    conflict (the batch is copied row by row); a row lock held too long is waited for again, bounded."""
+def copy_next_batch(session: Session, guard_name: str, pages: int, *, action: str) -> tuple[int, int, bool]:
+    """The ``pages`` pages after the last batch committed (the state row records where that ended): (rows
+    selected, rows copied, whether pages remain)."""
     policy = LockPolicy.from_x_options()
-    query = _COPY.format(batch=_NEXT_BATCH if after else _FIRST_BATCH)
     for attempt in range(1, policy.attempts + 1):
         try:
             with session.transaction():
+                first, end = _next_pages(session, pages, action)
+                if first >= end:
+                    return 0, 0, False
                 session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
-                last, selected, copied = session.execute(query, {"after": after, "n": rows}).fetchone()
-                if selected:
-                    session.execute("UPDATE reserve_swap.state SET backfill_after = %s, rows_copied = rows_copied + %s",
-                                    (last, copied))
-                return last, selected, copied
+                selected, copied = session.execute(_COPY, {"first": first, "end": min(first + pages, end)}).fetchone()
+                _advance(session, min(first + pages, end), copied)
+                return selected, copied, first + pages < end
         except Exception as exc:  # noqa: BLE001 (sorted out by SQLSTATE just below)
             state = _sqlstate(exc)
             if state and state.startswith("23"):
-                return _copy_rows_one_by_one(session, guard_name, after, rows)
+                return _copy_rows_one_by_one(session, guard_name, pages, action)
             if state != "55P03" or attempt == policy.attempts:
                 raise
             log.warning("%s: a backfill batch waited longer than lock_timeout for a row lock (attempt %d/%d)",
@@ -220,11 +230,36 @@ def _copy_batch(session: Session, guard_name: str, after: str | None, rows: int,
     raise AssertionError("unreachable")
 
 
-def _copy_rows_one_by_one(session: Session, guard_name: str, after: str | None, rows: int) -> tuple[str | None, int, int]:
+def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
+    """(first page of the next batch, the page where the backfill ends); recorded at the first batch, and again
+    from the first page when the live table's file has changed (a rewrite moved every row)."""
+    next_page, end_page, filenode = session.execute(
+        "SELECT backfill_next_page, backfill_end_page, source_filenode FROM reserve_swap.state FOR UPDATE").fetchone()
+    size, current = session.execute(_SOURCE, {"t": LIVE}).fetchone()
+    if end_page is not None and filenode == current:
+        return next_page, end_page
+    if end_page is not None:
+        log.warning("%s: public.allocations was rewritten during the backfill: copying again from its first page "
+                    "(rows already in the standby are skipped)", action)
+    session.execute("UPDATE reserve_swap.state SET backfill_next_page = 0, backfill_end_page = %s, "
+                    "source_filenode = %s", (size, current))
+    return 0, size
+
+
+def _advance(session: Session, next_page: int, copied: int) -> None:
+    session.execute("UPDATE reserve_swap.state SET backfill_next_page = %s, rows_copied = rows_copied + %s",
+                    (next_page, copied))
+
+
+def _copy_rows_one_by_one(session: Session, guard_name: str, pages: int, action: str) -> tuple[int, int, bool]:
+    """The batch again, a row at a time: a row the standby's guard refuses is recorded as a conflict; one the
+    mirror copied meanwhile is skipped."""
     with session.transaction():
+        first, end = _next_pages(session, pages, action)
+        last = min(first + pages, end)
         session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
-        batch = (_NEXT_BATCH if after else _FIRST_BATCH).replace("SELECT *", "SELECT id::text", 1)
-        ids = [row[0] for row in session.execute(batch, {"after": after, "n": rows}).fetchall()]
+        ids = [row[0] for row in session.execute(_BATCH.replace("SELECT *", "SELECT id::text", 1),
+                                                 {"first": first, "end": last}).fetchall()]
         copied = 0
         for allocation in ids:
             try:
@@ -234,10 +269,8 @@ def _copy_rows_one_by_one(session: Session, guard_name: str, after: str | None, 
                 copied += 1
             except Exception as exc:  # noqa: BLE001 (recorded, the swap refuses until it is resolved)
                 exchange.record_conflict(session, allocation, exc)
-        if ids:
-            session.execute("UPDATE reserve_swap.state SET backfill_after = %s, rows_copied = rows_copied + %s",
-                            (ids[-1], copied))
-        return (ids[-1] if ids else None), len(ids), copied
+        _advance(session, last, copied)
+        return len(ids), copied, last < end
 
 
 def _sqlstate(exc: BaseException) -> str | None:

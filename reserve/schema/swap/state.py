@@ -35,7 +35,7 @@ class SwapState:
     direction: str  # what the exchange does: 'upgrade' or 'downgrade'
     standby_guard: str
     phase: str
-    backfill_after: str | None
+    backfill_end_page: int | None  # None: the backfill has not started
     rows_copied: int
     started_at: datetime
     backfilled_at: datetime | None
@@ -59,7 +59,7 @@ def read(session: Any) -> SwapState | None:
     if not exists(session):
         return None
     row = session.execute(
-        "SELECT direction, standby_guard, phase, backfill_after::text, rows_copied, started_at, backfilled_at, "
+        "SELECT direction, standby_guard, phase, backfill_end_page, rows_copied, started_at, backfilled_at, "
         "swapped_at, window_opened_at, retired_at, (SELECT count(*) FROM reserve_swap.conflicts) FROM reserve_swap.state"
     ).fetchone()
     return SwapState(*row) if row else None

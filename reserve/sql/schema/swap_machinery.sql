@@ -18,7 +18,11 @@ CREATE TABLE reserve_swap.state (
   -- ACCESS EXCLUSIVE on bookings and restaurants).
   phase text NOT NULL CONSTRAINT state_phase_check
     CHECK (phase IN ('building', 'backfilled', 'swapped', 'window', 'retired')),
-  backfill_after uuid,
+  -- The backfill copies pages [0, backfill_end_page) of allocations' file source_filenode, in batches;
+  -- backfill_next_page is where the next batch starts (NULL end page: not started).
+  backfill_next_page bigint NOT NULL DEFAULT 0,
+  backfill_end_page bigint,
+  source_filenode oid,
   rows_copied bigint NOT NULL DEFAULT 0,
   started_at timestamptz NOT NULL DEFAULT now(),
   backfilled_at timestamptz,
