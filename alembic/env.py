@@ -49,6 +49,17 @@ VERSIONS = Path(__file__).resolve().parent / "versions"
 session_setting = options.session_setting
 
 
+# What an offline script is, said where the DBA reads it: a script cannot wait for a backfill between its
+# statements, so 0004 is the locked swap here (the online one needs a live connection).
+OFFLINE_HEADER = (
+    "reserve-migrations offline script: apply with psql -v ON_ERROR_STOP=1 -f <file>.",
+    "0004_allocations_no_overlap in this script is the LOCKED swap (-x swap_method=locked): ACCESS EXCLUSIVE on",
+    "allocations while PostgreSQL builds and checks the guard (README, \"Honest lock times\"). The default online",
+    "swap (milliseconds under the lock) copies the table in batches that commit one by one: it needs",
+    "`alembic upgrade head` on a live connection.",
+)
+
+
 def run_migrations_offline() -> None:
     """Write the SQL script for a DBA to review and apply with psql."""
     options.check_x_options(offline=True)
@@ -58,6 +69,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         transaction_per_migration=True,
     )
+    context.get_context().impl.static_output("\n".join(f"-- {line}".rstrip() for line in OFFLINE_HEADER))
     with context.begin_transaction():
         context.execute(f"SET lock_timeout = '{session_setting('migration_lock_wait')}'")
         context.execute(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")

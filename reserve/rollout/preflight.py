@@ -19,11 +19,11 @@ from sqlalchemy.engine import URL
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import expectations, guards, locks, revisions, tenancy
+from reserve.schema.options import SWAP_METHODS
 
 SWAP_REVISION = "0004_allocations_no_overlap"
 REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
 REFERENCE_MAJOR = 15
-SWAP_METHODS = ("online", "locked")
 
 
 def is_production_looking(url: URL) -> bool:

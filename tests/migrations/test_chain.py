@@ -37,6 +37,7 @@ def test_upgrade_head_then_downgrade_base_leaves_the_catalog_as_it_was(empty_db:
 
 def test_offline_sql_applies_with_psql_and_gives_the_online_catalog(empty_db: Database, head_db: Database):
     script = alembic_runner.offline_sql("upgrade", "head")
+    assert "0004_allocations_no_overlap in this script is the LOCKED swap" in script.split("SET lock_timeout")[0]
     url = empty_db.url
     env = {**os.environ, "PGPASSWORD": url.password or ""}
     result = subprocess.run(
