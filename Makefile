@@ -21,14 +21,17 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# PostgreSQL server binaries and psql (Debian postgresql-15, contrib included), and promtool
-# (Debian prometheus) for the alert-rule tests.
+# PostgreSQL server binaries and psql (Debian postgresql-15, contrib included), its plpgsql_check
+# extension (make lint), and promtool (Debian prometheus) for the alert-rule tests.
+PG_EXTDIR ?= /usr/share/postgresql/$(PG_MAJOR)/extension
 postgres:
-	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing postgresql-$(PG_MAJOR) and prometheus (promtool) with apt"; \
+	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null || ! command -v promtool >/dev/null \
+	    || [ ! -f "$(PG_EXTDIR)/plpgsql_check.control" ]; then \
+	  echo "installing postgresql-$(PG_MAJOR), plpgsql_check and prometheus (promtool) with apt"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) util-linux prometheus; \
+	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) postgresql-$(PG_MAJOR)-plpgsql-check \
+	    util-linux prometheus; \
 	fi
 
 ## The whole test suite, on a throw-away PostgreSQL that it starts itself.
@@ -58,10 +61,12 @@ bench: venv postgres
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run --rows $(ROWS)
 
-## Ruff on the code; squawk on each revision's offline SQL, one file per step (silenced rules: tools/lint_sql.py).
-lint: venv
+## Ruff on the code; squawk on each revision's offline SQL, one file per step (silenced rules: tools/lint_sql.py);
+## plpgsql_check on every shipped function version, at each revision of the chain (tools/lint_plpgsql.py).
+lint: venv postgres
 	$(BIN)/ruff check reserve alembic tests bench tools
 	$(BIN)/python -m tools.lint_sql
+	$(BIN)/python -m tools.lint_plpgsql
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

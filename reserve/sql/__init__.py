@@ -21,3 +21,15 @@ def read(relative_path: str) -> str:
 def function_sql(name: str, version: str) -> str:
     """Return the SQL that installs ``version`` (e.g. ``"v12"``) of function ``name``."""
     return read(f"functions/{name}/{version}.sql")
+
+
+def function_names() -> list[str]:
+    """Every function this package ships a body for."""
+    return sorted(entry.name for entry in (_ROOT / "functions").iterdir() if entry.is_dir())
+
+
+def function_versions(name: str) -> list[str]:
+    """The released versions of function ``name``, oldest first (``v1``, ``v2``, ... ``v12``)."""
+    files = [entry.name.removesuffix(".sql") for entry in (_ROOT / "functions" / name).iterdir()
+             if entry.name.endswith(".sql")]
+    return sorted(files, key=lambda version: int(version.removeprefix("v")))
