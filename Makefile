@@ -22,15 +22,17 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 # PostgreSQL server binaries and psql (Debian postgresql-15, contrib included), its plpgsql_check
-# extension (make lint), and promtool (Debian prometheus) for the alert-rule tests.
+# (make lint) and pg_cron (retention --schedule) extensions, and promtool (Debian prometheus) for the
+# alert-rule tests.
 PG_EXTDIR ?= /usr/share/postgresql/$(PG_MAJOR)/extension
 postgres:
 	@if [ ! -x "$(PG_BINDIR)/initdb" ] || ! command -v psql >/dev/null || ! command -v promtool >/dev/null \
-	    || [ ! -f "$(PG_EXTDIR)/plpgsql_check.control" ]; then \
-	  echo "installing postgresql-$(PG_MAJOR), plpgsql_check and prometheus (promtool) with apt"; \
+		    || [ ! -f "$(PG_EXTDIR)/plpgsql_check.control" ] || [ ! -f "$(PG_EXTDIR)/pg_cron.control" ]; then \
+	  echo "installing postgresql-$(PG_MAJOR), plpgsql_check, pg_cron and prometheus (promtool) with apt"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
 	    postgresql-$(PG_MAJOR) postgresql-client-$(PG_MAJOR) postgresql-$(PG_MAJOR)-plpgsql-check \
+	    postgresql-$(PG_MAJOR)-cron \
 	    util-linux prometheus; \
 	fi
 

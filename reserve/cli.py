@@ -291,19 +291,36 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
 
 
 @main.command()
-@click.option("--older-than", required=True, metavar="DURATION",
-              help="Delete evidence older than this, a PostgreSQL interval: 30d, 12h, 2w, '1 day 12 hours' (at least 1d).")
+@click.option("--older-than", metavar="DURATION",
+              help="Delete evidence older than this, a PostgreSQL interval: 30d, 12h, 2w, '1 day 12 hours' (at least "
+                   "1d). Required to purge now; with --schedule, 30d unless given.")
 @click.option("--batch-size", default=1000, show_default=True, type=int, help="Rows per batch (one short transaction each).")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("--pause", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait between batches.")
+@click.option("--schedule", "cron_schedule", metavar="CRON",
+              help="Instead of purging now, create or update the pg_cron job reserve-retention: one batch per run.")
+@click.option("--unschedule", is_flag=True, help="Remove the pg_cron job reserve-retention.")
 @json_option
-def retention(older_than: str, batch_size: int, dry_run: bool, pause: float, as_json: bool) -> None:
-    """Delete booking_confirmation_results rows (and cache events) older than --older-than, in batches."""
+def retention(older_than: str | None, batch_size: int, dry_run: bool, pause: float, cron_schedule: str | None,
+              unschedule: bool, as_json: bool) -> None:
+    """Delete booking_confirmation_results rows (and cache events) older than --older-than, in batches; or
+    schedule that in the database with pg_cron."""
     from reserve.operations import retention as ret
+    from reserve.operations import retention_schedule
 
+    if cron_schedule is not None and unschedule:
+        _fail_usage("give --schedule or --unschedule, not both")
     url = _url()
-    _run(lambda: ret.purge(url, older_than, batch_size=batch_size, dry_run=dry_run, pause_s=pause), as_json)
+    if unschedule:
+        _run(lambda: retention_schedule.unschedule(url), as_json)
+    elif cron_schedule is not None:
+        _run(lambda: retention_schedule.schedule(url, cron_schedule, older_than or "30d", batch_size=batch_size),
+             as_json)
+    elif older_than is None:
+        _fail_usage("--older-than is required (or --schedule / --unschedule)")
+    else:
+        _run(lambda: ret.purge(url, older_than, batch_size=batch_size, dry_run=dry_run, pause_s=pause), as_json)
 
 
 @main.group()

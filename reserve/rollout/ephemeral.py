@@ -52,6 +52,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pg_cron_settings(database: str) -> dict[str, str]:
+    """Server settings that load pg_cron (Debian postgresql-15-cron) for jobs kept in ``database``; its jobs run
+    in background workers (no login over the network, no password needed)."""
+    return {"shared_preload_libraries": "pg_cron", "cron.database_name": database,
+            "cron.use_background_workers": "on", "max_worker_processes": "16"}
+
+
 @dataclass
 class EphemeralPostgres:
     """Start with ``start()`` (or ``with``), stop and delete everything with ``stop()``."""
