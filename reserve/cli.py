@@ -166,6 +166,20 @@ def adopt(as_json: bool) -> None:
     _run(lambda: run(url), as_json)
 
 
+@main.command("access")
+@json_option
+def access_matrix(as_json: bool) -> None:
+    """Who may do what in DATABASE_URL's public schema: privileges, RLS and the policies that apply, per role."""
+    from reserve.rollout import access
+
+    url = _url()
+    if as_json:
+        _run(lambda: access.report(url), as_json)
+        return
+    with _failures_reported(), db.connect(url, autocommit=True) as conn:
+        click.echo(access.as_text(access.matrix(conn)), nl=False)
+
+
 @main.command()
 @click.option("--rows", default=None, type=click.IntRange(min=1000), help="Allocations in the generated dataset.")
 @click.option("--out", "out_dir", default="artifacts", show_default=True,

@@ -154,6 +154,9 @@ def test_no_reserve_or_alembic_command_prints_logs_or_writes_the_password(deploy
         ("retention", "--older-than", "30d"): {0},
         ("analyze", "confirmations"): {0},
         ("analyze", "confirmations", "--json"): {0},
+        ("access",): {0},
+        ("access", "--json"): {0},
+        ("swap", "status", "--probe-writes", "0"): {0},
         ("rehearse", "--rows", "1000", "--use-database-url", "--out", "artifacts"): {0, 1},
     }
     for args, codes in expected.items():
@@ -193,7 +196,8 @@ def test_connection_errors_name_the_server_but_never_the_password(deployer: Depl
                 ("rehearse", "--rows", "1000", "--use-database-url", "--out", "artifacts")]
     if breakage == "closed port":  # every command once; they share db.connect, so the other breakages sample
         commands += [("verify",), ("adopt",), ("snapshot",), ("flags", "get"), ("flags", "set", "connected"),
-                     ("retention", "--older-than", "30d", "--dry-run"), ("analyze", "confirmations")]
+                     ("retention", "--older-than", "30d", "--dry-run"), ("analyze", "confirmations"), ("access",),
+                     ("swap", "status")]
     for args in commands:
         run = d.reserve(*args, url=url, timeout=120)
         assert run.returncode == 2, str(run)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import UsageError, table
-from reserve.rollout import alembic_runner, dataset, qa, snapshots
+from reserve.rollout import access, alembic_runner, dataset, qa, snapshots
 from reserve.rollout.lockwatch import LockWatch, reported_holds
 from reserve.rollout.preflight import preflight
 from reserve.rollout.scratch import scratch_database
@@ -38,8 +38,8 @@ from reserve.schema.guards import NEW_GUARD
 DEFAULT_ROWS = 100_000
 ARTIFACTS = (
     "pre-migration-state.txt", "post-migration-state.txt", "db-diff.txt", "migration-output.log",
-    "new-constraint.txt", "new-table.txt", "performance-test.txt", "tests.txt", "locks.txt", "summary.json",
-    "SUMMARY.md",
+    "new-constraint.txt", "new-table.txt", "performance-test.txt", "tests.txt", "locks.txt", "access-before.txt",
+    "access-after.txt", "access-diff.txt", "summary.json", "SUMMARY.md",
 )
 
 
@@ -257,6 +257,13 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             (out / "new-table.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
             return "new-constraint.txt, new-table.txt"
 
+        def write_access(filename: str) -> Callable[[], str]:
+            def action() -> str:
+                with connect() as conn:
+                    (out / filename).write_text(access.as_text(access.matrix(conn)), encoding="utf-8")
+                return filename
+            return action
+
         def diff_snapshots() -> str:
             before = (out / "pre-migration-state.txt").read_text(encoding="utf-8")
             after = (out / "post-migration-state.txt").read_text(encoding="utf-8")
@@ -279,6 +286,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             ("dataset", load_dataset, False),
             ("preflight", run_preflight, False),
             ("snapshot before", write_snapshot("pre-migration-state.txt"), False),
+            ("access before", write_access("access-before.txt"), False),
             *[(f"upgrade {rev}", migrate(f"upgrade {rev}", alembic_runner.upgrade, rev, rev), True)
               for rev in revisions.chain()[1:]],
             ("verify head", run_verify(head), False),
@@ -288,6 +296,8 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
             ("upgrade head again", migrate("upgrade head again", alembic_runner.upgrade, "head", head), True),
             ("snapshot after", write_snapshot("post-migration-state.txt"), False),
             ("diff", diff_snapshots, False),
+            ("access after", write_access("access-after.txt"), False),
+            ("access", lambda: check_access(out), False),
             ("new objects", describe_new_objects, False),
             ("integration checks", integration_checks, False),
         ]
@@ -303,6 +313,21 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "SUMMARY.md").write_text(_human_summary(result), encoding="utf-8")
     return result
+
+
+def check_access(out: Path) -> str:
+    """access-diff.txt from the two matrices; a no-go on any widened access not declared in
+    reserve.rollout.access.DECLARED."""
+    before = (out / "access-before.txt").read_text(encoding="utf-8")
+    after = (out / "access-after.txt").read_text(encoding="utf-8")
+    text = snapshots.diff(before, after, "access-before.txt", "access-after.txt")
+    (out / "access-diff.txt").write_text(text or "no differences\n", encoding="utf-8")
+    found = access.widened(before, after)
+    beyond = access.undeclared(found)
+    if beyond:
+        raise StepFailed(f"{len(beyond)} widened access(es) not declared in reserve/rollout/access.py DECLARED: "
+                         + "; ".join(map(str, beyond[:5])))
+    return f"{len(found)} widened access(es), each declared with its reason"
 
 
 def _trace_summary(trace: locktrace.LockTrace) -> dict[str, Any]:
