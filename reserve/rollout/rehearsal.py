@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import UsageError, table
-from reserve.rollout import access, alembic_runner, dataset, qa, snapshots
+from reserve.rollout import access, alembic_runner, dataset, qa, snapshots, timeline
 from reserve.rollout.lockwatch import LockWatch, reported_holds
 from reserve.rollout.preflight import preflight
 from reserve.rollout.scratch import scratch_database
@@ -61,6 +61,7 @@ class Step:
     # The holds the online swap timed itself (lock granted to commit): shorter than one poll, often.
     reported_holds: list[dict[str, Any]] | None = None
     lock_retries: int | None = None  # lock attempts that timed out and were retried (the soak counts them)
+    wal_bytes: int | None = None  # WAL the server wrote during the step (pg_current_wal_lsn before and after)
     # For a migration step: statements traced, the strongest lock per table, locks beyond the declaration.
     lock_trace: dict[str, Any] | None = None
 
@@ -159,6 +160,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                 log.info("step %s: start", name)
                 started = time.perf_counter()
                 lock = reported = None
+                wal_before = _wal_lsn(target)
                 try:
                     with ExitStack() as stack:
                         if watch_lock:
@@ -172,7 +174,7 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
                 except Exception as exc:  # every failure is reported with its step, never swallowed
                     detail, ok = db.scrub(f"{type(exc).__name__}: {exc}", target).splitlines()[0], False
                 seconds = time.perf_counter() - started
-                record = Step(name, ok, round(seconds, 3), detail,
+                record = Step(name, ok, round(seconds, 3), detail, wal_bytes=_wal_since(target, wal_before),
                               lock_hold_s=round(max(lock.longest_s, reported.longest_s), 4) if lock and reported
                               else None,
                               reported_holds=reported.as_list() if reported else None,
@@ -309,10 +311,29 @@ def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path 
         finally:
             (out / "locks.txt").write_text(_render_traces(traces), encoding="utf-8")
     facts["swap_method"] = swap_method
+    facts["timeline"] = timeline.plot([asdict(s) for s in result.steps], out / timeline.PLOT)
     result.summary = _summary(result, facts, rows)
     (out / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "SUMMARY.md").write_text(_human_summary(result), encoding="utf-8")
     return result
+
+
+def _wal_lsn(url: URL) -> str | None:
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    except (db.ConnectionFailed, psycopg.Error):
+        return None
+
+
+def _wal_since(url: URL, before: str | None) -> int | None:
+    if before is None:
+        return None
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (before,)).fetchone()[0])
+    except (db.ConnectionFailed, psycopg.Error):
+        return None
 
 
 def check_access(out: Path) -> str:
@@ -360,6 +381,8 @@ def _summary(result: Result, facts: dict[str, Any], rows: int) -> dict[str, Any]
         "lock_hold_s": locks,
         "lock_trace_statements": sum((s.lock_trace or {}).get("statements", 0) for s in result.steps),
         "swap_method": facts.get("swap_method"),
+        "timeline": timeline.PLOT if facts.get("timeline") is None else None,
+        "timeline_skipped": facts.get("timeline"),
         "predicted_lock_hold_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_lock_hold_s"),
         "predicted_background_s": (facts.get("preflight") or {}).get("facts", {}).get("predicted_background_s"),
         "probe_ms": facts.get("probe"),
@@ -374,14 +397,17 @@ def _human_summary(result: Result) -> str:
         "# Rehearsal of the capacity-overlap rollout", "",
         f"**Verdict: {s['verdict'].upper()}**" + (f" — failed step: `{s['failed_step']}`" if s["failed_step"] else ""),
         "", f"Generated {s['generated_at']} on a throw-away database with {s['rows'] or s['requested_rows']} rows.", "",
-        "| step | result | seconds | ACCESS EXCLUSIVE held (s) | detail |", "|---|---|---|---|---|",
+        "| step | result | seconds | ACCESS EXCLUSIVE held (s) | WAL (MB) | detail |", "|---|---|---|---|---|---|",
     ]
     for step in result.steps:
         lock = _held(step.lock_hold_s)
-        lines.append(f"| {step.name} | {'ok' if step.ok else 'FAIL'} | {step.seconds:.2f} | {lock} | {step.detail} |")
+        wal = "" if step.wal_bytes is None else f"{step.wal_bytes / 1e6:.1f}"
+        lines.append(f"| {step.name} | {'ok' if step.ok else 'FAIL'} | {step.seconds:.2f} | {lock} | {wal} | "
+                     f"{step.detail} |")
     lines += ["", f"Swap method: {s['swap_method']}. Predicted lock hold of the swap (preflight): "
               f"{s['predicted_lock_hold_s']} s" + (f", background {s['predicted_background_s']} s"
                                                   if s.get("predicted_background_s") is not None else "") + ".",
-              "Per-statement locks of every migration step: `locks.txt`.",
+              "Per-statement locks of every migration step: `locks.txt`.", "",
+              f"![timeline]({timeline.PLOT})" if s.get("timeline") else f"Timeline: {s.get('timeline_skipped')}.",
               "", "Files: " + ", ".join(f"`{a}`" for a in s["artifacts"]), ""]
     return "\n".join(lines)

@@ -81,3 +81,17 @@ def test_the_locked_fallback_is_rehearsed_on_request(pg_server, templates, tmp_p
     assert "background" not in steps["preflight"]["detail"]
     trace = (result.out / "locks.txt").read_text()
     assert "DROP CONSTRAINT allocations_resource_window_excl" in trace or "ADD CONSTRAINT allocations_no_overlap" in trace
+
+
+def test_the_summary_links_the_timeline_or_says_why_there_is_none(bundle):
+    result, _ = bundle
+    summary_md = (result.out / "SUMMARY.md").read_text()
+    steps = {step["name"]: step for step in result.summary["steps"]}
+    assert steps["upgrade 0004_allocations_no_overlap"]["wal_bytes"] > 0  # the standby's copy is written to WAL
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in summary_md and not (result.out / "timeline.png").exists()
+        return
+    assert "![timeline](timeline.png)" in summary_md
+    assert (result.out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
