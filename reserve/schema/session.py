@@ -106,12 +106,18 @@ class LockGiveUp(CommandError):
     """Every bounded attempt to take the locks timed out; nothing was changed."""
 
 
+# A lock attempt that timed out, or that PostgreSQL cancelled to break a deadlock (an application
+# transaction that holds one of the tables and waits for another): released whole, and tried again.
+RETRIED = ("55P03", "40P01")
+
+
 def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: LockPolicy | None = None,
          restore_lock_timeout: str | None = None) -> None:
     """Take ``wanted`` (table -> SQL mode) in the current transaction, all of them, with a bounded wait.
 
     Each attempt waits at most ``policy.lock_timeout`` for all of them; a
-    failed attempt is rolled back to a savepoint (releasing what it got, so no
+    failed attempt (a timeout, or a deadlock PostgreSQL broke by cancelling it)
+    is rolled back to a savepoint (releasing what it got, so no
     table stays locked while another is waited for), the sessions in the way
     are logged, and it is retried after a pause. When every attempt fails,
     LockGiveUp names them; the transaction is as it was. Tables that do not
@@ -134,11 +140,14 @@ def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: Lo
                 for mode, tables in groups:
                     session.execute(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE")
         except (DBAPIError, psycopg.Error) as exc:
-            if _sqlstate(exc) != "55P03":
+            state = _sqlstate(exc)
+            if state not in RETRIED:
                 raise
             in_the_way = locks.holders(session, present)
-            log.warning("locks on %s not granted within %s (attempt %d/%d): %s", names, policy.lock_timeout,
-                        attempt, policy.attempts, "; ".join(h.describe() for h in in_the_way) or "the holder has gone")
+            why = (f"not granted within {policy.lock_timeout}" if state == "55P03" else
+                   "given up to break a deadlock with a transaction locking them in another order")
+            log.warning("locks on %s %s (attempt %d/%d): %s", names, why, attempt, policy.attempts,
+                        "; ".join(h.describe() for h in in_the_way) or "the holder has gone")
             if attempt < policy.attempts:
                 time.sleep(policy.pause_s)
             continue

@@ -72,12 +72,14 @@ def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str],
         name=name, ok=returncode == 0, seconds=round(time.monotonic() - started, 3),
         detail="" if returncode == 0 else (lines[-1] if lines else f"exit {returncode}")[:300],
         lock_hold_s=round(max([watch.longest_s, *reported]), 4),
-        lock_retries=sum("not granted within" in line for line in lines),
+        lock_retries=sum(bool(_RETRIED.search(line)) for line in lines),
     )
 
 
 # The online swap times its own holds (lock granted to commit) and logs them: shorter than one poll, often.
 _REPORTED_HOLD = re.compile(r"held ACCESS EXCLUSIVE on (.+?) for ([\d.]+) ms")
+# A lock attempt given up (timed out, or cancelled to break a deadlock) and retried (reserve.schema.session.take).
+_RETRIED = re.compile(r"not granted within|given up to break a deadlock")
 
 
 def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float = 120) -> list[WorkerLog]:
