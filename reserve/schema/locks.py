@@ -87,15 +87,21 @@ class StepLocks:
     tables: Mapping[str, str]
 
     def groups(self) -> list[tuple[str, list[str]]]:
-        """(mode, tables) in the order they are taken: strongest mode first, tables by name within a mode."""
+        """(mode, tables) in the order they are taken: strongest mode first, tables by name within a mode, and
+        allocations last. A lock statement holds what it has while it waits for the next table: holding
+        allocations (which every booking reads and writes, before the tables that point at it) while waiting
+        for booking_table_assignments is a deadlock with every confirmation in between, broken only after
+        deadlock_timeout, with every booking queued behind it meanwhile."""
         order = list(MODES.values())
         by_mode: dict[str, list[str]] = {}
         for table, mode in self.tables.items():
             by_mode.setdefault(mode, []).append(table)
-        return [(mode, sorted(by_mode[mode])) for mode in sorted(by_mode, key=order.index, reverse=True)]
+        return [(mode, sorted(by_mode[mode], key=lambda t: (t == LAST, t)))
+                for mode in sorted(by_mode, key=order.index, reverse=True)]
 
 
 AE, SRE, SUE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"
+LAST = "public.allocations"  # taken after every other table of its mode (StepLocks.groups)
 BASELINE_TABLES = (
     "public.restaurants", "public.zones", "public.table_inventory", "public.table_adjacencies", "public.bookings",
     "public.booking_state_history", "public.allocations", "public.table_holds", "public.table_hold_members",

@@ -42,6 +42,16 @@ def test_declared_locks_are_taken_strongest_first_in_name_order():
     assert groups[1][1] == ["public.bookings", "public.restaurants"]
 
 
+def test_allocations_is_locked_after_the_tables_that_point_at_it_so_a_confirmation_cannot_deadlock_the_swap():
+    exchange = locks.StepLocks({"public.allocations": "ACCESS EXCLUSIVE",
+                                "public.booking_table_assignments": "ACCESS EXCLUSIVE",
+                                "public.booking_assignment_idempotency": "ACCESS EXCLUSIVE",
+                                "public.table_inventory": "ACCESS SHARE"}).groups()
+    assert exchange == [("ACCESS EXCLUSIVE", ["public.booking_assignment_idempotency",
+                                              "public.booking_table_assignments", "public.allocations"]),
+                        ("ACCESS SHARE", ["public.table_inventory"])]
+
+
 def test_holders_name_a_conflicting_session_by_pid_and_application_but_not_a_compatible_one(head_db: Database):
     with head_db.connect() as reader, head_db.connect(autocommit=True) as watcher:
         reader.execute("SET application_name = 'booking-pages'")
