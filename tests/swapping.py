@@ -62,6 +62,16 @@ def exchange_forward(conn: psycopg.Connection[Any]) -> None:
     exchange.forward(session(conn), found, NEW_GUARD, action=ACTION)
 
 
+def open_window(conn: psycopg.Connection[Any]) -> None:
+    """After an upgrade's exchange: validate the re-pointed keys and open the window (the mirror the other way)."""
+    exchange.settle(session(conn), swap_state.read(conn), action=ACTION)
+
+
+def exchange_back(conn: psycopg.Connection[Any]) -> None:
+    """`alembic downgrade -1` inside the window: the exchange back, then the machinery dropped."""
+    exchange.back(session(conn), swap_state.read(conn), NEW_GUARD, action=ACTION)
+
+
 def rows(conn: psycopg.Connection[Any], table: str) -> set[tuple[Any, ...]]:
     return set(conn.execute(f"SELECT {COLUMNS} FROM {table}").fetchall())
 

@@ -278,7 +278,7 @@ def test_statement_timeout_while_the_exchange_waits_keeps_the_copy(below_swap):
         code, output = faults.run_alembic(below_swap.url, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=2s",
                                           "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
-    assert "LOCK TABLE public.allocations" in output.split("statement timeout", 1)[1], output
+    assert "LOCK TABLE public.booking_assignment_idempotency" in output.split("statement timeout", 1)[1], output
     _resumes_without_copying_again(below_swap)
 
 
@@ -292,15 +292,17 @@ def _holds(dba: psycopg.Connection[Any], table: str) -> bool:
 
 def stop_the_exchange_at_the_queue(db_: Database, dba: psycopg.Connection[Any], first: psycopg.Connection[Any],
                                    gate: psycopg.Connection[Any]) -> Any:
-    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents, waiting
-    for the machinery's queue (the last table it locks, held by ``gate``); the Alembic process."""
+    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents, at the
+    end of its catalog work: ``gate`` holds the swap's state row, which the exchange updates last; the Alembic
+    process."""
     first.execute("LOCK TABLE allocations IN ACCESS SHARE MODE")
     proc = faults.start_alembic(db_.url, *WAIT_FOR_BLOCKER, "upgrade", "head")
-    wait_for_exchange_lock(dba, proc)  # the queue exists now: the build is done
-    gate.execute(f"LOCK TABLE {swap_state.PENDING} IN ACCESS SHARE MODE")
+    wait_for_exchange_lock(dba, proc)  # the build and the backfill are done
+    gate.execute(f"SELECT 1 FROM {swap_state.STATE} FOR UPDATE")
     first.rollback()
-    faults.wait_until(lambda: _holds(dba, "public.allocations") and lock_waiters(dba, swap_state.PENDING) > 0,
-                      "the exchange to hold allocations and wait for the queue", procs=[proc])
+    faults.wait_until(lambda: _holds(dba, "public.allocations") and any(
+        b.wait_event_type == "Lock" for b in faults.migration_backends(dba)),
+        "the exchange to hold allocations and wait for the state row", procs=[proc])
     return proc
 
 
@@ -327,7 +329,7 @@ def _stopped_in_validation(db_: Database, fault: str) -> tuple[int, str]:
         with queued_behind_the_exchange(db_.url, table, "SHARE") as granted:
             faults.wait_until(lambda: lock_waiters(dba, table) > 0, "a session to queue behind the exchange",
                               procs=[proc])
-            gate.rollback()  # the exchange takes the queue, does its catalog work and commits
+            gate.rollback()  # the exchange updates the state row and commits
             assert granted.wait(30)
             backend = faults.wait_for_backend(dba, query_contains="SHARE UPDATE EXCLUSIVE MODE", waiting_on_lock=True,
                                               proc=proc)

@@ -130,23 +130,24 @@ def test_the_online_rebuild_refuses_a_row_the_old_guard_cannot_take_listing_the_
 
 def test_an_exchange_cancelled_to_break_a_deadlock_is_tried_again_and_the_application_commits(head_db: Database,
                                                                                               caplog):
-    """The exchange locks allocations and the tables that point at it together; an application transaction that
-    holds one of them and then reaches for allocations is a deadlock. PostgreSQL cancels the exchange's lock
-    attempt (it waited first); the attempt is released whole and tried again once the application has committed."""
+    """The exchange locks the tables that point at allocations, then allocations; an application transaction that
+    writes allocations and then reaches for one of those tables closes a cycle. PostgreSQL cancels the exchange's
+    lock attempt (it waited first); the attempt is released whole and tried again once the application has
+    committed."""
     with head_db.connect() as app, head_db.connect(autocommit=True) as dba, head_db.connect(autocommit=True) as ops:
         app.execute("SET deadlock_timeout = '10s'")  # the exchange, waiting first, is the one that finds the cycle
-        app.execute("LOCK TABLE booking_table_assignments IN ROW EXCLUSIVE MODE")  # as an assignment write does
+        app.execute("LOCK TABLE allocations IN ROW EXCLUSIVE MODE")  # as an allocation write does
         wanted = {"public.allocations": "ACCESS EXCLUSIVE", "public.booking_table_assignments": "ACCESS EXCLUSIVE"}
 
         def exchange_lock() -> None:
             with ops.transaction():
                 take(swapping.session(ops), wanted, action="test exchange",
-                     policy=LockPolicy("5s", attempts=3, pause_s=0.2))
+                     policy=LockPolicy("20s", attempts=3, pause_s=0.2))
 
         locking = swapping.InThread(exchange_lock)
         swapping.wait_until(lambda: swapping.waiting_for_a_lock(dba, ops.info.backend_pid),
-                            "the exchange to hold allocations and wait for booking_table_assignments")
-        app.execute("SELECT count(*) FROM allocations")  # waits for the exchange: a deadlock, which PostgreSQL breaks
+                            "the exchange to hold booking_table_assignments and wait for allocations")
+        app.execute("SELECT count(*) FROM booking_table_assignments")  # a cycle, which PostgreSQL breaks
         app.commit()
         locking.result()
     assert "given up to break a deadlock" in caplog.text

@@ -1,12 +1,15 @@
 """The online swap under random writes: whatever sequence of inserts, updates, deletes and rolled-back work the
 application does while the backfill runs (some of it in transactions that stay open across a batch), the table
 that is live after the exchange holds exactly the rows the application committed, and the previous table
-(kept in step in the window) holds them too."""
+(kept in step in the window) holds them too; and whatever it writes inside the window, the exchange back leaves
+exactly what it committed."""
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -21,16 +24,21 @@ from tests.support import NOW, Database
 _databases = itertools.count(1)
 ROWS_AT_START = 30
 
-# One step of the application or of the backfill.
-operations = st.one_of(
+# One step of the application ...
+WRITES = (
     st.tuples(st.just("insert"), st.integers(0, 1), st.integers(0, 2), st.integers(0, 400)),
     st.tuples(st.just("update"), st.integers(0, 10_000), st.integers(0, 400)),
     st.tuples(st.just("delete"), st.integers(0, 10_000)),
     st.tuples(st.just("swap_windows"), st.integers(0, 10_000)),
     st.tuples(st.just("rolled_back_insert"), st.integers(0, 1), st.integers(0, 400)),
+)
+# ... or of the backfill.
+BATCHES = (
     st.tuples(st.just("batch"), st.integers(1, 3)),  # pages
     st.tuples(st.just("batch_while_open"), st.integers(0, 10_000), st.integers(0, 400), st.integers(1, 3)),
 )
+operations = st.one_of(*WRITES, *BATCHES)
+writes = st.one_of(*WRITES)
 
 
 def _window(slot: int) -> tuple[Any, Any]:
@@ -68,7 +76,8 @@ def _apply(app: psycopg.Connection[Any], backfill: psycopg.Connection[Any], venu
     elif kind == "delete":
         if (target := _pick(app, op[1])) is not None:
             app.execute("DELETE FROM allocations WHERE id = %s", (target,))
-    elif kind == "swap_windows":  # through a temporary overlap, repaired before commit (the old guard is deferred)
+    elif kind == "swap_windows":  # through a temporary overlap, repaired before commit
+        app.execute("SET CONSTRAINTS ALL DEFERRED")  # the old guard is deferred already; the new one may be
         first = _pick(app, op[1])
         partner = first and app.execute(
             "SELECT o.id, o.\"window\", a.\"window\" FROM allocations a JOIN allocations o ON o.resource_id = a.resource_id "
@@ -96,12 +105,12 @@ def _apply(app: psycopg.Connection[Any], backfill: psycopg.Connection[Any], venu
     app.commit()
 
 
-@settings(max_examples=20, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(steps=st.lists(operations, min_size=5, max_size=40))
-def test_after_the_exchange_the_live_table_is_exactly_what_the_application_committed(pg_server, templates, steps):
+@contextmanager
+def _database(pg_server: Any, templates: Any) -> Iterator[tuple[Database, Any]]:
+    """A database below the swap with two venues and ROWS_AT_START allocations, a few a page; dropped after."""
     name = f"reserve_swap_prop_{os.getpid()}_{next(_databases)}"
-    with db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True) as admin:
+    admin_url = pg_server.url(getattr(pg_server, "maintenance_db", "postgres"))
+    with db.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates["pre_swap"]}"')
     try:
         target = Database(name, pg_server.url(name))
@@ -111,17 +120,48 @@ def test_after_the_exchange_the_live_table_is_exactly_what_the_application_commi
             for n in range(ROWS_AT_START):
                 _insert(app, venues, n % 2, n % 3, n)
             app.commit()
-        with target.connect() as app, target.connect(autocommit=True) as backfill:
-            swapping.build(backfill)
-            for op in steps:
-                _apply(app, backfill, venues, op)
-            committed = swapping.rows(app, "public.allocations")
-            app.commit()
-            swapping.backfill_rest(backfill)
-            swapping.exchange_forward(backfill)
-            assert swapping.rows(backfill, "public.allocations") == committed
-            assert swapping.rows(backfill, "reserve_swap.allocations") == committed  # the window, in step
-            assert swapping.conflict_ids(backfill) == set()
+        yield target, venues
     finally:
-        with db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True) as admin:
+        with db.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+PROPERTY = settings(max_examples=20, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(steps=st.lists(operations, min_size=5, max_size=40))
+def test_after_the_exchange_the_live_table_is_exactly_what_the_application_committed(pg_server, templates, steps):
+    with _database(pg_server, templates) as (target, venues), target.connect() as app, \
+            target.connect(autocommit=True) as backfill:
+        swapping.build(backfill)
+        for op in steps:
+            _apply(app, backfill, venues, op)
+        committed = swapping.rows(app, "public.allocations")
+        app.commit()
+        swapping.backfill_rest(backfill)
+        swapping.exchange_forward(backfill)
+        assert swapping.rows(backfill, "public.allocations") == committed
+        assert swapping.rows(backfill, "reserve_swap.allocations") == committed  # the window, in step
+        assert swapping.conflict_ids(backfill) == set()
+
+
+@PROPERTY
+@given(steps=st.lists(writes, min_size=5, max_size=40))
+def test_writes_inside_the_window_are_all_there_after_the_exchange_back(pg_server, templates, steps):
+    """After the online upgrade, the application goes on writing; `downgrade -1` inside the window is the
+    exchange back: the live table is then exactly what the application committed, nothing lost or resurrected."""
+    with _database(pg_server, templates) as (target, venues), target.connect() as app, \
+            target.connect(autocommit=True) as ops:
+        swapping.build(ops)
+        swapping.backfill_rest(ops)
+        swapping.exchange_forward(ops)
+        swapping.open_window(ops)
+        for op in steps:
+            _apply(app, ops, venues, op)
+        committed = swapping.rows(app, "public.allocations")
+        app.commit()
+        swapping.exchange_back(ops)
+        assert swapping.rows(ops, "public.allocations") == committed
+        assert ops.execute("SELECT to_regclass('reserve_swap.state')").fetchone()[0] is None  # machinery gone
