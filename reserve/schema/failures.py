@@ -58,6 +58,12 @@ def database_error(exc: BaseException) -> psycopg.Error | None:
     return exc if isinstance(exc, psycopg.Error) else None
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the database error in ``exc``, or None."""
+    error = database_error(exc)
+    return error.sqlstate if error is not None else None
+
+
 def find_database_error(exc: BaseException) -> BaseException | None:
     """The database error behind ``exc``: itself, or the one it was raised while handling (SQLAlchemy raises a
     second error when it cannot finish a transaction on a connection the first one broke). A Ctrl-C in the

@@ -97,11 +97,6 @@ class PsycopgSession:
         return self.conn.info.backend_pid
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    error = failures.database_error(exc)
-    return getattr(error, "sqlstate", None)
-
-
 class LockGiveUp(CommandError):
     """Every bounded attempt to take the locks timed out; nothing was changed."""
 
@@ -140,7 +135,7 @@ def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: Lo
                 for mode, tables in groups:
                     session.execute(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE")
         except (DBAPIError, psycopg.Error) as exc:
-            state = _sqlstate(exc)
+            state = failures.sqlstate(exc)
             if state not in RETRIED:
                 raise
             in_the_way = locks.holders(session, present)

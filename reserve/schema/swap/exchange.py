@@ -22,7 +22,7 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import guards
+from reserve.schema import failures, guards
 from reserve.schema.options import LockPolicy, session_setting
 from reserve.schema.session import LockGiveUp, Session, take
 from reserve.schema.swap import dependents, mirror
@@ -48,14 +48,12 @@ DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "pub
 
 
 def record_conflict(session: Session, allocation: str, exc: BaseException) -> None:
-    from reserve.schema import failures
-
     error = failures.database_error(exc)
     session.execute(
         "INSERT INTO reserve_swap.conflicts (allocation_id, sqlstate, detail) VALUES (%s, %s, %s) "
         "ON CONFLICT (allocation_id) DO UPDATE SET sqlstate = EXCLUDED.sqlstate, detail = EXCLUDED.detail, "
         "recorded_at = now()",
-        (allocation, getattr(error, "sqlstate", None) or "XX000",
+        (allocation, failures.sqlstate(exc) or "XX000",
          (getattr(getattr(error, "diag", None), "message_primary", None) or str(exc)).splitlines()[0][:500]))
 
 

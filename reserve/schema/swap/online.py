@@ -28,9 +28,9 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import guards
+from reserve.schema import failures, guards
 from reserve.schema.options import LockPolicy, SwapOptions, session_setting
-from reserve.schema.session import Session, take
+from reserve.schema.session import RETRIED, Session, take
 from reserve.schema.swap import dependents, exchange, mirror, standby
 from reserve.schema.swap.state import (
     BACKFILLED,
@@ -151,7 +151,7 @@ def backfill(session: Session, found: SwapState, options: SwapOptions, *, action
     if found.backfill_end_page is not None:
         log.info("%s: resuming the backfill after %d rows (copied by an earlier run)", action, copied_total)
     while True:
-        selected, copied, more = copy_next_batch(session, found.standby_guard, pages, action=action)
+        _, copied, more = copy_next_batch(session, found.standby_guard, pages, action=action)
         batches += 1
         copied_total += copied
         if not more:
@@ -219,13 +219,14 @@ def copy_next_batch(session: Session, guard_name: str, pages: int, *, action: st
                 _advance(session, min(first + pages, end), copied)
                 return selected, copied, first + pages < end
         except Exception as exc:  # noqa: BLE001 (sorted out by SQLSTATE just below)
-            state = _sqlstate(exc)
+            state = failures.sqlstate(exc)
             if state and state.startswith("23"):
                 return _copy_rows_one_by_one(session, guard_name, pages, action)
-            if state != "55P03" or attempt == policy.attempts:
+            if state not in RETRIED or attempt == policy.attempts:
                 raise
-            log.warning("%s: a backfill batch waited longer than lock_timeout for a row lock (attempt %d/%d)",
-                        action, attempt, policy.attempts)
+            log.warning("%s: a backfill batch %s (attempt %d/%d)", action,
+                        "waited longer than lock_timeout for a row lock" if state == "55P03" else
+                        "was cancelled to break a deadlock with an application transaction", attempt, policy.attempts)
             time.sleep(policy.pause_s)
     raise AssertionError("unreachable")
 
@@ -271,10 +272,3 @@ def _copy_rows_one_by_one(session: Session, guard_name: str, pages: int, action:
                 exchange.record_conflict(session, allocation, exc)
         _advance(session, last, copied)
         return len(ids), copied, last < end
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    from reserve.schema import failures
-
-    error = failures.database_error(exc)
-    return getattr(error, "sqlstate", None)

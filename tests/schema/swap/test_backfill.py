@@ -131,3 +131,23 @@ def test_rows_inserted_behind_and_ahead_of_the_backfill_are_each_copied_once(wit
         assert swapping.differences(look) == (set(), set())
         live = look.execute("SELECT count(*) FROM allocations").fetchone()[0]
         assert look.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == live > 30
+
+
+def test_a_batch_cancelled_to_break_a_deadlock_with_the_application_is_tried_again(with_rows: Database, caplog):
+    """An application transaction holds a row further on in the batch's pages and then reaches for one the batch
+    has locked: a cycle. PostgreSQL cancels the batch (it waited first); the batch is tried again, the
+    application's transaction commits, and the standby ends in step."""
+    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app, \
+            with_rows.connect(autocommit=True) as look:
+        first, _, later = _ids(look)[:3]
+        app.execute("SET deadlock_timeout = '10s'")  # the batch, waiting first, is the one that finds the cycle
+        app.execute("UPDATE allocations SET shadow = shadow WHERE id = %s", (later,))
+        batch = swapping.InThread(lambda: swapping.copy_batch(backfill, BATCH))
+        swapping.wait_until(lambda: swapping.waiting_for_a_lock(look, backfill.info.backend_pid),
+                            "the batch to lock the first row and wait for the application's")
+        app.execute("UPDATE allocations SET shadow = shadow WHERE id = %s", (first,))  # the cycle
+        app.commit()
+        batch.result()
+        swapping.backfill_rest(look, BATCH)
+        assert swapping.differences(look) == (set(), set())
+    assert "cancelled to break a deadlock" in caplog.text
