@@ -206,7 +206,7 @@ def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction
 
     try:
         if swap_method == "online":
-            predict_online(conn, report, direction)
+            check_online_costs(conn, report, direction)
             return
         prediction = predictor.predict_swap_hold(conn, direction)
     except psycopg.Error as exc:
@@ -217,7 +217,7 @@ def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction
                f"({direction}; locked method; {prediction.method})", predicted_s=prediction.seconds)
 
 
-def predict_online(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
+def check_online_costs(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
     """The online method's four costs: the short hold, the background, the disk until the previous table goes,
     the write overhead while the mirror runs."""
     from reserve.rollout import predictor

@@ -12,6 +12,7 @@ locks with a short wait per attempt and bounded retries.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -104,6 +105,8 @@ class LockGiveUp(CommandError):
 # A lock attempt that timed out, or that PostgreSQL cancelled to break a deadlock (an application
 # transaction that holds one of the tables and waits for another): released whole, and tried again.
 RETRIED = ("55P03", "40P01")
+# The line take() logs for each attempt it gives up and retries, for a reader of an Alembic run's output.
+RETRY_LINE = re.compile(r"locks on .+ (?:not granted within|given up to break a deadlock)")
 
 
 def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: LockPolicy | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import re
 import secrets
 import subprocess
 import threading
@@ -27,6 +26,8 @@ from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.lockwatch import LockWatch
 from reserve.rollout.rehearsal import Step
 from reserve.schema import expectations, revisions
+from reserve.schema.session import RETRY_LINE
+from reserve.schema.swap import exchange
 from tools.soak.checks import check_invariants, live_allocations
 from tools.soak.result import SoakResult
 from tools.soak.timeline import longest_stall, phase, phase_stats, tile
@@ -66,20 +67,14 @@ def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str],
         except subprocess.TimeoutExpired:
             returncode, output = -1, f"timed out after {timeout_s}s"
     lines = [line for line in output.splitlines() if line.strip()]
-    reported = [float(m.group(2)) / 1000 for m in map(_REPORTED_HOLD.search, lines)
-                if m and "public.allocations" in m.group(1)]
+    reported = exchange.reported_holds(lines)  # the online swap's own (a poll can miss milliseconds)
     return Step(
         name=name, ok=returncode == 0, seconds=round(time.monotonic() - started, 3),
         detail="" if returncode == 0 else (lines[-1] if lines else f"exit {returncode}")[:300],
         lock_hold_s=round(max([watch.longest_s, *reported]), 4),
-        lock_retries=sum(bool(_RETRIED.search(line)) for line in lines),
+        lock_retries=sum(bool(RETRY_LINE.search(line)) for line in lines),
     )
 
-
-# The online swap times its own holds (lock granted to commit) and logs them: shorter than one poll, often.
-_REPORTED_HOLD = re.compile(r"held ACCESS EXCLUSIVE on (.+?) for ([\d.]+) ms")
-# A lock attempt given up (timed out, or cancelled to break a deadlock) and retried (reserve.schema.session.take).
-_RETRIED = re.compile(r"not granted within|given up to break a deadlock")
 
 
 def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float = 120) -> list[WorkerLog]:

@@ -18,6 +18,7 @@ machinery when one short lock attempt allows, else emptied and left for
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from alembic.util import CommandError
@@ -270,6 +271,15 @@ def abort(session: Session, *, action: str = "reserve swap abort") -> str:
                               else "finish it with the same alembic command"))
     close(session, action=action)
     return f"{action}: the online {found.direction} is dropped; {LIVE} is as it was"
+
+
+# The line log_hold writes, for a reader of an Alembic run's output (the soak runs it as a subprocess).
+HOLD_LINE = re.compile(r"held ACCESS EXCLUSIVE on (?P<tables>.+?) for (?P<ms>[\d.]+) ms \(lock granted to commit\)")
+
+
+def reported_holds(lines: list[str], table: str = LIVE) -> list[float]:
+    """Seconds of each hold covering ``table`` that an Alembic run's output reports."""
+    return [float(m["ms"]) / 1000 for m in map(HOLD_LINE.search, lines) if m and table in m["tables"]]
 
 
 def log_hold(action: str, step: str, locked: float, tables: str = LIVE) -> None:

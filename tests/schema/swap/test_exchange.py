@@ -4,6 +4,8 @@ left depending on the table that left, and an exchange the standby's guard canno
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from alembic.util import CommandError
 
@@ -151,3 +153,12 @@ def test_an_exchange_cancelled_to_break_a_deadlock_is_tried_again_and_the_applic
         app.commit()
         locking.result()
     assert "given up to break a deadlock" in caplog.text
+
+
+def test_the_hold_line_the_swap_logs_is_what_a_reader_of_its_output_parses_back(caplog):
+    caplog.set_level("INFO", logger="reserve.schema.swap")
+    exchange.log_hold("test", "exchange", time.perf_counter() - 0.012, "public.allocations and its dependents")
+    exchange.log_hold("test", "dropping the machinery", time.perf_counter() - 0.5, "public.bookings, public.restaurants")
+    holds = exchange.reported_holds(caplog.messages)
+    assert len(holds) == 1 and 0.012 <= holds[0] < 0.4  # the hold on bookings is not one on allocations
+    assert exchange.reported_holds(caplog.messages, "public.bookings")[0] >= 0.5

@@ -126,6 +126,16 @@ def _database(pg_server: Any, templates: Any) -> Iterator[tuple[Database, Any]]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _committed(app: psycopg.Connection[Any], ops: psycopg.Connection[Any], venues: Any,
+               steps: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    """Run ``steps``; the rows of allocations the application has committed at the end."""
+    for op in steps:
+        _apply(app, ops, venues, op)
+    committed = swapping.rows(app, "public.allocations")
+    app.commit()
+    return committed
+
+
 PROPERTY = settings(max_examples=20, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -136,10 +146,7 @@ def test_after_the_exchange_the_live_table_is_exactly_what_the_application_commi
     with _database(pg_server, templates) as (target, venues), target.connect() as app, \
             target.connect(autocommit=True) as backfill:
         swapping.build(backfill)
-        for op in steps:
-            _apply(app, backfill, venues, op)
-        committed = swapping.rows(app, "public.allocations")
-        app.commit()
+        committed = _committed(app, backfill, venues, steps)
         swapping.backfill_rest(backfill)
         swapping.exchange_forward(backfill)
         assert swapping.rows(backfill, "public.allocations") == committed
@@ -158,10 +165,7 @@ def test_writes_inside_the_window_are_all_there_after_the_exchange_back(pg_serve
         swapping.backfill_rest(ops)
         swapping.exchange_forward(ops)
         swapping.open_window(ops)
-        for op in steps:
-            _apply(app, ops, venues, op)
-        committed = swapping.rows(app, "public.allocations")
-        app.commit()
+        committed = _committed(app, ops, venues, steps)
         swapping.exchange_back(ops)
         assert swapping.rows(ops, "public.allocations") == committed
         assert ops.execute("SELECT to_regclass('reserve_swap.state')").fetchone()[0] is None  # machinery gone
