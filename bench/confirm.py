@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,19 @@ def confirm_benchmark(server: EphemeralPostgres, dbname: str, options: Options, 
     bench = Pgbench(server, dbname, Path(tempfile.mkdtemp(prefix="reserve-bench-")))
     try:
         per_client = calibrate(bench, pool, options, progress)
-        runs = rounds(bench, pool, per_client, options, progress)
+        versions = {version: (lambda v=version: install_confirm(bench.url, v)) for version in VERSIONS}
+        runs = rounds(bench, pool, per_client, options.confirm_clients, options.confirm_rounds, versions, progress)
         install_confirm(bench.url, "v12")  # leave head as it ships
         with connect(bench.url) as conn:
             evidence = conn.execute("SELECT count(*) FROM public.booking_confirmation_results").fetchone()[0]
     finally:
         shutil.rmtree(bench.workdir, ignore_errors=True)
-    return summarize_confirm(runs, per_client, evidence, options)
+    out = summarize_runs(runs, "v11", "v12", options.confirm_clients)
+    out["method"] = (f"pgbench -M prepared, one confirm per transaction (single-table holds with an idempotency key, "
+                     f"booking pending -> confirmed), {options.confirm_rounds} interleaved rounds per version and "
+                     f"client count, both versions at head; per-client transactions {per_client}")
+    out["evidence_rows"] = evidence
+    return out
 
 
 def calibrate(bench: Pgbench, pool: HoldPool, options: Options, progress: Progress) -> dict[int, int]:
@@ -192,60 +199,52 @@ def calibrate(bench: Pgbench, pool: HoldPool, options: Options, progress: Progre
     install_confirm(bench.url, "v12")
     warm = bench.run(1, WARM_UP, warm_first)
     per_client = {c: max(50, int(options.confirm_seconds * warm.tps / c)) for c in options.confirm_clients}
-    progress(f"confirm: single-client v12 warm-up {warm.tps:.0f} tps; preparing {holds_needed(per_client, options):,} holds")
+    progress(f"confirm: single-client v12 warm-up {warm.tps:.0f} tps")
     return per_client
 
 
-def holds_needed(per_client: dict[int, int], options: Options) -> int:
-    """Holds consumed by every round: both versions at every client count."""
-    return options.confirm_rounds * len(VERSIONS) * sum(c * per_client[c] for c in options.confirm_clients)
-
-
-def rounds(bench: Pgbench, pool: HoldPool, per_client: dict[int, int], options: Options,
-           progress: Progress) -> dict[tuple[str, int], list[PgbenchRun]]:
-    """Every run, by (version, clients): the versions alternate first from one round to the next."""
-    cursor, _ = pool.add(holds_needed(per_client, options))
+def rounds(bench: Pgbench, pool: HoldPool, per_client: dict[int, int], clients: tuple[int, ...], count: int,
+           variants: dict[str, Callable[[], None]], progress: Progress) -> dict[tuple[str, int], list[PgbenchRun]]:
+    """Every run, by (variant, clients): each variant is put in place by its callable before its run, and the
+    variants alternate first from one round to the next, so that the machine's drift falls on all of them."""
+    names = list(variants)
+    cursor, _ = pool.add(count * len(names) * sum(c * per_client[c] for c in clients))
     runs: dict[tuple[str, int], list[PgbenchRun]] = {}
-    for clients in options.confirm_clients:
-        for round_no in range(options.confirm_rounds):
-            order = VERSIONS if round_no % 2 == 0 else VERSIONS[::-1]
-            for version in order:
-                run = confirm_run(bench, pool, version, clients, per_client[clients], cursor)
+    for c in clients:
+        for round_no in range(count):
+            for name in names if round_no % 2 == 0 else names[::-1]:
+                variants[name]()
+                run = confirm_run(bench, pool, c, per_client[c], cursor)
                 cursor += run.transactions
-                runs.setdefault((version, clients), []).append(run)
-                progress(f"  {version} c={clients} round {round_no + 1}: {run.tps:7.1f} tps, "
+                runs.setdefault((name, c), []).append(run)
+                progress(f"  {name} c={c} round {round_no + 1}: {run.tps:7.1f} tps, "
                          f"p95 {quantile(run.latencies_ms, 0.95):6.2f} ms")
     return runs
 
 
-def confirm_run(bench: Pgbench, pool: HoldPool, version: str, clients: int, per_client: int, first: int) -> PgbenchRun:
-    """One pgbench run of ``version``; every hold it was given must be confirmed (and so gone)."""
-    install_confirm(bench.url, version)
+def confirm_run(bench: Pgbench, pool: HoldPool, clients: int, per_client: int, first: int) -> PgbenchRun:
+    """One pgbench run; every hold it was given must be confirmed (and so gone)."""
     checkpoint(bench.url)
     run = bench.run(clients, per_client, first)
     left = pool.left(first, first + clients * per_client - 1)
     if left:
-        raise RuntimeError(f"{left} holds of a {version} run were not confirmed")
+        raise RuntimeError(f"{left} holds of a run were not confirmed")
     return run
 
 
-def summarize_confirm(runs: dict[tuple[str, int], list[PgbenchRun]], per_client: dict[int, int], evidence: int,
-                      options: Options) -> dict[str, Any]:
-    out: dict[str, Any] = {v: {"tps": {}, "p95_ms": {}, "p50_ms": {}, "transactions": {}} for v in VERSIONS}
-    for (version, clients), measured in runs.items():
+def summarize_runs(runs: dict[tuple[str, int], list[PgbenchRun]], baseline: str, candidate: str,
+                   clients: tuple[int, ...]) -> dict[str, Any]:
+    """Per variant and client count: tps, p50 and p95 (over every transaction of every round), transactions;
+    and ``candidate`` over ``baseline`` for p95 and tps."""
+    out: dict[str, Any] = {v: {"tps": {}, "p95_ms": {}, "p50_ms": {}, "transactions": {}} for v in (baseline, candidate)}
+    for (variant, c), measured in runs.items():
         latencies = [x for run in measured for x in run.latencies_ms]
         seconds = sum(run.transactions / run.tps for run in measured)
         txns = sum(run.transactions for run in measured)
-        out[version]["tps"][str(clients)] = round(txns / seconds, 1)
-        out[version]["p95_ms"][str(clients)] = round(quantile(latencies, 0.95), 3)
-        out[version]["p50_ms"][str(clients)] = round(quantile(latencies, 0.50), 3)
-        out[version]["transactions"][str(clients)] = txns
-    out["p95_ratio"] = {str(c): round(out["v12"]["p95_ms"][str(c)] / out["v11"]["p95_ms"][str(c)], 3)
-                        for c in options.confirm_clients}
-    out["tps_ratio"] = {str(c): round(out["v12"]["tps"][str(c)] / out["v11"]["tps"][str(c)], 3)
-                        for c in options.confirm_clients}
-    out["method"] = (f"pgbench -M prepared, one confirm per transaction (single-table holds with an idempotency key, "
-                     f"booking pending -> confirmed), {options.confirm_rounds} interleaved rounds per version and "
-                     f"client count, both versions at head; per-client transactions {per_client}")
-    out["evidence_rows"] = evidence
+        out[variant]["tps"][str(c)] = round(txns / seconds, 1)
+        out[variant]["p95_ms"][str(c)] = round(quantile(latencies, 0.95), 3)
+        out[variant]["p50_ms"][str(c)] = round(quantile(latencies, 0.50), 3)
+        out[variant]["transactions"][str(c)] = txns
+    for figure, key in (("p95_ratio", "p95_ms"), ("tps_ratio", "tps")):
+        out[figure] = {str(c): round(out[candidate][key][str(c)] / out[baseline][key][str(c)], 3) for c in clients}
     return out

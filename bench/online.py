@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from bench.confirm import HoldPool, Pgbench, calibrate, confirm_run
+from bench.confirm import HoldPool, Pgbench, calibrate, rounds, summarize_runs
 from bench.instruments import Progress, connect, r3, timed_migration
 from bench.options import Options
 from bench.swap import LOCKED
@@ -31,10 +31,8 @@ from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.lockwatch import reported_holds
 from reserve.schema.guards import Guard
 from reserve.schema.swap.state import STAGE_TRIGGER
-from reserve.stats import quantile
 
 ONLINE = ["swap_method=online"]
-MIRROR_STATES = ("mirror", "no_mirror")
 
 
 def timed_online(url: URL, action: Callable[[], None]) -> dict[str, Any]:
@@ -60,8 +58,8 @@ def online_series(url: URL, guard: Guard, options: Options, progress: Progress, 
     head with the window closed: online upgrades, window rollbacks, one rebuild rollback (and, given
     ``pgbench``, the window's cost to a confirm).
 
-    The online copy writes the rows in id order, so after the first online upgrade the heap is no longer in
-    the order it was loaded in: the first upgrade's background is the one compared with the floor."""
+    The first upgrade's background is the one compared with the floor: it copies the heap the floors were
+    built on (later ones copy a copy, which keeps the physical order, but not every detail of the layout)."""
     alembic_runner.downgrade(url, "-1", LOCKED, new_guard=guard)
     out: dict[str, Any] = {"upgrade": [], "window_downgrade": [], "rebuild_downgrade": []}
     for rep in range(max(options.repeats, 2)):
@@ -103,30 +101,12 @@ def mirror_overhead(bench: Pgbench, options: Options, progress: Progress) -> dic
     pool.setup()
     per_client = calibrate(bench, pool, options, progress)
     clients = tuple(c for c in options.confirm_clients if c <= 4) or options.confirm_clients[:1]
-    cursor, _ = pool.add(options.confirm_rounds * len(MIRROR_STATES) * sum(c * per_client[c] for c in clients))
-    latencies: dict[tuple[str, int], list[float]] = {}
-    seconds: dict[tuple[str, int], float] = {}
+    states = {"mirror": lambda: set_mirror(bench.url, True), "no_mirror": lambda: set_mirror(bench.url, False)}
     try:
-        for c in clients:
-            for round_no in range(options.confirm_rounds):
-                for state in MIRROR_STATES if round_no % 2 == 0 else MIRROR_STATES[::-1]:
-                    set_mirror(bench.url, state == "mirror")
-                    run = confirm_run(bench, pool, "v12", c, per_client[c], cursor)
-                    cursor += run.transactions
-                    latencies.setdefault((state, c), []).extend(run.latencies_ms)
-                    seconds[(state, c)] = seconds.get((state, c), 0.0) + run.transactions / run.tps
-                    progress(f"  {state} c={c} round {round_no + 1}: {run.tps:7.1f} tps, "
-                             f"p95 {quantile(run.latencies_ms, 0.95):6.2f} ms")
+        runs = rounds(bench, pool, per_client, clients, options.confirm_rounds, states, progress)
     finally:
         set_mirror(bench.url, True)
-    out: dict[str, Any] = {s: {"p95_ms": {}, "tps": {}} for s in MIRROR_STATES}
-    for (state, c), values in latencies.items():
-        out[state]["p95_ms"][str(c)] = round(quantile(values, 0.95), 3)
-        out[state]["tps"][str(c)] = round(len(values) / seconds[(state, c)], 1)
-    out["p95_ratio"] = {str(c): round(out["mirror"]["p95_ms"][str(c)] / out["no_mirror"]["p95_ms"][str(c)], 3)
-                        for c in clients}
-    out["tps_ratio"] = {str(c): round(out["mirror"]["tps"][str(c)] / out["no_mirror"]["tps"][str(c)], 3)
-                        for c in clients}
+    out = summarize_runs(runs, "no_mirror", "mirror", clients)
     out["method"] = (f"pgbench -M prepared, one v12 confirm per transaction, {options.confirm_rounds} interleaved "
                      "rounds with the window's mirror trigger enabled and disabled, per client count")
     return out
