@@ -50,9 +50,6 @@ def install_function(name: str, version: str) -> None:
     execute(sql.function_sql(name, version))
 
 
-Bind = AlembicSession  # psycopg-style execute() on Alembic's connection, for the checks the revisions share
-
-
 def take_locks(revision: str, direction: str, method: str = "online") -> None:
     """Take every lock ``revision`` declares for ``direction`` (reserve.schema.locks.DECLARED), before anything else.
 
@@ -195,7 +192,7 @@ def refuse_while_swapping(action: str) -> None:
 
 def guard_in_place(guard: guards.Guard) -> bool:
     """Online: does the catalog prove ``guard`` holds? Offline there is no catalog: False."""
-    return not context.is_offline_mode() and guards.is_in_place(Bind(), guard)
+    return not context.is_offline_mode() and guards.is_in_place(AlembicSession(), guard)
 
 
 def refuse_rows(query: str, refusal: str, *, sqlstate: str, remedy: str) -> None:
@@ -219,7 +216,7 @@ BEGIN
 END
 $check$""")
         return
-    found = [row[0] for row in Bind().execute(query).fetchall()]
+    found = [row[0] for row in AlembicSession().execute(query).fetchall()]
     if found:
         raise CommandError(f"{refusal}: {', '.join(found)}. Nothing was changed; {remedy}")
 

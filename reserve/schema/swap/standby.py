@@ -92,7 +92,7 @@ def grants(session: Any) -> list[str]:
 def _table_settings(session: Any) -> list[str]:
     rls, force, options, identity, owner, comment = session.execute(
         "SELECT relrowsecurity, relforcerowsecurity, reloptions, relreplident, relowner::regrole::text, "
-        "obj_description(oid, 'pg_class') FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
+        "quote_literal(obj_description(oid, 'pg_class')) FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
     out = []
     if rls:
         out.append(f"ALTER TABLE {STANDBY} ENABLE ROW LEVEL SECURITY")
@@ -109,7 +109,7 @@ def _table_settings(session: Any) -> list[str]:
                                 "WHERE i.indrelid = %s::regclass AND i.indisreplident", (LIVE,)).fetchone()[0]
         out.append(f'ALTER TABLE {STANDBY} REPLICA IDENTITY USING INDEX "{index}"')
     if comment is not None:
-        out.append(f"COMMENT ON TABLE {STANDBY} IS {_literal(comment)}")
+        out.append(f"COMMENT ON TABLE {STANDBY} IS {comment}")  # quoted by quote_literal
     current = session.execute("SELECT current_user::regrole::text").fetchone()[0]
     if owner != current:
         out.append(f"ALTER TABLE {STANDBY} OWNER TO {owner}")
@@ -182,10 +182,6 @@ def columns(session: Any, table: str) -> list[tuple[str, str]]:
     return [tuple(row) for row in session.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()]
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def same_columns(session: Any, tables: Sequence[str] = (LIVE, STANDBY)) -> bool:
