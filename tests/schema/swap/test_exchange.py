@@ -25,6 +25,7 @@ CREATE FUNCTION public.audit_allocation() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN INSERT INTO public.allocation_audit (allocation) VALUES (NEW.id); RETURN NULL; END $$;
 CREATE TRIGGER allocation_audit AFTER INSERT ON public.allocations FOR EACH ROW EXECUTE FUNCTION public.audit_allocation();
 GRANT SELECT (id, restaurant_id) ON public.allocations TO authenticated;
+COMMENT ON TABLE public.allocations IS 'the venues'' ledger';
 """
 
 
@@ -76,6 +77,8 @@ def test_a_view_a_publication_a_trigger_and_column_grants_follow_the_table(pre_s
             "SELECT DISTINCT d.refobjid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
             "WHERE r.ev_class = 'public.allocation_days'::regclass AND d.refobjid <> r.ev_class").fetchall()
         assert [row[0] for row in view_reads] == ["allocations"]
+        assert conn.execute("SELECT obj_description('public.allocations'::regclass, 'pg_class')").fetchone()[0] == \
+            "the venues' ledger"
         if not then_back:
             assert _depending_on(conn, swap_state.STANDBY) == []
 
