@@ -6,6 +6,11 @@ unprivileged ``postgres`` user via ``runuser``, with a data directory that
 user owns, because PostgreSQL refuses to run as root. As a normal user it
 runs them directly. The server listens on 127.0.0.1 and a private unix
 socket only, with a random password for TCP logins.
+
+A hot standby of such a server (``EphemeralPostgres.standby()``) is started
+the same way, from ``pg_basebackup -R`` over the primary's unix socket: a
+streaming replica on loopback, the password the primary's (its catalog is
+the primary's).
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class EphemeralPostgres:
     user: str = SUPERUSER
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     workdir: Path | None = None
+    # Set on a standby: the server it streams from (its data directory is a base backup of that one).
+    primary: EphemeralPostgres | None = field(default=None, repr=False)
 
     @property
     def as_root(self) -> bool:
@@ -86,21 +93,17 @@ class EphemeralPostgres:
 
     def start(self) -> EphemeralPostgres:
         bindir = find_bindir()
-        self.workdir = Path(tempfile.mkdtemp(prefix="reserve-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="reserve-pg-standby-" if self.primary else "reserve-pg-"))
         datadir, sockdir = self.workdir / "data", self.workdir / "socket"
         sockdir.mkdir()
-        pwfile = self.workdir / "pwfile"
-        pwfile.write_text(self.password + "\n")
-        pwfile.chmod(0o600)
         if self.as_root:
             owner = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
-            for path in (self.workdir, sockdir, pwfile):
+            for path in (self.workdir, sockdir):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-        self._run(
-            str(bindir / "initdb"), "-D", str(datadir), "-U", self.user, "-E", "UTF8", "--no-locale",
-            "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-        )
-        pwfile.unlink()
+        if self.primary is None:
+            self._initdb(bindir, datadir)
+        else:
+            self._base_backup(bindir, datadir)
         self.port = self.port or _free_port()
         options = {
             "listen_addresses": self.host,
@@ -116,6 +119,37 @@ class EphemeralPostgres:
         self._run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(datadir),
                   "-l", str(self.workdir / "server.log"), "-o", opts)
         return self
+
+    def _initdb(self, bindir: Path, datadir: Path) -> None:
+        assert self.workdir is not None
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        if self.as_root:
+            owner = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        try:
+            self._run(
+                str(bindir / "initdb"), "-D", str(datadir), "-U", self.user, "-E", "UTF8", "--no-locale",
+                "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _base_backup(self, bindir: Path, datadir: Path) -> None:
+        """The primary's data directory streamed over its unix socket (trusted locally, no password on any
+        command line), with standby.signal and primary_conninfo written (-R)."""
+        assert self.primary is not None and self.primary.workdir is not None
+        self._run(str(bindir / "pg_basebackup"), "-h", str(self.primary.workdir / "socket"),
+                  "-p", str(self.primary.port), "-U", self.primary.user, "-D", str(datadir),
+                  "-R", "-X", "stream", "-c", "fast", "--no-sync")
+
+    def standby(self, settings: dict[str, str] | None = None) -> EphemeralPostgres:
+        """A hot standby streaming from this (running) server, not yet started: ``with primary.standby():``."""
+        if self.workdir is None:
+            raise ServerError("a standby needs its primary running")
+        return EphemeralPostgres(settings=dict(settings or {}), user=self.user, password=self.password,
+                                 primary=self)
 
     def stop(self) -> None:
         if self.workdir is None:
