@@ -186,16 +186,20 @@ def access_matrix(as_json: bool) -> None:
               type=click.Path(file_okay=False, path_type=Path), help="Where artifacts/<timestamp>/ goes.")
 @click.option("--use-database-url", is_flag=True,
               help="Rehearse on the server of DATABASE_URL (in a new database) instead of a throw-away server.")
+@click.option("--standby", is_flag=True,
+              help="Also start a hot standby of the throw-away server and report, per step, what its readers saw "
+                   "(replay lag, the longest read, cancellations). Not with --use-database-url (exit 2).")
 @swap_method_option
 @json_option
-def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, swap_method: str, as_json: bool) -> None:
+def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, standby: bool, swap_method: str,
+             as_json: bool) -> None:
     """Rehearse the whole rollout on a throw-away database and write the evidence bundle."""
     from reserve.rollout import rehearsal
 
     url = _url() if use_database_url else None
     with _failures_reported():
         result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json,
-                                    swap_method=swap_method)
+                                    swap_method=swap_method, standby=standby)
     summary: dict[str, Any] = result.summary
     click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=_terminal_width()))
     sys.exit(0 if summary["verdict"] == "go" else 1)

@@ -333,6 +333,8 @@ CLI_CASES: dict[str, CliCase] = {
     # rehearse
     "rehearse --rows 10": CliCase(lambda w: ["rehearse", "--rows", "10", "--use-database-url"], 2,
                                   "Invalid value for '--rows': 10 is not in the range x>=1000"),
+    "rehearse --standby --use-database-url": CliCase(lambda w: ["rehearse", "--standby", "--use-database-url"], 2,
+                                                     "it cannot make a replica of DATABASE_URL's server"),
     "rehearse --rows 0": CliCase(lambda w: ["rehearse", "--rows", "0"], 2, "0 is not in the range x>=1000"),
     "rehearse --rows -5": CliCase(lambda w: ["rehearse", "--rows", "-5"], 2, "-5 is not in the range x>=1000"),
     "rehearse --rows abc": CliCase(lambda w: ["rehearse", "--rows", "abc"], 2, "'abc' is not a valid integer"),

@@ -55,10 +55,10 @@ def test_rehearsal_writes_the_whole_evidence_bundle(bundle):
 def test_no_artifact_holds_the_password_or_a_restaurant_name(bundle, pg_server):
     result, _ = bundle
     password = pg_server.url().password
-    for path in result.out.iterdir():
-        text = path.read_text(encoding="utf-8")
-        assert password not in text, path.name
-        assert "Restaurant 1" not in text, path.name
+    for path in result.out.iterdir():  # timeline.png too: bytes, not text
+        content = path.read_bytes()
+        assert password.encode() not in content, path.name
+        assert b"Restaurant 1" not in content, path.name
 
 
 def test_two_bundles_started_in_the_same_second_get_two_directories(tmp_path: Path):
@@ -95,3 +95,38 @@ def test_the_summary_links_the_timeline_or_says_why_there_is_none(bundle):
         return
     assert "![timeline](timeline.png)" in summary_md
     assert (result.out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def standby_bundle(tmp_path_factory) -> rehearsal.Result:
+    """The rehearsal on its own throw-away server with a hot standby (the TEST_DATABASE_URL server has none)."""
+    out = tmp_path_factory.mktemp("standby-artifacts")
+    return rehearsal.rehearse(None, rows=2000, out_dir=out, progress=False, standby=True)
+
+
+def test_rehearsal_with_a_standby_reports_what_the_replica_saw_at_every_step(standby_bundle):
+    result = standby_bundle
+    assert result.summary["verdict"] == "go", result.render()
+    steps = {step["name"]: step for step in result.summary["steps"]}
+    assert all(step["standby"] is not None and step["standby"]["caught_up"] for step in steps.values())
+    swap = steps["upgrade 0004_allocations_no_overlap"]["standby"]
+    assert swap["reads"] > 0 and swap["cancelled_reads"] == 0 and swap["read_errors"] == {}
+    overall = result.summary["standby"]
+    assert overall["settings"]["max_standby_streaming_delay"] == "30000ms"  # the default, as the issue asks
+    assert overall["reads"] == sum(step["standby"]["reads"] for step in steps.values())
+    assert overall["not_caught_up"] == []
+    summary_md = (result.out / "SUMMARY.md").read_text()
+    assert "## What the hot standby saw" in summary_md
+    assert "| upgrade 0004_allocations_no_overlap |" in summary_md.split("## What the hot standby saw")[1]
+
+
+def test_steps_are_placed_on_the_timeline_where_they_began(standby_bundle):
+    starts = [step["started_s"] for step in standby_bundle.summary["steps"]]
+    assert starts == sorted(starts) and starts[0] >= 0
+    assert starts[-1] >= sum(step["seconds"] for step in standby_bundle.summary["steps"][:-1])
+
+
+def test_a_standby_is_not_made_of_the_database_url_server(pg_server, tmp_path: Path):
+    with pytest.raises(rehearsal.RehearsalSetupError, match="cannot make a replica"):
+        rehearsal.rehearse(pg_server.url(), rows=1000, out_dir=tmp_path, progress=False, standby=True)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
