@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reserve.rollout import rehearsal
+from reserve.rollout import evidence, rehearsal
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_rehearsal_is_go_and_runs_every_step(bundle):
 
 def test_rehearsal_writes_the_whole_evidence_bundle(bundle):
     result, _ = bundle
-    for name in rehearsal.ARTIFACTS:
+    for name in evidence.ARTIFACTS:
         assert (result.out / name).is_file(), name
     summary = json.loads((result.out / "summary.json").read_text())
     steps = {step["name"]: step for step in summary["steps"]}

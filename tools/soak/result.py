@@ -4,7 +4,7 @@ Why a module of its own: the result is the soak's contract with whoever reads
 ``artifacts/soak.json`` (its keys stay put) and with the operator at the
 terminal (the phases and the steps as tables, through ``reserve.report.table``
 like every other command's), separate from how the figures were obtained.
-The steps are the project's one step record, ``reserve.rollout.rehearsal.Step``.
+The steps are the project's one step record, ``reserve.rollout.evidence.Step``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reserve.report import table
-from reserve.rollout.rehearsal import Step
+from reserve.rollout.evidence import Step
 from tools.soak.checks import Invariants
 from tools.soak.timeline import PhaseStats
 

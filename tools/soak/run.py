@@ -23,8 +23,8 @@ from sqlalchemy.engine import URL
 from reserve import db
 from reserve.report import UsageError
 from reserve.rollout import alembic_runner, dataset
+from reserve.rollout.evidence import Step
 from reserve.rollout.lockwatch import LockWatch
-from reserve.rollout.rehearsal import Step
 from reserve.schema import expectations, revisions
 from reserve.schema.session import RETRY_LINE
 from reserve.schema.swap import exchange

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from reserve.rollout.rehearsal import Step
+from reserve.rollout.evidence import Step
 from tools.soak.checks import Invariants
 from tools.soak.result import SoakResult
 from tools.soak.timeline import PhaseStats

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from reserve.rollout.rehearsal import Step
+from reserve.rollout.evidence import Step
 from tests.support import REVISIONS, Database
 from tools.soak import run, workers
 from tools.soak.checks import Invariants
