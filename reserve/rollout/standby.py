@@ -125,13 +125,21 @@ class StandbyWatch:
                     raise
                 time.sleep(0.1)
 
+    def reader(self) -> psycopg.Connection[Any]:
+        """The reader's connection: like a booking page's, it waits for a lock as long as it takes (the tools'
+        10 s lock_timeout would cut the very wait this measures short)."""
+        conn = self._connect_standby()
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SET statement_timeout = 0")
+        return conn
+
     def _read_loop(self) -> None:
         params: dict[str, Any] = {"restaurant_id": None, "resource_id": None, "start": None}
         conn: psycopg.Connection[Any] | None = None
         try:
             while not self._stop.is_set():
                 if conn is None or conn.closed:
-                    conn = self._connect_standby()
+                    conn = self.reader()
                 started = time.perf_counter()
                 outcome = "ok"
                 try:

@@ -79,6 +79,13 @@ def test_standby_reads_of_allocations_wait_while_the_primary_holds_access_exclus
     assert figures.longest_read_s >= 1.0, figures
 
 
+def test_the_standby_reader_waits_for_a_lock_as_long_as_it_takes(urls):
+    primary, standby = urls
+    with StandbyWatch(primary, standby) as watch, watch.reader() as conn:
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "0"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+
 def test_a_standby_query_that_holds_back_replay_is_cancelled_and_counted(urls):
     primary, standby = urls
     outcome: list[BaseException | None] = []
