@@ -11,7 +11,7 @@ PG_BINDIR ?= /usr/lib/postgresql/$(PG_MAJOR)/bin
 export PG_BINDIR
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test rehearse lint bench soak expected postgres venv clean
+.PHONY: test rehearse lint bench bench-replicas soak expected postgres venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ ROWS ?= 1000000
 bench: venv postgres
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run --rows $(ROWS)
+	$(BIN)/python -m bench.replicas --rows $(ROWS)
+
+## The swap as a hot standby sees it, locked and online at 100k and ROWS: the primary's hold, the longest
+## standby read, replay lag, cancellations. Writes bench/results/replicas-<timestamp>.json and its part of
+## docs/BENCHMARKS.md.
+bench-replicas: venv postgres
+	$(BIN)/python -m bench.replicas --rows $(ROWS)
 
 ## Ruff on the code; squawk on each revision's offline SQL, one file per step (silenced rules: tools/lint_sql.py);
 ## plpgsql_check on every shipped function version, at each revision of the chain (tools/lint_plpgsql.py).

@@ -1,0 +1,36 @@
+"""bench.replicas: a tiny run on a real primary and hot standby, and its section of docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import replicas
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    return replicas.run((1500,), progress=lambda message: None) | {"timestamp": "t"}
+
+
+def test_every_method_and_migration_is_measured_on_the_primary_and_the_standby(tiny):
+    json.dumps(tiny)  # serializable as written to bench/results
+    (size,) = tiny["sizes"]
+    assert [(r["method"], r["migration"]) for r in size["runs"]] == [(m, label) for m, label, _, _ in replicas.PLAN]
+    for run in size["runs"]:
+        seen = run["standby"]
+        assert run["primary_hold_s"] > 0, run  # each swap takes ACCESS EXCLUSIVE on allocations once at least
+        assert seen["reads"] > 0 and seen["caught_up"] and seen["read_errors"] == {}, run
+    assert size["standby_settings"]["max_standby_streaming_delay"] == "30000ms"
+
+
+def test_the_replicas_section_replaces_only_its_own_part_of_the_benchmarks_doc(tiny, tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Benchmarks\n\nProse.\n\n{replicas.BEGIN}\nold\n{replicas.END}\n\nMore prose.\n")
+    replicas.refresh_docs(tiny, doc)
+    text = doc.read_text()
+    assert "Prose." in text and "More prose." in text and "\nold\n" not in text
+    assert text.count("| 1,500 |") == len(replicas.PLAN)
+    replicas.refresh_docs(tiny, doc)
+    assert doc.read_text() == text  # refreshing again changes nothing
