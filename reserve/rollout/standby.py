@@ -10,9 +10,13 @@ by default) and is then cancelled ("conflict with recovery").
 
 ``StandbyWatch`` measures exactly that, on a primary and its standby:
 
-- a reader reads ``allocations`` on the standby the way a booking page does
-  (one restaurant's tables in a two-hour window), one read after another,
-  and keeps every read's start, duration and outcome;
+- a reader reads ``allocations`` on the standby the way a booking page
+  loads an allocation (by its id), one read after another, and keeps every
+  read's start, duration and outcome. Any read of the table takes the same
+  lock, so it waits as long as any other; this one costs well under a
+  millisecond on either guard, so its duration is its wait (a restaurant's
+  overlap probe would add its own cost, hundreds of milliseconds at 1M rows
+  under the old guard, which the new one removes);
 - a sampler compares the primary's flushed WAL position (what it can send;
   every commit is there once the committer returns, with synchronous_commit
   on) with the standby's replay position: lag in bytes, and in seconds (how
@@ -38,11 +42,12 @@ import psycopg
 from sqlalchemy.engine import URL
 
 from reserve import db
-from reserve.schema import probes
 
 CONFLICT_KINDS = ("confl_tablespace", "confl_lock", "confl_snapshot", "confl_bufferpin", "confl_deadlock")
 # The standby settings that decide what the booking pages see during a rollout (docs/OPERATIONS.md).
 SETTINGS = ("max_standby_streaming_delay", "hot_standby_feedback", "hot_standby")
+READ = 'SELECT id, "window" FROM public.allocations WHERE id = %s'
+FIRST_ID = "SELECT id FROM public.allocations LIMIT 1"
 CANCELLED = {"40001", "57P04", "57P01"}  # conflict with recovery: statement cancelled, database dropped, terminated
 
 
@@ -134,7 +139,7 @@ class StandbyWatch:
         return conn
 
     def _read_loop(self) -> None:
-        params: dict[str, Any] = {"restaurant_id": None, "resource_id": None, "start": None}
+        allocation: Any = None
         conn: psycopg.Connection[Any] | None = None
         try:
             while not self._stop.is_set():
@@ -143,10 +148,11 @@ class StandbyWatch:
                 started = time.perf_counter()
                 outcome = "ok"
                 try:
-                    if params["restaurant_id"] is None:  # no rows yet: finding some is the read
-                        params = probes.sample_parameters(conn)
+                    if allocation is None:  # no rows yet: finding one is the read
+                        row = conn.execute(FIRST_ID).fetchone()
+                        allocation = row[0] if row else None
                     else:
-                        conn.execute(probes.RESTAURANT_SCOPED, params).fetchall()
+                        conn.execute(READ, (allocation,)).fetchall()
                 except psycopg.errors.UndefinedTable:
                     outcome = ""  # before the baseline: nothing to read yet
                 except psycopg.Error as exc:
