@@ -47,6 +47,8 @@ CONFLICT_KINDS = ("confl_tablespace", "confl_lock", "confl_snapshot", "confl_buf
 # The standby settings that decide what the booking pages see during a rollout (docs/OPERATIONS.md).
 SETTINGS = ("max_standby_streaming_delay", "hot_standby_feedback", "hot_standby")
 READ = 'SELECT id, "window" FROM public.allocations WHERE id = %s'
+# A report that reads allocations for as long as it is let (an export, an analytics query on a replica).
+REPORT = "SELECT pg_sleep(3600) FROM (SELECT count(*) FROM public.allocations) AS counted"
 FIRST_ID = "SELECT id FROM public.allocations LIMIT 1"
 CANCELLED = {"40001", "57P04", "57P01"}  # conflict with recovery: statement cancelled, database dropped, terminated
 
@@ -172,13 +174,13 @@ class StandbyWatch:
         try:
             with db.connect(self.primary, autocommit=True, application_name="reserve-standby-watch") as primary, \
                     self._connect_standby() as standby:
-                history: list[tuple[float, int]] = []  # (when, the primary's insert position then)
+                history: list[tuple[float, int]] = []  # (when, the primary's flushed position then)
                 while not self._stop.is_set():
                     now = time.perf_counter()
                     written = lsn(primary.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
                     replayed = lsn(standby.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0])
                     history.append((now, written))
-                    # The oldest moment at which the primary had written WAL the standby has still not replayed.
+                    # The oldest moment at which the primary had flushed WAL the standby has still not replayed.
                     first = bisect.bisect_right([pos for _, pos in history], replayed)
                     lag_s = now - history[first][0] if first < len(history) else 0.0
                     if first > 0:
@@ -268,3 +270,59 @@ class StandbyWatch:
         """(seconds since ``origin``, replay lag in seconds) of every sample, for the timeline."""
         with self._lock:
             return [(s.at - origin, s.lag_s) for s in self.samples if s.at >= origin]
+
+
+@dataclass
+class Report:
+    """What happened to a long report on the standby: cancelled by a recovery conflict after how long."""
+
+    seconds: float | None = None
+    cancelled_by_recovery: bool = False
+    outcome: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": None if self.seconds is None else round(self.seconds, 3),
+                "cancelled_by_recovery": self.cancelled_by_recovery, "outcome": self.outcome}
+
+
+@contextmanager
+def long_report(standby: URL) -> Iterator[Report]:
+    """A report reading ``allocations`` on the standby for the whole block, started before it: a replayed
+    ACCESS EXCLUSIVE lock waits behind it up to ``max_standby_streaming_delay``, then cancels it (and every
+    read of the table queued behind the replay waits as long). Stopped at the end if still running."""
+    report, stopping = Report(), threading.Event()
+    conn = db.connect(standby, autocommit=True, application_name="reserve-standby-report")
+    conn.execute("SET lock_timeout = 0")
+    conn.execute("SET statement_timeout = 0")
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            conn.execute(REPORT)
+            report.outcome = "finished"
+        except psycopg.Error as exc:
+            report.cancelled_by_recovery = "conflict with recovery" in str(exc)
+            report.outcome = ("cancelled by recovery" if report.cancelled_by_recovery
+                              else "still running at the end" if stopping.is_set() else f"error:{exc.sqlstate}")
+        report.seconds = time.perf_counter() - started
+
+    thread = threading.Thread(target=run, name="standby-report", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not _report_holds_its_lock(standby) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield report
+    finally:
+        if thread.is_alive():
+            stopping.set()
+            conn.cancel()
+        thread.join(timeout=30)
+        conn.close()
+
+
+def _report_holds_its_lock(standby: URL) -> bool:
+    with db.connect(standby, autocommit=True) as conn:
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                            "'reserve-standby-report' AND state = 'active' AND query LIKE 'SELECT pg_sleep%%')"
+                            ).fetchone()[0]

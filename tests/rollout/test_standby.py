@@ -19,7 +19,7 @@ from reserve import db
 from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.scratch import unique_name
-from reserve.rollout.standby import StandbyWatch, lsn
+from reserve.rollout.standby import StandbyWatch, long_report, lsn
 
 # Short, so that the test of a cancelled standby query does not wait the default 30 s.
 STREAMING_DELAY = "500ms"
@@ -154,3 +154,23 @@ def test_a_standby_that_does_not_catch_up_in_time_is_reported_so(urls):
     finally:
         with db.connect(standby, autocommit=True) as conn:
             conn.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_reads_queue_behind_a_replayed_lock_that_waits_for_a_long_report_until_it_is_cancelled(urls):
+    primary, standby = urls
+    with StandbyWatch(primary, standby) as watch, long_report(standby) as report:
+        with watch.measure() as seen:
+            with db.connect(primary) as holder:
+                holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
+                holder.commit()
+    assert report.cancelled_by_recovery, report
+    # Replay asked for the lock behind the report and waited max_standby_streaming_delay (500 ms here): the
+    # booking pages' reads queued behind that request, though the primary held its lock for milliseconds.
+    assert seen[0].longest_read_s >= 0.3, seen[0]
+
+
+def test_a_long_report_that_nothing_cancels_is_stopped_at_the_end(urls):
+    primary, standby = urls
+    with long_report(standby) as report:
+        time.sleep(0.2)
+    assert report.outcome == "still running at the end" and not report.cancelled_by_recovery
