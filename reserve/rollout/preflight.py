@@ -26,6 +26,9 @@ REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
 REFERENCE_MAJOR = 15
 
 
+REPLICA_LAG_S = 30.0  # a replica further behind replays the swap that much later than the primary
+
+
 def is_production_looking(url: URL) -> bool:
     """Anything not on this machine is treated as production until the operator says otherwise."""
     return not db.is_local(url)
@@ -62,6 +65,7 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s,
                        swap_method)
         check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
+        check_replicas(conn, report, crosses_swap)
         check_backup(conn, report, url, backup_confirmed)
     return report
 
@@ -244,6 +248,36 @@ def check_online_costs(conn: psycopg.Connection[Any], report: Report, direction:
                f"held {held_until}", bytes=p.extra_disk_bytes)
     report.add("write overhead", OK, f"while the mirror runs, each write to allocations is copied: confirm p95 about "
                f"x{p.confirm_p95_ratio:g} (make bench)", ratio=p.confirm_p95_ratio)
+
+
+def check_replicas(conn: psycopg.Connection[Any], report: Report, applies: bool) -> None:
+    """The hot standbys streaming from this server. The swap's ACCESS EXCLUSIVE (the locked build, the online
+    exchange) is replayed on each: there it waits behind any query reading allocations, up to that replica's
+    max_standby_streaming_delay, and the replica's reads of allocations queue behind the wait (docs/OPERATIONS.md,
+    section 9). This server cannot see a replica's queries: the operator checks them."""
+    if not applies:
+        report.add("replicas", OK, "this step does not take ACCESS EXCLUSIVE on allocations")
+        return
+    rows = conn.execute(
+        "SELECT COALESCE(NULLIF(application_name, ''), 'standby'), state, "
+        "       extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication ORDER BY application_name").fetchall()
+    if not rows:
+        report.add("replicas", OK, "no hot standby streams from this server")
+        return
+    behind = replicas_behind(rows)
+    listed = "; ".join(f"{name}: {state}, replay lag {'n/a' if lag is None else f'{lag:.1f}s'}"
+                       for name, state, lag in rows)
+    report.add("replicas", WARN if behind else OK,
+               f"{len(rows)} hot standby(s) ({listed}): on each, the swap's lock waits behind any query reading "
+               "allocations there, up to its max_standby_streaming_delay, and its booking reads wait as long: "
+               "check for long queries on each replica first (docs/OPERATIONS.md, section 9)"
+               + (f"; behind or not streaming: {', '.join(behind)}" if behind else ""),
+               replicas=[{"name": name, "state": state, "replay_lag_s": lag} for name, state, lag in rows])
+
+
+def replicas_behind(rows: list[tuple[str, str, float | None]]) -> list[str]:
+    """The replicas (name, state, replay lag in s) not streaming, or further behind than REPLICA_LAG_S."""
+    return [name for name, state, lag in rows if state != "streaming" or (lag or 0.0) > REPLICA_LAG_S]
 
 
 def check_backup(conn: psycopg.Connection[Any], report: Report, url: URL, confirmed: bool) -> None:

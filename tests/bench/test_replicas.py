@@ -11,20 +11,26 @@ from bench import replicas
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:
-    return replicas.run((1500,), progress=lambda message: None) | {"timestamp": "t"}
+    # A short delay: each long report is cancelled after it, not after the default 30 s.
+    return replicas.run((1500,), progress=lambda message: None,
+                        standby_settings={"max_standby_streaming_delay": "1s"}) | {"timestamp": "t"}
 
 
 def test_every_method_and_migration_is_measured_on_the_primary_and_the_standby(tiny):
     json.dumps(tiny)  # serializable as written to bench/results
     (size,) = tiny["sizes"]
-    assert [(r["method"], r["migration"]) for r in size["runs"]] == [(m, label) for m, label, *_ in replicas.PLAN]
+    assert [(r["method"], r["migration"]) for r in size["runs"]] == [(r.method, r.label) for r in replicas.PLAN]
     for run in size["runs"]:
         seen = run["standby"]
         assert run["primary_hold_s"] > 0, run  # each swap takes ACCESS EXCLUSIVE on allocations once at least
         assert seen["reads"] > 0 and seen["caught_up"] and seen["read_errors"] == {}, run
-    assert size["standby_settings"]["max_standby_streaming_delay"] == "30000ms"
+    assert size["standby_settings"]["max_standby_streaming_delay"] == "1000ms"
+    assert size["standby_settings"]["hot_standby_feedback"] == "off"  # as found, after the runs that set it on
+    assert [r["feedback"] for r in size["runs"]] == [r.feedback for r in replicas.PLAN]
     with_report = [r for r in size["runs"] if r["report"]]
-    assert len(with_report) == 2 and all(r["report"]["seconds"] is not None for r in with_report)
+    assert len(with_report) == 3 and all(r["report"]["seconds"] is not None for r in with_report)
+    # Whatever it conflicted with (the replayed lock, or a cleanup its snapshot needed), replay cancelled it.
+    assert [r["report"]["cancelled_by_recovery"] for r in with_report] == [True, True, True], with_report
 
 
 def test_the_replicas_section_replaces_only_its_own_part_of_the_benchmarks_doc(tiny, tmp_path):

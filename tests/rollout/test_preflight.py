@@ -160,3 +160,13 @@ def test_unadopted_baseline_is_no_go(empty_db: Database):
     report = preflight(empty_db.url, "head")
     assert _status(report, "drift") == FAIL
     assert "reserve adopt" in report.to_text()
+
+
+def test_without_a_hot_standby_the_replicas_check_says_so(baseline_db: Database, pg_server):
+    report = preflight(baseline_db.url, "head", backup_confirmed=True)
+    with baseline_db.connect() as conn:
+        standbys = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
+    if standbys:
+        pytest.skip("TEST_DATABASE_URL's server has standbys")
+    check = next(c for c in report.checks if c.name == "replicas")
+    assert check.status == OK and check.detail == "no hot standby streams from this server"

@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy.engine import URL
 
 from reserve import db
+from reserve.report import OK
 from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres
+from reserve.rollout.preflight import preflight, replicas_behind
 from reserve.rollout.scratch import unique_name
 from reserve.rollout.standby import StandbyWatch, long_report, lsn
 
@@ -174,3 +176,17 @@ def test_a_long_report_that_nothing_cancels_is_stopped_at_the_end(urls):
     with long_report(standby) as report:
         time.sleep(0.2)
     assert report.outcome == "still running at the end" and not report.cancelled_by_recovery
+
+
+def test_preflight_of_the_swap_names_each_hot_standby_and_what_the_swap_does_there(urls):
+    primary, standby = urls
+    check = next(c for c in preflight(primary, "head", backup_confirmed=True).checks if c.name == "replicas")
+    assert check.status == OK, check
+    assert "1 hot standby(s)" in check.detail and "streaming" in check.detail
+    assert "max_standby_streaming_delay" in check.detail
+
+
+
+def test_a_standby_far_behind_or_not_streaming_is_named_by_the_preflight():
+    rows = [("eu-1", "streaming", 0.2), ("eu-2", "catchup", 0.0), ("eu-3", "streaming", 45.0), ("eu-4", "streaming", None)]
+    assert replicas_behind(rows) == ["eu-2", "eu-3"]
