@@ -51,7 +51,7 @@ class SoakResult:
     def as_dict(self) -> dict[str, Any]:
         document = asdict(self)
         for step in document["steps"]:
-            for unused in ("lock_trace", "reported_holds", "wal_bytes"):  # the rehearsal's: the soak fills none
+            for unused in ("lock_trace", "reported_holds", "wal_bytes", "started_s", "standby"):  # the rehearsal's only
                 del step[unused]
         return {**document, "ok": self.ok}
 
