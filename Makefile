@@ -40,9 +40,11 @@ postgres:
 test: venv postgres
 	$(BIN)/pytest
 
-## The main job: rehearse the rollout on a throw-away database and write the evidence bundle.
+## The main job: rehearse the rollout on a throw-away database and write the evidence bundle (with its
+## timeline plot: matplotlib, the bench extra). STANDBY=1 adds a hot standby and what its readers saw.
 rehearse: venv postgres
-	$(BIN)/reserve rehearse
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/reserve rehearse $(if $(STANDBY),--standby)
 
 ## Regenerate reserve/schema/expected/ (the catalog each revision must produce) after changing a revision.
 expected: venv postgres
