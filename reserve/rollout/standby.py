@@ -114,6 +114,7 @@ class StandbyWatch:
     reads: list[Read] = field(default_factory=list)
     samples: list[LagSample] = field(default_factory=list)
     error: BaseException | None = None
+    _reading_since: float | None = None  # the read in flight: a read still waiting counts as long as it has waited
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -147,7 +148,7 @@ class StandbyWatch:
             while not self._stop.is_set():
                 if conn is None or conn.closed:
                     conn = self.reader()
-                started = time.perf_counter()
+                started = self._reading_since = time.perf_counter()
                 outcome = "ok"
                 try:
                     if allocation is None:  # no rows yet: finding one is the read
@@ -160,8 +161,9 @@ class StandbyWatch:
                 except psycopg.Error as exc:
                     state = exc.sqlstate or ""
                     outcome = "cancelled" if state in CANCELLED or conn.closed else f"error:{state or 'connection'}"
-                if outcome:
-                    with self._lock:
+                with self._lock:
+                    self._reading_since = None
+                    if outcome:
                         self.reads.append(Read(started, time.perf_counter() - started, outcome))
                 self._stop.wait(self.read_interval_s)
         except BaseException as exc:  # raised again by __exit__, in the caller's thread
@@ -221,22 +223,16 @@ class StandbyWatch:
         return dict(zip(CONFLICT_KINDS, row, strict=True))
 
     def catch_up(self) -> float | None:
-        """Seconds until the standby has replayed everything the primary has written now; None on timeout."""
-        started = time.perf_counter()
-        with db.connect(self.primary, autocommit=True) as primary:
-            target = lsn(primary.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
-        with self._connect_standby() as standby:
-            while time.perf_counter() - started < self.catch_up_timeout_s:
-                if lsn(standby.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]) >= target:
-                    return time.perf_counter() - started
-                time.sleep(0.01)
-        return None
+        """Seconds until the standby has replayed everything the primary has flushed now; None on timeout."""
+        return catch_up(self.primary, self.standby, self.catch_up_timeout_s)
 
     def figures(self, since: float, until: float, caught_up_after_s: float | None,
                 conflicts: dict[str, int]) -> StandbyFigures:
         """The reads that started and the lag sampled in [since, until] (perf_counter)."""
         with self._lock:
             reads = [r for r in self.reads if since <= r.started <= until]
+            if self._reading_since is not None and since <= self._reading_since <= until:
+                reads.append(Read(self._reading_since, until - self._reading_since, "still waiting"))
             samples = [s for s in self.samples if since <= s.at <= until]
         errors: dict[str, int] = {}
         for read in reads:
@@ -270,6 +266,20 @@ class StandbyWatch:
         """(seconds since ``origin``, replay lag in seconds) of every sample, for the timeline."""
         with self._lock:
             return [(s.at - origin, s.lag_s) for s in self.samples if s.at >= origin]
+
+
+def catch_up(primary: URL, standby: URL, timeout_s: float = 120.0) -> float | None:
+    """Seconds until ``standby`` has replayed everything ``primary`` has flushed now (its database included, if
+    the primary just created it); None on timeout."""
+    started = time.perf_counter()
+    with db.connect(primary.set(database="postgres"), autocommit=True) as conn:
+        target = lsn(conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+    with db.connect(standby.set(database="postgres"), autocommit=True) as conn:
+        while time.perf_counter() - started < timeout_s:
+            if lsn(conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]) >= target:
+                return time.perf_counter() - started
+            time.sleep(0.01)
+    return None
 
 
 @dataclass

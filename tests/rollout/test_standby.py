@@ -21,7 +21,7 @@ from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.preflight import preflight, replicas_behind
 from reserve.rollout.scratch import unique_name
-from reserve.rollout.standby import StandbyWatch, long_report, lsn
+from reserve.rollout.standby import StandbyWatch, catch_up, long_report, lsn
 
 # Short, so that the test of a cancelled standby query does not wait the default 30 s.
 STREAMING_DELAY = "500ms"
@@ -44,6 +44,7 @@ def urls(pair) -> Iterator[tuple[URL, URL]]:
     alembic_runner.upgrade(primary.url(name), "0001_baseline")
     with db.connect(primary.url(name), autocommit=True) as conn:
         dataset.generate(conn, dataset.Shape(restaurants=3, windows_per_table=2))
+    assert catch_up(primary.url(name), standby.url(name)) is not None  # the standby has it all before the test
     yield primary.url(name), standby.url(name)
     with db.connect(primary.url(), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -72,13 +73,25 @@ def test_standby_reads_of_allocations_wait_while_the_primary_holds_access_exclus
     with StandbyWatch(primary, standby) as watch, watch.measure() as seen:
         with db.connect(primary) as holder:
             holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
-            # WAL that fills pages, so the lock's record is flushed and replayed while the lock is held.
-            holder.execute("CREATE TABLE noise AS SELECT generate_series(1, 5000) AS x")
+            # The lock's record is flushed (and so sent and replayed) while the lock is held: a segment switch
+            # flushes; otherwise an idle WAL writer may keep it until the end of the transaction.
+            holder.execute("SELECT pg_switch_wal()")
             time.sleep(1.5)
-            holder.rollback()
+            holder.commit()  # flushed at once (synchronous_commit): the standby releases the lock promptly
     figures = seen[0]
     assert figures.reads > 0 and figures.caught_up
     assert figures.longest_read_s >= 1.0, figures
+
+
+def test_a_read_still_waiting_when_the_step_ends_counts_as_long_as_it_has_waited(urls):
+    primary, standby = urls
+    with StandbyWatch(primary, standby) as watch, db.connect(primary) as holder:
+        with watch.measure() as seen:
+            holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
+            holder.execute("SELECT pg_switch_wal()")
+            time.sleep(1.5)
+        holder.commit()  # after the step: its reads are still waiting when it ends
+    assert seen[0].longest_read_s >= 1.0, seen[0]
 
 
 def test_the_standby_reader_waits_for_a_lock_as_long_as_it_takes(urls):
@@ -135,9 +148,9 @@ def test_replay_lag_is_seen_while_replay_is_paused_and_the_catch_up_is_timed(url
                 time.sleep(0.3)
                 resume.start()
         figures = seen[0]
-        assert figures.replay_lag_peak_bytes > 0
-        assert figures.replay_lag_peak_s >= 0.2
-        assert figures.caught_up and figures.caught_up_after_s >= 0.5
+        assert figures.replay_lag_peak_bytes > 0, figures
+        assert figures.replay_lag_peak_s >= 0.2, figures
+        assert figures.caught_up and figures.caught_up_after_s >= 0.5, figures
     finally:
         resume.cancel()
         resume_replay()
