@@ -249,14 +249,20 @@ def refresh_docs(result: dict[str, Any], docs: Path) -> list[Path]:
     if plotted:
         written.append(plot_path)
     doc = docs / "BENCHMARKS.md"
-    text = doc.read_text() if doc.exists() else SKELETON
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + "\n\n" + BEGIN + "\n" + END + "\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + BEGIN + "\n" + results_markdown(result, plotted) + "\n" + END + tail)
+    replace_generated(doc, BEGIN, END, results_markdown(result, plotted))
     written.append(doc)
     return written
+
+
+def replace_generated(doc: Path, begin: str, end: str, body: str, heading: str = "") -> None:
+    """Write ``body`` between the markers ``begin`` and ``end`` of ``doc`` (appended, under ``heading``, when
+    they are missing); every other line of the file is hand-written and kept."""
+    text = doc.read_text() if doc.exists() else SKELETON
+    if begin not in text or end not in text:
+        text = text.rstrip() + "\n\n" + heading + begin + "\n" + end + "\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(head + begin + "\n" + body + "\n" + end + tail)
 
 
 def summary(result: dict[str, Any]) -> str:

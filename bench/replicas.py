@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL
 
 from bench.data import create_database, load
 from bench.instruments import Progress, connect, r3, timed_migration
-from bench.render import fmt, table
+from bench.render import fmt, replace_generated, table
 from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.lockwatch import reported_holds
@@ -165,12 +165,7 @@ def _report(report: dict[str, Any] | None) -> str:
 
 
 def refresh_docs(result: dict[str, Any], doc: Path) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + "\n\n## Read replicas\n\n" + BEGIN + "\n" + END + "\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + BEGIN + "\n" + markdown(result) + "\n" + END + tail)
+    replace_generated(doc, BEGIN, END, markdown(result), heading="## Read replicas\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:
