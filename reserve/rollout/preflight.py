@@ -65,7 +65,8 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s,
                        swap_method)
         check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
-        check_replicas(conn, report, crosses_swap)
+        steps = [(revision, direction) for revision in moving]
+        check_replicas(conn, report, locks.step_tables(steps, swap_method).get(guards.TABLE) == "ACCESS EXCLUSIVE")
         check_backup(conn, report, url, backup_confirmed)
     return report
 
@@ -251,10 +252,11 @@ def check_online_costs(conn: psycopg.Connection[Any], report: Report, direction:
 
 
 def check_replicas(conn: psycopg.Connection[Any], report: Report, applies: bool) -> None:
-    """The hot standbys streaming from this server. The swap's ACCESS EXCLUSIVE (the locked build, the online
-    exchange) is replayed on each: there it waits behind any query reading allocations, up to that replica's
-    max_standby_streaming_delay, and the replica's reads of allocations queue behind the wait (docs/OPERATIONS.md,
-    section 9). This server cannot see a replica's queries: the operator checks them."""
+    """The hot standbys streaming from this server, when the step takes ACCESS EXCLUSIVE on allocations (as
+    reserve.schema.locks declares it). That lock (the locked build, the online exchange) is replayed on each:
+    there it waits behind any query reading allocations, up to that replica's max_standby_streaming_delay, and
+    the replica's reads of allocations queue behind the wait (docs/OPERATIONS.md, section 9). This server
+    cannot see a replica's queries: the operator checks them."""
     if not applies:
         report.add("replicas", OK, "this step does not take ACCESS EXCLUSIVE on allocations")
         return
