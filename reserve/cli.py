@@ -205,6 +205,17 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, standby: b
     sys.exit(0 if summary["verdict"] == "go" else 1)
 
 
+@main.command("config-path")
+def config_path() -> None:
+    """The alembic.ini of this package's chain, for `alembic -c "$(reserve config-path)" upgrade head`.
+
+    Exit 2 when this installation has no chain beside it."""
+    from reserve.schema import revisions
+
+    with _failures_reported():
+        click.echo(revisions.alembic_ini())
+
+
 # ---------------------------------------------------------------- after the deploy: flags, monitor, retention, analysis
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +20,9 @@ from reserve.report import OK
 from reserve.rollout import alembic_runner
 from reserve.schema import catalog, revisions
 
-ROOT = revisions.PROJECT_ROOT
+# The repository, for its own files (README, docs, ops, bench results); where the chain lives is
+# revisions.alembic_ini()'s to say.
+ROOT = Path(__file__).resolve().parents[1]
 # The chain, oldest first, as Alembic walks it (reserve.schema.revisions is the one place that knows).
 REVISIONS = revisions.chain()
 

@@ -21,7 +21,7 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from reserve import db
-from reserve.schema.revisions import PROJECT_ROOT, config
+from reserve.schema.revisions import alembic_ini, config
 
 
 def _cli(url: URL | str | None, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -30,21 +30,23 @@ def _cli(url: URL | str | None, args: tuple[str, ...]) -> tuple[list[str], dict[
     env = {k: v for k, v in os.environ.items() if k != db.ENV_VAR}
     if url is not None:
         env[db.ENV_VAR] = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-    return [sys.executable, "-m", "alembic", "-c", str(PROJECT_ROOT / "alembic.ini"), *args], env
+    return [sys.executable, "-m", "alembic", "-c", str(alembic_ini()), *args], env
 
 
 def start_cli(url: URL | str | None, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    """Start ``alembic <args>`` against ``url`` (in ``cwd``); stdout and stderr merged, to be read by the caller."""
+    """Start ``alembic <args>`` against ``url`` (in ``cwd``, else the chain's directory); stdout and stderr merged,
+    to be read by the caller."""
     argv, env = _cli(url, args)
-    return subprocess.Popen(argv, cwd=cwd or PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(argv, cwd=cwd or alembic_ini().parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
 def run_cli(url: URL | str | None, *args: str, timeout: float = 300,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``alembic <args>`` against ``url`` (in ``cwd``) to the end; subprocess.TimeoutExpired after ``timeout``."""
+    """Run ``alembic <args>`` against ``url`` (in ``cwd``, else the chain's directory) to the end;
+    subprocess.TimeoutExpired after ``timeout``."""
     argv, env = _cli(url, args)
-    return subprocess.run(argv, cwd=cwd or PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd or alembic_ini().parent, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _passing(url: URL, x: list[str] | None, trace: Any, new_guard: Any) -> Any:

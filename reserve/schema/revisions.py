@@ -1,8 +1,13 @@
-"""The revision chain: its order, its head, where a database stands in it, and the Alembic config that finds it.
+"""The revision chain: where it lives, its order, its head, where a database stands in it, and its Alembic config.
 
-One place for the order of the revisions (Alembic's own ``walk_revisions``),
-used by everything that must know what comes after what: preflight's steps,
-``-1`` as ``alembic downgrade -1`` means it, the expected catalogs, the tests.
+One place for where the chain is (``alembic_ini``) and for the order of the
+revisions (Alembic's own ``walk_revisions``), used by everything that must
+know what comes after what: preflight's steps, ``-1`` as ``alembic downgrade
+-1`` means it, the expected catalogs, the tests.
+
+The repository keeps ``alembic.ini`` and ``alembic/`` at its top level; a wheel
+carries the same two as ``reserve/_chain/`` (setup.py's build step), so the
+ini's ``script_location = %(here)s/alembic`` holds in both.
 """
 
 from __future__ import annotations
@@ -17,13 +22,29 @@ from sqlalchemy.engine import URL
 
 from reserve.report import UsageError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parent.parent
+# An installed wheel's copy first, then a checkout's (an editable install, or the source tree on sys.path).
+_CANDIDATES = (_PACKAGE / "_chain" / "alembic.ini", _PACKAGE.parent / "alembic.ini")
+
+
+class ChainNotFound(UsageError):
+    """This copy of the package has no Alembic chain beside it."""
+
+
+def alembic_ini() -> Path:
+    """The alembic.ini of this package's own chain (``reserve config-path`` prints it); ChainNotFound (exit 2)
+    when neither the wheel's copy nor a checkout's is there."""
+    for ini in _CANDIDATES:
+        if ini.is_file() and (ini.parent / "alembic" / "env.py").is_file():
+            return ini
+    raise ChainNotFound(f"the Alembic chain of this reserve ({_PACKAGE}) is missing: neither "
+                        f"{' nor '.join(str(ini) for ini in _CANDIDATES)} (with alembic/ beside it) exists; "
+                        "install a wheel built from the repository (pip install <checkout> or pip wheel <checkout>)")
 
 
 def config(url: URL | None = None, *, x: list[str] | None = None, output: io.StringIO | None = None) -> Config:
     """An Alembic config for ``url``; ``x`` holds ``-x name=value`` options."""
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"), output_buffer=output, cmd_opts=Namespace(x=x or []))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
+    cfg = Config(str(alembic_ini()), output_buffer=output, cmd_opts=Namespace(x=x or []))
     if url is not None:
         cfg.attributes["database_url"] = url.render_as_string(hide_password=False)
     cfg.attributes["configure_logger"] = False
