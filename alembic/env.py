@@ -43,8 +43,7 @@ if config.config_file_name and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 log = logging.getLogger("reserve.env")
 
-# pg_advisory_lock key shared by every run of this project. Arbitrary, fixed forever.
-MIGRATION_LOCK_KEY = 7_265_736_572_766_501
+MIGRATION_LOCK_KEY = locks.MIGRATION_LOCK_KEY
 VERSIONS = Path(__file__).resolve().parent / "versions"
 session_setting = options.session_setting
 

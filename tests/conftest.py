@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, make_url
 
 from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
-from tests.support import REVISIONS, Database
+from tests.support import ONLINE, REVISIONS, Database
 
 TEMPLATES = {"empty": None, "baseline": "0001_baseline", "pre_swap": REVISIONS[-2], "head": "head"}
 _clone_numbers = itertools.count(1)
@@ -70,7 +70,8 @@ def templates(pg_server: EphemeralPostgres | ExternalServer) -> Iterator[dict[st
             janitor.init()
             janitors.append(janitor)
             if revision:
-                alembic_runner.upgrade(pg_server.url(name), revision)
+                # head through the online method, opted into: its window open, as most head tests need it
+                alembic_runner.upgrade(pg_server.url(name), revision, ONLINE if revision == "head" else None)
             names[state] = name
         yield names
     finally:

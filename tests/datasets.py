@@ -24,6 +24,7 @@ WINDOW = "window"
 # Enough for the locked guard build to last ~1 s here, and for the online backfill to take a dozen batches.
 ROWS = 60_000
 LOCKED = ["-x", "swap_method=locked"]
+ONLINE = ["swap_method=online"]  # x of an in-process run: the online method, opted into
 _clones = itertools.count(1)
 
 
@@ -43,7 +44,7 @@ def data_templates(pg_server: Any) -> Iterator[dict[str, str]]:
         with db.connect(below, autocommit=True) as conn:
             dataset.generate(conn, dataset.Shape.for_rows(ROWS))
             conn.execute("VACUUM ANALYZE")
-        for state, x in ((HEAD, LOCKED), (WINDOW, None)):
+        for state, x in ((HEAD, LOCKED), (WINDOW, ONLINE)):
             with admin(pg_server) as conn:
                 conn.execute(f'CREATE DATABASE "{names[state]}" TEMPLATE "{names[BELOW_SWAP]}"')
             alembic_runner.upgrade(pg_server.url(names[state]), "head", x=x)

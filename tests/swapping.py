@@ -18,12 +18,14 @@ from typing import Any
 import psycopg
 
 from reserve.schema.guards import NEW_GUARD, OLD_GUARD
+from reserve.schema.options import SwapOptions
 from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import exchange, online
+from reserve.schema.swap import changelog, exchange, online
 from reserve.schema.swap import state as swap_state
 from tests.support import Database, Venue
 
 ACTION = "test swap"
+OPTIONS = SwapOptions(method="online", snapshot_wait_s=5.0)
 COLUMNS = "id, restaurant_id, booking_id, resource_type, resource_id, \"window\", shadow, is_maintenance"
 
 
@@ -33,7 +35,7 @@ def session(conn: psycopg.Connection[Any]) -> PsycopgSession:
 
 
 def build(conn: psycopg.Connection[Any], direction: str = "upgrade") -> swap_state.SwapState:
-    """The standby and the mirror (phase: building)."""
+    """The shadow and the capture (phase: building)."""
     online.build(session(conn), direction, NEW_GUARD, action=ACTION)
     found = swap_state.read(conn)
     assert found is not None
@@ -44,32 +46,39 @@ def standby_guard(direction: str) -> str:
     return (NEW_GUARD if direction == "upgrade" else OLD_GUARD).name
 
 
-def copy_batch(conn: psycopg.Connection[Any], pages: int = 1, direction: str = "upgrade") -> int:
-    """One backfill batch of ``pages`` pages; the rows it selected."""
-    selected, _, _ = online.copy_next_batch(session(conn), standby_guard(direction), pages, action=ACTION)
+def copy_batch(conn: psycopg.Connection[Any], pages: int = 1) -> int:
+    """One bulk-copy batch of ``pages`` pages; the rows it selected."""
+    selected, _, _ = online.copy_next_batch(session(conn), pages, action=ACTION)
     return selected
 
 
-def backfill_rest(conn: psycopg.Connection[Any], pages: int = 1000, direction: str = "upgrade") -> None:
-    while online.copy_next_batch(session(conn), standby_guard(direction), pages, action=ACTION)[2]:
-        pass
-    conn.execute("UPDATE reserve_swap.state SET phase = 'backfilled', backfilled_at = now()")
+def replay(conn: psycopg.Connection[Any]) -> int:
+    """Replay the whole change log into the shadow (as the swap does between its phases); log rows consumed."""
+    return changelog.replay_until(session(conn))
+
+
+def backfill_rest(conn: psycopg.Connection[Any], pages: int = 1000) -> None:
+    """The rest of the backfill as the swap runs it: copy, replay, guard, replay, keys (phase: backfilled)."""
+    found = swap_state.read(conn)
+    assert found is not None
+    online.backfill(session(conn), found, NEW_GUARD, SwapOptions(method="online", batch_rows=50 * pages),
+                    action=ACTION)
 
 
 def exchange_forward(conn: psycopg.Connection[Any]) -> None:
     found = swap_state.read(conn)
     assert found is not None
-    exchange.forward(session(conn), found, NEW_GUARD, action=ACTION)
+    exchange.forward(session(conn), found, NEW_GUARD, OPTIONS, action=ACTION)
 
 
 def open_window(conn: psycopg.Connection[Any]) -> None:
-    """After an upgrade's exchange: validate the re-pointed keys and open the window (the mirror the other way)."""
+    """After an upgrade's exchange: validate the re-pointed keys and open the window (the capture the other way)."""
     exchange.settle(session(conn), swap_state.read(conn), action=ACTION)
 
 
 def exchange_back(conn: psycopg.Connection[Any]) -> None:
     """`alembic downgrade -1` inside the window: the exchange back, then the machinery dropped."""
-    exchange.back(session(conn), swap_state.read(conn), NEW_GUARD, action=ACTION)
+    exchange.back(session(conn), swap_state.read(conn), NEW_GUARD, OPTIONS, action=ACTION)
 
 
 def rows(conn: psycopg.Connection[Any], table: str) -> set[tuple[Any, ...]]:

@@ -23,6 +23,8 @@ from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import exchange
 from reserve.schema.swap import state as swap_state
 
+ONLINE = ["swap_method=online"]  # the method that opens a window (the default, locked, leaves none)
+
 
 def write_all(target: Path) -> list[Path]:
     """Write ``<target>/<revision>.txt`` for every revision of the chain, and the swap's two machinery states;
@@ -38,14 +40,14 @@ def write_all(target: Path) -> list[Path]:
     with EphemeralPostgres() as server:
         url = server.url()
         for revision in revisions.chain():
-            alembic_runner.upgrade(url, revision)
+            alembic_runner.upgrade(url, revision, x=ONLINE)
             with db.connect(url, autocommit=True) as conn:
                 if swap_state.read(conn) is not None:
                     written.append(_write(target / f"{expectations.WINDOW}.txt", _machinery(conn)))
                     roll_back_leaving_the_table_retired(url)
                     written.append(_write(target / f"{expectations.RETIRED}.txt", _machinery(conn)))
                     exchange.finish(PsycopgSession(conn), action="tools.expected")
-                    alembic_runner.upgrade(url, revision)
+                    alembic_runner.upgrade(url, revision, x=ONLINE)
                     exchange.finish(PsycopgSession(conn), action="tools.expected")
                 snap = catalog.snapshot(conn)
             written.append(_write(target / f"{revision}.txt", snap))
@@ -61,7 +63,7 @@ def roll_back_leaving_the_table_retired(url: Any) -> None:
     the table it replaced cannot be dropped at once and is retired."""
     with db.connect(url) as reader:
         reader.execute("SELECT count(*) FROM public.bookings")
-        alembic_runner.downgrade(url, "-1", x=["swap_lock_timeout=200ms"])
+        alembic_runner.downgrade(url, "-1", x=[*ONLINE, "swap_lock_timeout=200ms"])
         reader.rollback()
     with db.connect(url, autocommit=True) as conn:
         found = swap_state.read(conn)

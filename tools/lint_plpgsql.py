@@ -5,7 +5,7 @@ revision at a time; after each step every PL/pgSQL function of this project
 then installed is checked by plpgsql_check (Debian ``postgresql-15-plpgsql-check``,
 the linter Supabase ships), against the schema of that revision: so each
 version is checked as installed by the revision that ships it. At head (the
-online swap's window open, so the mirror's function is there too) every
+online swap's window open, so the swap's capture and replay functions are there too) every
 version file under ``reserve/sql/functions`` is also installed and checked in
 a transaction that is rolled back, so a version no revision installs is
 never skipped.
@@ -101,7 +101,7 @@ _CREATED = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION\s+(?:\w+\.)?(\w+)\s*\(",
 
 
 def created_name(name: str, version: str) -> str:
-    """The function a version file creates (``swap_mirror/v1.sql`` creates ``reserve_swap.mirror``)."""
+    """The function a version file creates (``swap_replay/v1.sql`` creates ``reserve_swap.replay``)."""
     match = _CREATED.search(sql.function_sql(name, version))
     if match is None:
         raise ValueError(f"reserve/sql/functions/{name}/{version}.sql creates no function")
@@ -136,7 +136,7 @@ def lint(url: URL) -> Result:
     with db.connect(url, autocommit=True) as conn:
         ensure_extension(conn)
     for revision in revisions.chain():
-        alembic_runner.upgrade(url, revision)
+        alembic_runner.upgrade(url, revision, ["swap_method=online"])  # at head the window's functions are there
         with db.connect(url, autocommit=True) as conn:
             result.add(check_installed(conn, revision))
     with db.connect(url, autocommit=True) as conn:

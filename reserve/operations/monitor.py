@@ -45,6 +45,7 @@ from reserve import db
 from reserve.capacity import confirm
 from reserve.report import FAIL, OK, WARN, Report, table
 from reserve.schema import guards, probes, revisions
+from reserve.schema.swap import changelog
 from reserve.schema.swap import state as swap_state
 from reserve.stats import quantile
 
@@ -54,6 +55,7 @@ GUARD = guards.NEW_GUARD
 OVERLAP_SCAN_LIMIT = 100
 PROBE_P95_LIMIT_MS = 100.0
 RETENTION_DAYS = 30
+REPLAY_LAG_LIMIT_S = 300.0  # the window's replayer runs every few seconds (pg_cron: every minute before 1.5)
 WINDOW_DAYS = 7  # the observation period after the online upgrade, then `reserve swap finish`
 STATEMENT_TIMEOUT = "30s"
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -66,6 +68,8 @@ class WindowReading:
     phase: str | None  # None: no swap in flight and no window open
     conflicts: int = 0
     age_s: float | None = None
+    log_rows: int = 0  # the change log's rows not replayed yet
+    replay_lag_s: float = 0.0  # how long the oldest of them has waited
 
     @property
     def open(self) -> bool:
@@ -173,7 +177,8 @@ def read_window(conn: psycopg.Connection[Any]) -> WindowReading | None:
     age = None
     if found.window_opened_at is not None:
         age = conn.execute("SELECT extract(epoch FROM now() - %s)::float8", (found.window_opened_at,)).fetchone()[0]
-    return WindowReading(found.phase, found.conflicts, age)
+    depth = changelog.depth(conn)
+    return WindowReading(found.phase, found.conflicts, age, depth.rows, depth.lag_s)
 
 
 def _connect(url: URL) -> psycopg.Connection[Any]:
@@ -240,11 +245,15 @@ def add_window(report: Report, w: WindowReading | None) -> None:
     else:
         days = (w.age_s or 0) / 86400
         late = days > WINDOW_DAYS
+        behind = w.replay_lag_s > REPLAY_LAG_LIMIT_S
         detail = (f"open for {days:.1f} days; rollback " + ("instant" if w.rollback_instant else
                   f"not instant ({w.conflicts} conflict(s): `reserve swap status`)")
+                  + f"; change log {w.log_rows} rows, replay lag {w.replay_lag_s:.0f}s"
+                  + (" (is the pg_cron job or `reserve swap follow` running?)" if behind else "")
                   + ("; past the observation period: `reserve swap finish`" if late else ""))
-        report.add("swap window", WARN if late or not w.rollback_instant else OK, detail, phase=w.phase,
-                   conflicts=w.conflicts, age_s=w.age_s, rollback_instant=w.rollback_instant)
+        report.add("swap window", WARN if late or behind or not w.rollback_instant else OK, detail, phase=w.phase,
+                   conflicts=w.conflicts, age_s=w.age_s, rollback_instant=w.rollback_instant, log_rows=w.log_rows,
+                   replay_lag_s=w.replay_lag_s)
 
 
 def _percent(ratio: float | None) -> str:
@@ -342,6 +351,10 @@ class DatabaseCollector(Collector):
                   None if w is None else w.conflicts),
             gauge("reserve_swap_window_age_seconds", "Since when the online swap's window is open.",
                   w.age_s if w is not None and w.open else None),
+            gauge("reserve_swap_log_rows", "Rows of the online swap's change log not replayed yet.",
+                  w.log_rows if w is not None and w.phase is not None else None),
+            gauge("reserve_swap_replay_lag_seconds", "How long the oldest unreplayed change-log row has waited.",
+                  w.replay_lag_s if w is not None and w.phase is not None else None),
         ]
 
 

@@ -21,7 +21,7 @@ from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import revisions
 from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import exchange
+from reserve.schema.swap import changelog, exchange
 from reserve.schema.swap import state as swap_state
 
 PROBE_WRITES = 200
@@ -29,7 +29,7 @@ SWAP_REVISION = "0004_allocations_no_overlap"
 
 
 def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:
-    """Whether the rollback is instant, since when, what was mirrored, the conflicts, the overhead and the disk."""
+    """Whether the rollback is instant, since when, the log's depth and lag, the conflicts, the overhead and the disk."""
     report = Report("swap status")
     with db.connect(url, autocommit=True) as conn:
         found = swap_state.read(conn)
@@ -52,11 +52,16 @@ def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:
                        f"finish it with the same alembic command", conflicts=ids)
             return report
         if probe_writes:
-            report.facts["mirror_write_overhead"] = measure_overhead(conn, probe_writes)
+            report.facts["capture_write_overhead"] = measure_overhead(conn, probe_writes)
         if found.conflicts:
             report.add("instant rollback", WARN, f"not instant: {found.conflicts} allocation(s) the previous table "
                        f"cannot take under {found.standby_guard}: {', '.join(ids)}; `alembic downgrade -1` retries "
                        "them first and refuses, listing each pair, while any remains", conflicts=ids)
+        elif report.facts["log_rows"]:
+            report.add("instant rollback", OK, f"possible: {report.facts['log_rows']} write(s) logged and not yet "
+                       f"replayed into the previous table (the replayer's lag: {report.facts['replay_lag_s']:.0f}s); "
+                       "a conflict among them is found when they are; `alembic downgrade -1` replays the rest and "
+                       "exchanges back")
         else:
             report.add("instant rollback", OK, "possible: the previous table is in step; `alembic downgrade -1` "
                        "is an exchange back")
@@ -83,41 +88,87 @@ def _figures(conn: psycopg.Connection[Any], found: swap_state.SwapState) -> dict
         "backfilled_rows": found.rows_copied,
         "conflicts": found.conflicts,
         "extra_disk_bytes": size,
+        **_log_figures(conn),
     }
 
 
-def measure_overhead(conn: psycopg.Connection[Any], writes: int) -> dict[str, float]:
-    """What the mirror adds to a write, measured here: ``writes`` single-row inserts into allocations with the
-    mirror copying each one at once, against the same inserts into a temporary copy of allocations' definition
-    without it; all in one transaction that is rolled back (nothing is written)."""
+def _log_figures(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The change log's depth and how long its oldest row has waited (the replay's lag)."""
+    depth = changelog.depth(conn)
+    return {"log_rows": depth.rows, "replay_lag_s": depth.lag_s}
+
+
+def measure_overhead(conn: psycopg.Connection[Any], writes: int) -> dict[str, Any]:
+    """What the capture adds to a write, measured on allocations itself (its WAL, keys, indexes, RLS): rounds of
+    single-row inserts with the capture on and off, interleaved, in one transaction that is rolled back
+    (nothing is written, the capture is back as it was). Turning the trigger off takes SHARE ROW EXCLUSIVE on
+    allocations: writers wait for the probe (``writes`` inserts, tens of milliseconds), so it is taken with a
+    100 ms lock_timeout and the hold is reported."""
     restaurant = conn.execute("SELECT id FROM public.restaurants LIMIT 1").fetchone()
     if restaurant is None:
         return {}
-    insert = ("INSERT INTO {table} (restaurant_id, resource_type, resource_id, \"window\") VALUES "
+    insert = ("INSERT INTO public.allocations (restaurant_id, resource_type, resource_id, \"window\") VALUES "
               "(%s, 'table', gen_random_uuid(), tstzrange(now() + make_interval(years => 50, secs => %s), "
               "now() + make_interval(years => 50, secs => %s + 1)))")
+    trigger = f"public.allocations {{}} TRIGGER {swap_state.CAPTURE_TRIGGER}"
+    rounds, per_round = 4, max(1, writes // 8)
+    timings: dict[str, float] = {"on": 0.0, "off": 0.0}
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL statement_timeout = '30s'")
-            conn.execute(f"SET CONSTRAINTS {swap_state.SCHEMA}.{swap_state.APPLY_TRIGGER} IMMEDIATE")
-            conn.execute("CREATE TEMP TABLE reserve_probe (LIKE public.allocations INCLUDING ALL) ON COMMIT DROP")
-            mirrored = _timed(conn, insert.format(table="public.allocations"), restaurant[0], writes)
-            plain = _timed(conn, insert.format(table="pg_temp.reserve_probe"), restaurant[0], writes)
+            conn.execute("SET LOCAL lock_timeout = '100ms'")
+            locked = None
+            for n in range(rounds):
+                for state in ("on", "off") if n % 2 == 0 else ("off", "on"):
+                    conn.execute(f"ALTER TABLE {trigger.format('ENABLE ALWAYS' if state == 'on' else 'DISABLE')}")
+                    locked = locked or time.perf_counter()
+                    timings[state] += _timed(conn, insert, restaurant[0], per_round, offset=n * per_round)
+            held = time.perf_counter() - (locked or time.perf_counter())
     except psycopg.Error as exc:
         return {"error": str(exc).splitlines()[0]}
-    return {"writes": writes, "mirrored_ms_per_write": round(mirrored * 1000 / writes, 3),
-            "plain_ms_per_write": round(plain * 1000 / writes, 3), "ratio": round(mirrored / plain, 2) if plain else 0.0}
+    total = rounds * per_round
+    return {"writes": total * 2, "captured_ms_per_write": round(timings["on"] * 1000 / total, 3),
+            "plain_ms_per_write": round(timings["off"] * 1000 / total, 3),
+            "ratio": round(timings["on"] / timings["off"], 2) if timings["off"] else 0.0,
+            "share_row_exclusive_held_ms": round(held * 1000, 1)}
 
 
-def _timed(conn: psycopg.Connection[Any], statement: str, restaurant: Any, writes: int) -> float:
+def _timed(conn: psycopg.Connection[Any], statement: str, restaurant: Any, writes: int, offset: int = 0) -> float:
     started = time.perf_counter()
-    for n in range(writes):
+    for n in range(offset * 2, offset * 2 + writes):
         conn.execute(statement, (restaurant, n, n))
     return time.perf_counter() - started
 
 
+def follow(url: URL, *, interval_s: float = 2.0, rounds: int | None = None,
+           progress: Any = None) -> Report:
+    """Keep the shadow (in the window: the previous table) in step where pg_cron is not installed: replay the
+    change log every ``interval_s`` seconds until the swap's machinery is gone (finished, aborted) or
+    ``rounds`` rounds have run; ``progress`` gets one line per round (depth, lag, conflicts)."""
+    report = Report("swap follow")
+    replayed = done = 0
+    with db.connect(url, autocommit=True) as conn:
+        report.facts.update({"database": db.masked(url)})
+        session = PsycopgSession(conn)
+        while rounds is None or done < rounds:
+            if swap_state.read(conn) is None:
+                report.add("follow", OK, f"no online swap in flight any more; {replayed} log rows replayed")
+                return report
+            replayed += changelog.replay_until(session)
+            done += 1
+            figures = _log_figures(conn)
+            if progress is not None:
+                progress(f"replayed {replayed} log rows; log {figures['log_rows']} rows, lag "
+                         f"{figures['replay_lag_s']:.1f}s, conflicts {swap_state.read(conn).conflicts}")
+            if rounds is None or done < rounds:
+                time.sleep(interval_s)
+        report.facts.update(_log_figures(conn))
+    report.add("follow", OK, f"{replayed} log rows replayed in {done} round(s)")
+    return report
+
+
 def finish(url: URL) -> Report:
-    """Close the window: drop the previous table and the mirror.
+    """Close the window: drop the previous table and the capture.
 
     Idempotent: a rerun after an interruption completes it, and with nothing
     left to finish at head it says so and exits 0. Refused (exit 1, nothing

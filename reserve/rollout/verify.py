@@ -51,7 +51,7 @@ def verify(url: URL) -> Report:
                        "restaurants): `reserve swap finish` drops it; nothing depends on it")
         elif left == expectations.CLOSING:
             report.add("retired table", WARN, "an interrupted `reserve swap finish` left the previous table in "
-                       f"{swap_state.STANDBY}, out of step (its mirror is gone; the rollback is a rebuild): "
+                       f"{swap_state.STANDBY}, out of step (its capture is gone; the rollback is a rebuild): "
                        "`reserve swap finish` drops it; nothing depends on it")
         if between is not None:
             report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,

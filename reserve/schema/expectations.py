@@ -87,23 +87,23 @@ def compare(expected_snap: catalog.Snapshot, live: catalog.Snapshot) -> list[Dif
     return differences
 
 
-# Catalog lines of the online swap's machinery (schema reserve_swap and the mirror's triggers).
+# Catalog lines of the online swap's machinery (schema reserve_swap and the capture's triggers).
 MACHINERY = "reserve_swap"
 # The machinery an online swap leaves on purpose, each shipped like a revision's catalog: expected/window.txt
 # (after an upgrade: the previous table kept in step) and expected/retired.txt (after a rollback that could
-# not drop the table it replaced at once: that table, emptied, no mirror).
+# not drop the table it replaced at once: that table, emptied, no capture).
 WINDOW, RETIRED = "window", "retired"
-# A `reserve swap finish` interrupted after its first step: the window's machinery without the mirror's
+# A `reserve swap finish` interrupted after its first step: the window's machinery without the capture's
 # triggers (the previous table retired at head, to be dropped by the next finish). Derived from window.txt.
 CLOSING = "closing"
-_MIRROR_TRIGGERS = re.compile(r"\breserve_swap_(?:stage|truncate|apply)\b")
+_CAPTURE_TRIGGERS = re.compile(r"\breserve_swap_capture(?:_truncate)?\b")
 
 
 def expected_machinery(state: str) -> catalog.Snapshot:
-    """The machinery's catalog in ``state``, as shipped (CLOSING: the window's, without the mirror)."""
+    """The machinery's catalog in ``state``, as shipped (CLOSING: the window's, without the capture)."""
     if state != CLOSING:
         return expected(state)
-    return {section: [line for line in lines if not _MIRROR_TRIGGERS.search(line)]
+    return {section: [line for line in lines if not _CAPTURE_TRIGGERS.search(line)]
             for section, lines in expected(WINDOW).items()}
 
 

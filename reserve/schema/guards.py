@@ -44,8 +44,8 @@ class Guard:
     def drop_sql(self) -> str:
         return f"ALTER TABLE {TABLE} DROP CONSTRAINT {self.name}"
 
-    def violations_sql(self, limit: int = 20) -> str:
-        """Pairs of live (non-shadow) allocations this guard would reject, lowest ids first.
+    def violations_sql(self, limit: int = 20, table: str = TABLE) -> str:
+        """Pairs of live (non-shadow) allocations of ``table`` this guard would reject, lowest ids first.
 
         One sort of the table, no index needed (a self-join probing a GiST
         index whose leading column is not constrained is quadratic in
@@ -63,13 +63,13 @@ WITH flagged AS (
            max(COALESCE(upper("window"), 'infinity')) OVER (
              PARTITION BY {key} ORDER BY lower("window") NULLS FIRST, id
              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS latest_end_before
-    FROM {TABLE} WHERE NOT shadow
+    FROM {table} WHERE NOT shadow
   ) sorted
   WHERE latest_end_before > COALESCE(lower("window"), '-infinity')
   ORDER BY id LIMIT {int(limit)}
 )
 SELECT DISTINCT LEAST(a.id, f.id), GREATEST(a.id, f.id)
-FROM flagged f JOIN {TABLE} a ON {same} AND a."window" && f."window" AND a.id <> f.id AND NOT a.shadow
+FROM flagged f JOIN {table} a ON {same} AND a."window" && f."window" AND a.id <> f.id AND NOT a.shadow
 ORDER BY 1, 2 LIMIT {int(limit)}"""
 
 

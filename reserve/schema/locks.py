@@ -21,6 +21,18 @@ from typing import Any
 
 import psycopg
 
+from reserve.schema.options import DEFAULT_SWAP_METHOD
+
+# The session-level pg_advisory_lock every migration run holds (alembic/env.py). Arbitrary, fixed forever.
+MIGRATION_LOCK_KEY = 7_265_736_572_766_501
+
+# A session waiting for MIGRATION_LOCK_KEY: a second run queued in env.py. Its statement's snapshot is gone
+# once the lock is granted, so it is not an old snapshot the exchange must wait for.
+WAITING_FOR_MIGRATION_LOCK_SQL = (
+    "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = {pid} AND l.locktype = 'advisory' AND NOT l.granted "
+    f"AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = {MIGRATION_LOCK_KEY})"
+)
+
 # pg_locks spelling -> SQL spelling, weakest first.
 MODES: dict[str, str] = {
     "AccessShareLock": "ACCESS SHARE",
@@ -164,13 +176,13 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
 }
 
 
-SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.pending", "reserve_swap.conflicts", "reserve_swap.state")
-# The online method of the swap (reserve.schema.swap), the default: a standby built beside allocations and
-# exchanged with it. ACCESS EXCLUSIVE on allocations for the exchange only (catalog work), and on the two
-# tables whose foreign keys and policies point at allocations, re-pointed in the same breath; SHARE ROW
-# EXCLUSIVE on bookings and restaurants while the standby's foreign keys are added (up), ACCESS EXCLUSIVE
-# on them when the standby is dropped with its foreign keys (down, and `reserve swap finish`); the
-# machinery's own tables when an earlier run left them.
+SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.log", "reserve_swap.conflicts", "reserve_swap.state")
+# The online method of the swap (reserve.schema.swap), opted into with -x swap_method=online: a shadow table
+# built beside allocations and exchanged with it. ACCESS EXCLUSIVE on allocations for the exchange only
+# (catalog work), and on the two tables whose foreign keys and policies point at allocations, re-pointed in the
+# same breath; SHARE ROW EXCLUSIVE on bookings and restaurants while the shadow's foreign keys are added (up),
+# ACCESS EXCLUSIVE on them when the shadow is dropped with its foreign keys (down, and `reserve swap finish`);
+# the machinery's own tables when an earlier run left them.
 _REPOINTED = {"public.allocations": AE, "public.booking_table_assignments": AE,
               "public.booking_assignment_idempotency": AE, **dict.fromkeys(SWAP_MACHINERY, AE),
               # deparsing the re-pointed policies opens the tables they read, as a query does
@@ -182,7 +194,7 @@ ONLINE_SWAP: dict[str, StepLocks] = {
 SWAP_REVISION = "0004_allocations_no_overlap"
 
 
-def declared(revision: str, direction: str, method: str = "online") -> StepLocks:
+def declared(revision: str, direction: str, method: str = DEFAULT_SWAP_METHOD) -> StepLocks:
     """What ``revision`` declares for ``direction`` ('upgrade' or 'downgrade') with the swap's ``method``
     (only the swap has two); KeyError when undeclared."""
     if revision == SWAP_REVISION and method == "online":
@@ -190,7 +202,7 @@ def declared(revision: str, direction: str, method: str = "online") -> StepLocks
     return DECLARED[revision][direction]
 
 
-def step_tables(steps: Sequence[tuple[str, str]], method: str = "online") -> dict[str, str]:
+def step_tables(steps: Sequence[tuple[str, str]], method: str = DEFAULT_SWAP_METHOD) -> dict[str, str]:
     """The strongest lock per table over several (revision, direction) steps."""
     result: dict[str, str] = {}
     for revision, direction in steps:
@@ -230,7 +242,7 @@ HOLDERS_SQL = """
 SELECT l.pid, COALESCE(a.application_name, ''), l.relation::regclass::text, l.mode, l.granted,
        COALESCE(a.state, ''), round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)::float8
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'relation'
+WHERE l.locktype = 'relation' AND l.mode <> 'SIReadLock'  -- a SERIALIZABLE predicate lock blocks no lock
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
   AND l.pid <> pg_backend_pid() AND NOT (l.pid = ANY (%s::int[]))

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from reserve.schema import locks
+from reserve.schema.options import DEFAULT_SWAP_METHOD
 
 VERSION_TABLE = "public.alembic_version"
 _USER_RELATIONS = """
@@ -103,7 +104,7 @@ def summarize(statement: str, limit: int = 160) -> str:
 class LockTrace:
     """Attach to the migrating connection (``attach``); steps are closed by Alembic's on_version_apply."""
 
-    def __init__(self, method: str = "online") -> None:
+    def __init__(self, method: str = DEFAULT_SWAP_METHOD) -> None:
         self.method = method  # the swap's method in this run: its declaration depends on it
         self.steps: list[TracedStep] = []
         self._open: TracedStep | None = None
@@ -251,7 +252,7 @@ def _declared(step: TracedStep, method: str) -> locks.StepLocks | None:
         return None
 
 
-def undeclared(steps: Iterable[TracedStep], method: str = "online") -> list[str]:
+def undeclared(steps: Iterable[TracedStep], method: str = DEFAULT_SWAP_METHOD) -> list[str]:
     """Every traced lock on an existing table that the step's declaration does not cover, as sentences."""
     found = []
     for step in steps:

@@ -85,7 +85,7 @@ def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Pe
     if swap.phase in (BUILDING, BACKFILLED):
         copied = "backfilled" if swap.phase == BACKFILLED else f"{swap.rows_copied} rows copied so far"
         return Pending(recorded or "none", done=f"an online {swap.direction} is building its standby with "
-                       f"{swap.standby_guard} ({copied}); the mirror keeps it in step with every committed write"
+                       f"{swap.standby_guard} ({copied}); the change log records every write for the replay"
                        f"{conflicts}", left="the backfill, then the exchange (milliseconds under the lock)",
                        command=command, alternative="reserve swap abort")
     if swap.phase == SWAPPED:

@@ -21,20 +21,13 @@ from sqlalchemy.engine import Engine
 
 from reserve import db
 from reserve.rollout import alembic_runner
-from tests.support import REVISIONS, ROOT, Database
+from reserve.schema import locks
+from tests.support import REVISIONS, Database
 
 HEAD = REVISIONS[-1]
 
 
-def migration_lock_key() -> int:
-    """MIGRATION_LOCK_KEY as written in alembic/env.py (importing env.py would run it)."""
-    source = (ROOT / "alembic" / "env.py").read_text()
-    match = re.search(r"^MIGRATION_LOCK_KEY\s*=\s*([0-9_]+)\s*(?:#.*)?$", source, re.MULTILINE)
-    assert match, "MIGRATION_LOCK_KEY = <int> not found in alembic/env.py"
-    return int(match.group(1))
-
-
-LOCK_KEY = migration_lock_key()
+LOCK_KEY = locks.MIGRATION_LOCK_KEY
 
 
 def run_alembic(database_url: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -214,7 +207,7 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
     runs: list[subprocess.Popen[str]] = []
     try:
         with migration_lock_held(empty_db) as holder:
-            runs = [start_alembic(empty_db, "upgrade", "head") for _ in range(2)]
+            runs = [start_alembic(empty_db, "-x", "swap_method=online", "upgrade", "head") for _ in range(2)]
             wait_for(lambda: sessions_waiting_for_migration_lock(holder) == 2 or any(r.poll() is not None for r in runs),
                      "both alembic runs to queue for the migration lock")
             assert all(r.poll() is None for r in runs), "an alembic run ended while the migration lock was held"
@@ -227,7 +220,7 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
     for run, (out, _) in zip(runs, outcomes, strict=True):
         assert run.returncode == 0, db.scrub(out, empty_db.url)
     assert version_rows(empty_db) == [HEAD]
-    assert empty_db.snapshot() == head_db.snapshot()
+    assert empty_db.snapshot() == head_db.snapshot()  # head_db too has the online upgrade's window open
 
 
 def test_a_run_gives_up_after_migration_lock_wait_while_another_run_holds_the_lock(empty_db: Database):

@@ -23,16 +23,19 @@ import psycopg
 from reserve import db
 from reserve.rollout.verify import verify
 from reserve.schema import catalog, expectations
+from reserve.schema.session import PsycopgSession
+from reserve.schema.swap import changelog
 from reserve.schema.swap import state as swap_state
 from tests import faults
 from tests.datasets import BELOW_SWAP, HEAD, ROWS
 from tests.support import Database
 
+ONLINE = ["-x", "swap_method=online"]  # the method these faults are about (the default is locked)
 # Small batches with a pause: the backfill of ROWS rows takes a few seconds, time to hit it half done.
 SLOW_BACKFILL = ["-x", "swap_batch_rows=2000", "-x", "swap_batch_pause=0.1"]
 # The exchange waits for a blocker up to this long, in one attempt (the fault comes well before).
 WAIT_FOR_BLOCKER = ["-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1"]
-RESUMED = re.compile(r"resuming the backfill after (\d+) rows")
+RESUMED = re.compile(r"resuming the copy after (\d+) rows")
 
 
 # ---------------------------------------------------------------- where the database stands
@@ -84,8 +87,10 @@ def live_rows(db_: Database) -> set[tuple[Any, ...]]:
 
 
 def assert_window_in_step(db_: Database) -> None:
-    """The previous table holds exactly the live rows (the mirror and the backfill lost and resurrected none)."""
-    with db_.connect() as conn:
+    """Once the change log is replayed, the previous table holds exactly the live rows (the copy and the replay
+    lost and resurrected none)."""
+    with db_.connect(autocommit=True) as conn:
+        changelog.replay_until(PsycopgSession(conn))
         missing, extra = conn.execute(
             "SELECT (SELECT count(*) FROM (SELECT * FROM public.allocations EXCEPT "
             "        SELECT * FROM reserve_swap.allocations) m), "
@@ -95,7 +100,7 @@ def assert_window_in_step(db_: Database) -> None:
 
 
 def rerun(db_: Database, *args: str) -> str:
-    code, output = faults.run_alembic(db_.url, *args)
+    code, output = faults.run_alembic(db_.url, *ONLINE, *args)
     assert code == 0, output
     return output
 
@@ -151,7 +156,7 @@ def lock_waiters(dba: psycopg.Connection[Any], table: str) -> int:
 def test_terminated_while_the_build_waits_for_its_lock_leaves_nothing_and_a_rerun_reaches_head(below_swap):
     before = live_rows(below_swap)
     code, output = faults.terminated_while_waiting(below_swap.url, ("allocations", "ROW EXCLUSIVE"),
-                                                   "SHARE ROW EXCLUSIVE MODE", *WAIT_FOR_BLOCKER, "upgrade", "head")
+                                                   "SHARE ROW EXCLUSIVE MODE", *ONLINE, *WAIT_FOR_BLOCKER, "upgrade", "head")
     assert code != 0 and "terminating connection due to administrator command" in output, output
     assert swap_found(below_swap) is None  # the build is one transaction: nothing of it stays
     assert_at(below_swap, BELOW_SWAP, window=False)
@@ -163,7 +168,7 @@ def test_terminated_while_the_build_waits_for_its_lock_leaves_nothing_and_a_reru
 
 def test_statement_timeout_while_the_build_waits_for_its_lock_leaves_nothing(below_swap):
     with faults.holding_lock(below_swap.url, "allocations", "ROW EXCLUSIVE"):
-        code, output = faults.run_alembic(below_swap.url, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=1s",
+        code, output = faults.run_alembic(below_swap.url, *ONLINE, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=1s",
                                           "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     assert swap_found(below_swap) is None
@@ -175,7 +180,7 @@ def test_statement_timeout_while_the_build_waits_for_its_lock_leaves_nothing(bel
 
 def _interrupted_backfill(db_: Database, fault: str) -> swap_state.SwapState:
     with db_.connect(autocommit=True) as dba:
-        proc = faults.start_alembic(db_.url, *SLOW_BACKFILL, "upgrade", "head")
+        proc = faults.start_alembic(db_.url, *ONLINE, *SLOW_BACKFILL, "upgrade", "head")
         wait_for_backfill(dba, proc)
         backend = faults.migration_backends(dba)[0]
         if fault == "terminate":
@@ -216,17 +221,18 @@ def test_client_killed_with_the_backfill_half_done_a_rerun_resumes_from_the_last
 
 
 def test_statement_timeout_in_a_backfill_batch_stops_it_and_a_rerun_resumes(below_swap):
-    with below_swap.connect() as holder:
-        # A row in the middle of the table (the backfill copies in physical order), locked as a long transaction
-        # would: the batch reaching it waits. (FOR UPDATE with OFFSET would lock every row it skips, too.)
-        holder.execute("SELECT id FROM allocations WHERE ctid = (SELECT ctid FROM allocations ORDER BY ctid "
-                       "OFFSET %s LIMIT 1) FOR UPDATE", (ROWS // 2,))
-        code, output = faults.run_alembic(below_swap.url, "-x", "statement_timeout=1s", "-x", "lock_timeout=30s",
-                                          "upgrade", "head")
-        holder.rollback()
+    # The copy takes no row locks (the change log keeps what it races with), so a batch waits only on the
+    # shadow itself: once half the rows are copied, a session takes SHARE on it and the next batch's insert
+    # waits until its statement times out.
+    with below_swap.connect(autocommit=True) as dba:
+        proc = faults.start_alembic(below_swap.url, *ONLINE, *SLOW_BACKFILL, "-x", "statement_timeout=1s",
+                                    "-x", "lock_timeout=30s", "upgrade", "head")
+        wait_for_backfill(dba, proc)
+        with faults.holding_lock(below_swap.url, swap_state.STANDBY, "SHARE"):
+            code, output = faults.finish(proc, below_swap.url)
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     found = swap_found(below_swap)
-    assert found is not None and found.phase == swap_state.BUILDING and 0 < found.rows_copied <= ROWS // 2 + 1
+    assert found is not None and found.phase == swap_state.BUILDING and 0 < found.rows_copied < ROWS, found
     _resumes_and_keeps_every_write(below_swap, found)
 
 
@@ -237,7 +243,7 @@ def _backfilled_then_waiting(db_: Database, blocker_table: str, fault: str, *ext
     """Run the upgrade while a reader holds ``blocker_table``: the build and the backfill go on, the exchange
     waits; then the fault."""
     with faults.holding_lock(db_.url, blocker_table, "ACCESS SHARE"), db_.connect(autocommit=True) as dba:
-        proc = faults.start_alembic(db_.url, *WAIT_FOR_BLOCKER, *extra, "upgrade", "head")
+        proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "upgrade", "head")
         backend = wait_for_exchange_lock(dba, proc)
         if fault == "terminate":
             assert faults.terminate(dba, backend.pid)
@@ -275,7 +281,7 @@ def test_client_killed_while_the_exchange_waits_keeps_the_copy(below_swap):
 
 def test_statement_timeout_while_the_exchange_waits_keeps_the_copy(below_swap):
     with faults.holding_lock(below_swap.url, "allocations", "ACCESS SHARE"):
-        code, output = faults.run_alembic(below_swap.url, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=2s",
+        code, output = faults.run_alembic(below_swap.url, *ONLINE, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=2s",
                                           "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     assert "LOCK TABLE public.booking_assignment_idempotency" in output.split("statement timeout", 1)[1], output
@@ -296,7 +302,7 @@ def stop_the_exchange_at_the_queue(db_: Database, dba: psycopg.Connection[Any], 
     end of its catalog work: ``gate`` holds the swap's state row, which the exchange updates last; the Alembic
     process."""
     first.execute("LOCK TABLE allocations IN ACCESS SHARE MODE")
-    proc = faults.start_alembic(db_.url, *WAIT_FOR_BLOCKER, "upgrade", "head")
+    proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, "upgrade", "head")
     wait_for_exchange_lock(dba, proc)  # the build and the backfill are done
     gate.execute(f"SELECT 1 FROM {swap_state.STATE} FOR UPDATE")
     first.rollback()
@@ -377,7 +383,7 @@ def test_client_killed_while_validating_the_repointed_foreign_keys_a_rerun_valid
 def test_two_online_upgrades_at_once_one_swaps_and_the_other_finds_head(below_swap):
     before = live_rows(below_swap)
     with below_swap.connect(autocommit=True) as dba:
-        runs = faults.start_two_runs(dba, below_swap.url, *SLOW_BACKFILL, "upgrade", "head")
+        runs = faults.start_two_runs(dba, below_swap.url, *ONLINE, *SLOW_BACKFILL, "upgrade", "head")
         results = [faults.finish(run, below_swap.url) for run in runs]
     faults.assert_one_ran_and_the_other_waited(results, f"Running upgrade {BELOW_SWAP} -> {HEAD}")
     assert_at(below_swap, HEAD, window=True)
@@ -389,7 +395,7 @@ def test_two_online_upgrades_at_once_one_swaps_and_the_other_finds_head(below_sw
 
 def test_terminated_while_the_exchange_back_waits_stays_at_head_with_the_window_open(in_window):
     code, output = faults.terminated_while_waiting(in_window.url, ("allocations", "ACCESS SHARE"),
-                                                   "ACCESS EXCLUSIVE MODE", *WAIT_FOR_BLOCKER, "downgrade", "-1")
+                                                   "ACCESS EXCLUSIVE MODE", *ONLINE, *WAIT_FOR_BLOCKER, "downgrade", "-1")
     assert code != 0, output
     assert_at(in_window, HEAD, window=True)
     assert_application_writes_go_through(in_window)
@@ -403,7 +409,7 @@ def test_terminated_while_the_exchange_back_waits_stays_at_head_with_the_window_
 
 def test_the_online_rebuild_interrupted_half_done_is_named_and_a_rerun_resumes(at_head):
     with at_head.connect(autocommit=True) as dba:
-        proc = faults.start_alembic(at_head.url, *SLOW_BACKFILL, "downgrade", "-1")
+        proc = faults.start_alembic(at_head.url, *ONLINE, *SLOW_BACKFILL, "downgrade", "-1")
         wait_for_backfill(dba, proc)
         assert faults.terminate(dba, faults.migration_backends(dba)[0].pid)
         code, output = faults.finish(proc, at_head.url)

@@ -23,7 +23,11 @@ def swap(db_: Database, *args: str):
 
 
 def checks(result) -> dict[str, dict]:
-    return {check["name"]: check for check in json.loads(result.output)["checks"]}
+    return checks_of(json.loads(result.output))
+
+
+def checks_of(report: dict) -> dict[str, dict]:
+    return {check["name"]: check for check in report["checks"]}
 
 
 def test_status_in_the_window_says_the_rollback_is_instant_and_what_the_window_costs(head_db: Database):
@@ -32,16 +36,22 @@ def test_status_in_the_window_says_the_rollback_is_instant_and_what_the_window_c
         for n in range(5):
             swapping.insert(conn, a.id, a.tables[n % 3], slot(2 + 3 * n))
         conn.commit()
+    logged = json.loads(swap(head_db, "status", "--probe-writes", "0").output)
+    assert logged["facts"]["log_rows"] == 5 and logged["facts"]["rows_written_to_the_standby"] == 0
+    assert "5 write(s) logged and not yet replayed" in checks_of(logged)["instant rollback"]["detail"]
+    with head_db.connect(autocommit=True) as conn:
+        swapping.replay(conn)  # what the replayer (pg_cron, or `reserve swap follow`) does
     result = swap(head_db, "status")
     facts = json.loads(result.output)["facts"]
     assert result.exit_code == 0
     assert checks(result)["instant rollback"]["status"] == "ok"
     assert facts["window"] == "open" and facts["instant_rollback"] is True
     assert facts["previous_table_guard"] == "allocations_resource_window_excl"
-    assert facts["rows_written_to_the_standby"] >= 5 and facts["conflicts"] == 0
+    assert facts["rows_written_to_the_standby"] >= 5 and facts["conflicts"] == 0 and facts["log_rows"] == 0
     assert facts["extra_disk_bytes"] > 0 and facts["window_age_s"] >= 0
-    overhead = facts["mirror_write_overhead"]
-    assert overhead["writes"] == 200 and overhead["mirrored_ms_per_write"] > overhead["plain_ms_per_write"] > 0
+    overhead = facts["capture_write_overhead"]
+    assert overhead["writes"] == 200 and overhead["captured_ms_per_write"] > 0 and overhead["plain_ms_per_write"] > 0
+    assert overhead["share_row_exclusive_held_ms"] > 0
     with head_db.connect() as conn:  # the probe's writes were rolled back
         assert conn.execute("SELECT count(*) FROM allocations").fetchone()[0] == 5
 
@@ -52,6 +62,8 @@ def test_status_names_the_rows_that_make_the_rollback_not_instant(head_db: Datab
         swapping.insert(conn, a.id, a.tables[0], slot(3))
         twin = swapping.insert(conn, b.id, a.tables[0], slot(3))  # legal now, not under the previous guard
         conn.commit()
+    with head_db.connect(autocommit=True) as conn:
+        swapping.replay(conn)  # the replayer records the twin as a conflict
     result = swap(head_db, "status", "--probe-writes", "0")
     check = checks(result)["instant rollback"]
     assert result.exit_code == 0 and check["status"] == "warn"
@@ -152,11 +164,11 @@ def _reserve_backends(dba) -> list:
     return [faults.Backend(*row) for row in rows]
 
 
-def test_finish_holds_allocations_only_to_detach_the_mirror_and_drops_the_previous_table_emptied(head_db: Database):
+def test_finish_holds_allocations_only_to_detach_the_capture_and_drops_the_previous_table_emptied(head_db: Database):
     """Dropping a table holds its locks while its files go: finish empties the previous table first (under its own
     lock), so that neither allocations nor bookings wait for that."""
     with reported_holds() as reported:
         assert [c.status for c in swap_window.finish(head_db.url).checks] == ["ok"]
     steps = [(step, tables) for step, _, tables in reported.holds]
-    assert steps == [("detaching the mirror", "public.allocations"),
+    assert steps == [("detaching the capture", "public.allocations"),
                      ("dropping the machinery", "public.bookings, public.restaurants")], steps

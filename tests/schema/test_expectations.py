@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reserve.schema import catalog, expectations
-from tests.support import REVISIONS, Database
+from tests.support import ONLINE, REVISIONS, Database
 from tools import expected as expected_tool
 
 
@@ -14,7 +14,7 @@ def _machinery_text(db_: Database) -> str:
 def test_shipped_expectations_equal_a_fresh_migration_of_every_revision(empty_db: Database):
     assert expectations.shipped() == REVISIONS
     for revision in REVISIONS:
-        empty_db.upgrade(revision)
+        empty_db.upgrade(revision, ONLINE)
         if revision == expectations.SWAP_REVISION:  # the online upgrade leaves its window open
             assert _machinery_text(empty_db) == catalog.as_text(expectations.expected(expectations.WINDOW)), \
                 "reserve/schema/expected/window.txt is stale: run `make expected`"
@@ -38,7 +38,7 @@ def test_the_retired_table_a_rollback_leaves_is_the_shipped_one_and_not_drift_be
 def test_an_open_window_is_not_drift_at_head_but_a_changed_one_is(head_db: Database):
     with head_db.connect() as conn:
         assert expectations.drift(conn, REVISIONS[-1]) == []
-        conn.execute("DROP TRIGGER reserve_swap_stage ON public.allocations")
+        conn.execute("DROP TRIGGER reserve_swap_capture ON public.allocations")
         found = expectations.drift(conn, REVISIONS[-1])
     assert [(d.section, d.kind) for d in found] == [("triggers", "missing")], found
 

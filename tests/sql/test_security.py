@@ -26,10 +26,12 @@ DEFINER_EXECUTE = {
     "text,text,booking_status,text,jsonb,uuid)": {"service_role"},
     "purge_booking_confirmation_results(timestamp with time zone,integer,boolean)": {"reserve_maintenance"},
 }
-# The online swap's mirror (reserve_swap, while its window is open): a trigger function, definer so that a venue's
-# write to allocations can be copied into tables no platform role may touch; executable by nobody but the owner
-# (a trigger function cannot be called directly anyway).
-SWAP_MIRROR_DEFINERS = {"reserve_swap.mirror()"}
+# The online swap's capture (reserve_swap, while a swap is in flight or its window open): a trigger function,
+# definer so that a venue's write to allocations can append to a log no platform role may touch; executable by
+# nobody but the owner (a trigger function cannot be called directly anyway).
+SWAP_CAPTURE_DEFINERS = {"reserve_swap.capture()"}
+# The replay the swap (and pg_cron, or `reserve swap follow`) runs as the migration role: an invoker, by nobody else.
+SWAP_FUNCTIONS = SWAP_CAPTURE_DEFINERS | {"reserve_swap.replay(integer)"}
 # The invoker functions the RLS policies and the definer functions call: same grants, same pinned path.
 INVOKER_EXECUTE = {
     "current_restaurant_id()": {"service_role"},
@@ -79,12 +81,11 @@ def test_the_security_definer_functions_at_head_are_exactly_the_reviewed_ones(he
         everywhere = {row[0] for row in conn.execute(
             "SELECT p.oid::regprocedure::text FROM pg_proc p "
             "WHERE p.prosecdef AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)")}
-    assert everywhere == set(DEFINER_EXECUTE) | SWAP_MIRROR_DEFINERS  # regprocedure qualifies what is off the path
+    assert everywhere == set(DEFINER_EXECUTE) | SWAP_CAPTURE_DEFINERS  # regprocedure qualifies what is off the path
 
 
-@pytest.mark.parametrize("signature", sorted(SWAP_MIRROR_DEFINERS))
-def test_the_swap_mirrors_definer_functions_are_executable_by_no_role_and_pin_search_path(head_db: Database,
-                                                                                         signature: str):
+@pytest.mark.parametrize("signature", sorted(SWAP_FUNCTIONS))
+def test_the_swap_functions_are_executable_by_no_role_and_pin_search_path(head_db: Database, signature: str):
     with head_db.connect() as conn:
         grantees, default_acl = conn.execute(GRANTEES, (signature,)).fetchone()
         config = conn.execute("SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure", (signature,)).fetchone()[0]

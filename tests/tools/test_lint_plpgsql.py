@@ -27,8 +27,8 @@ def lintable(empty_db: Database) -> Database:
 def test_every_shipped_function_is_clean_at_every_revision_and_none_is_skipped(lintable: Database):
     result = lint_plpgsql.lint(lintable.url)
     assert lint_plpgsql.unsilenced(result.findings) == ([], [])
-    assert result.checked == set(lint_plpgsql.shipped_names())  # the mirror's function too, at head
-    assert "mirror" in result.checked and "confirm_hold_assignment_tx" in result.checked
+    assert result.checked == set(lint_plpgsql.shipped_names())  # the swap's capture and replay too, at head
+    assert {"capture", "replay", "confirm_hold_assignment_tx"} <= result.checked
 
 
 def test_a_function_with_an_unknown_column_reference_fails_the_lint(lintable: Database):

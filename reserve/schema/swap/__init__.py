@@ -2,7 +2,8 @@
 
 - ``state``: the machinery's names and the one-row state a rerun resumes from;
 - ``standby``: the standby table's definition, read from the live table's catalog;
-- ``mirror``: the triggers that keep the standby in step without failing a write;
+- ``changelog``: the capture (one append per written row, in the writer's transaction) and the replay that
+  keeps the shadow in step, in its own transactions;
 - ``dependents``: foreign keys, policies, views, publications and triggers that
   follow the table when it changes identity;
 - ``exchange``: the bounded lock under which live and standby trade places, and

@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reserve.schema.swap.state import APPLY_TRIGGER, LIVE, STAGE_TRIGGER, TRUNCATE_TRIGGER
+from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, LIVE
 
-OURS = (STAGE_TRIGGER, TRUNCATE_TRIGGER, APPLY_TRIGGER)
+OURS = (CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
 """The exchange: live and standby trade places under one bounded ACCESS EXCLUSIVE lock, catalog work only.
 
-Under the lock: drop the mirror's triggers from the table that leaves, move
-it to a side schema, move the standby into ``public``, move the first into
-``reserve_swap``, re-point every dependent (reserve.schema.swap.dependents),
-and, when a window opens, put the mirror on the new live table. Nothing
-reads or writes rows there, so the hold does not grow with the table. Before
-it: the standby's recorded conflicts are retried, and any that remain stop
-the exchange, listing the allocation ids, with nothing changed.
+Before the lock: the change log replayed down to a small tail
+(``-x swap_tail_rows``), the two tables compared row by row (every difference
+queued for the replay), the capture checked (enabled as installed), the
+recorded conflicts retried (any that remain stop the exchange, listing the
+allocation ids), and every transaction whose snapshot predates the shadow's
+fill waited for (``-x swap_snapshot_wait``; such a snapshot would see an empty
+or partial table after the exchange, the MVCC caveat of any table rewrite).
+Under the lock: the tail replayed (nobody can append meanwhile), the
+capture's triggers dropped from the table that leaves, the tables moved
+between schemas, every dependent re-pointed (reserve.schema.swap.dependents),
+and, when a window opens, the capture put on the new live table. The hold
+depends on the writes of the last moment, not on the table.
 
 After it (``settle``): the re-pointed foreign keys are validated without
 blocking writers; then a window opens (after an upgrade) or the table that
@@ -23,14 +28,14 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import failures, guards
-from reserve.schema.options import LockPolicy, session_setting
+from reserve.schema import guards, locks
+from reserve.schema.options import LockPolicy, SwapOptions, session_setting
 from reserve.schema.session import LockGiveUp, Session, take
-from reserve.schema.swap import dependents, mirror
+from reserve.schema.swap import changelog, dependents
 from reserve.schema.swap.state import (
     EXCHANGE_SCHEMA,
     LIVE,
-    PENDING,
+    LOG,
     RETIRED,
     STANDBY,
     SWAPPED,
@@ -43,41 +48,13 @@ from reserve.schema.swap.state import (
 log = logging.getLogger("reserve.schema.swap")
 
 AE = "ACCESS EXCLUSIVE"
-MACHINERY_TABLES = (STANDBY, PENDING, "reserve_swap.conflicts", "reserve_swap.state")
+MACHINERY_TABLES = (STANDBY, LOG, "reserve_swap.conflicts", "reserve_swap.state")
 # Dropping the standby removes its foreign keys' triggers from the tables they reference.
 DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "public.restaurants": AE}
 
 
-def record_conflict(session: Session, allocation: str, exc: BaseException) -> None:
-    error = failures.database_error(exc)
-    session.execute(
-        "INSERT INTO reserve_swap.conflicts (allocation_id, sqlstate, detail) VALUES (%s, %s, %s) "
-        "ON CONFLICT (allocation_id) DO UPDATE SET sqlstate = EXCLUDED.sqlstate, detail = EXCLUDED.detail, "
-        "recorded_at = now()",
-        (allocation, failures.sqlstate(exc) or "XX000",
-         (getattr(getattr(error, "diag", None), "message_primary", None) or str(exc)).splitlines()[0][:500]))
-
-
-def resync(session: Session, guard_name: str) -> int:
-    """Copy again every row recorded as a conflict (its partner may have moved since); the conflicts left."""
-    ids = [row[0] for row in session.execute("SELECT allocation_id::text FROM reserve_swap.conflicts").fetchall()]
-    for allocation in ids:
-        with session.transaction():
-            session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
-            try:
-                with session.savepoint():
-                    session.execute("DELETE FROM reserve_swap.allocations WHERE id = %s", (allocation,))
-                    session.execute(
-                        "WITH current AS (SELECT * FROM public.allocations WHERE id = %s FOR UPDATE) "
-                        "INSERT INTO reserve_swap.allocations SELECT * FROM current", (allocation,))
-                    session.execute("DELETE FROM reserve_swap.conflicts WHERE allocation_id = %s", (allocation,))
-            except Exception as exc:  # noqa: BLE001 (still refused: recorded again, with today's reason)
-                record_conflict(session, allocation, exc)
-    return session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]
-
-
 class _ConflictsAppeared(Exception):
-    """The mirror recorded a conflict between the last check and the exchange's lock: refused, no lock held."""
+    """The replay recorded a conflict between the last check and the exchange's lock: refused, no lock held."""
 
 
 def _refuse_conflicts(session: Session, action: str, guard: guards.Guard) -> None:
@@ -99,16 +76,21 @@ def _refuse_conflicts(session: Session, action: str, guard: guards.Guard) -> Non
 
 def _exchange(session: Session, *, action: str, open_window: bool, standby_guard_after: str,
               direction: str) -> None:
-    """The one short lock: live and standby trade places; dependents follow; the state says what happened."""
+    """The one short lock: the log's tail replayed, live and shadow trade places, dependents follow, the
+    capture moves to the new live table when a window opens; the state says what happened."""
     with session.transaction():
+        session.execute(changelog.replay_lock_sql())  # no replayer (pg_cron, `swap follow`) is left to wait for
         deps = dependents.find(session)
-        take(session, {LIVE: AE, STANDBY: AE, PENDING: AE, **dict.fromkeys(deps.tables, AE)},
+        take(session, {LIVE: AE, STANDBY: AE, LOG: AE, **dict.fromkeys(deps.tables, AE)},
              action=f"{action}: exchange", restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
+        tail = changelog.replay_in(session)
+        if changelog.not_capturing(session, LIVE):
+            raise _CaptureChanged
         if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
             raise _ConflictsAppeared
         started = time.perf_counter()
-        for statement in mirror.remove(LIVE):
+        for statement in changelog.remove(LIVE):
             session.execute(statement)
         for statement in (f"CREATE SCHEMA {EXCHANGE_SCHEMA}", f"ALTER TABLE {LIVE} SET SCHEMA {EXCHANGE_SCHEMA}",
                           f"ALTER TABLE {STANDBY} SET SCHEMA public",
@@ -118,38 +100,105 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
         for statement in deps.repoint(moved_to=STANDBY):
             session.execute(statement)
         if open_window:
-            for statement in mirror.install(standby_guard_after):
+            for statement in changelog.install(LIVE):
                 session.execute(statement)
+        else:
+            changelog.unschedule_replay(session)  # nothing left to replay into the table that left
         session.execute("UPDATE reserve_swap.state SET phase = %s, direction = %s, standby_guard = %s, "
-                        "swapped_at = now()", (SWAPPED, direction, standby_guard_after))
-        log.info("%s: exchanged %s and %s (catalog work: %.1f ms under the lock)", action, LIVE, STANDBY,
-                 (time.perf_counter() - started) * 1000)
+                        "swapped_at = now(), filled_xid = pg_current_xact_id()",
+                        (SWAPPED, direction, standby_guard_after))
+        log.info("%s: exchanged %s and %s (%d log rows replayed, then catalog work: %.1f ms under the lock)",
+                 action, LIVE, STANDBY, tail, (time.perf_counter() - started) * 1000)
     log_hold(action, "exchange", locked, f"{LIVE} and its dependents")
 
 
-def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, *, action: str, open_window: bool,
-                      standby_guard_after: str, direction: str) -> None:
-    """Retry the recorded conflicts, refuse when any remain (before the lock, or when one appears under it)."""
-    if resync(session, found.standby_guard):
+class _CaptureChanged(Exception):
+    """The capture's triggers were changed between the check and the lock: refused, no lock held."""
+
+
+def _refuse_if_not_capturing(session: Session, action: str) -> None:
+    changed = changelog.not_capturing(session, LIVE)
+    if changed:
+        raise CommandError(
+            f"{action}: {'; '.join(changed)}: writes may have gone unlogged, and the shadow cannot be trusted to "
+            "be in step. Nothing was changed. Put it back as installed (`ALTER TABLE public.allocations ENABLE "
+            "ALWAYS TRIGGER …`), then run it again: the tables are compared row by row before the exchange.")
+
+
+def catch_up(session: Session, options: SwapOptions, *, action: str) -> None:
+    """Before the lock: replay down to the tail, compare the tables row by row and replay what differs."""
+    _refuse_if_not_capturing(session, action)
+    started = time.monotonic()
+    replayed = changelog.replay_until(session, options.tail_rows)
+    queued = changelog.queue_differences(session)
+    replayed += changelog.replay_until(session, options.tail_rows)
+    log.info("%s: log replayed (%d rows), tables compared row by row (%d differences queued and replayed) in %.1fs",
+             action, replayed, queued, time.monotonic() - started)
+
+
+def wait_for_old_snapshots(session: Session, options: SwapOptions, *, action: str) -> None:
+    """Wait for every transaction in this database whose snapshot predates the shadow's bulk fill (after the
+    exchange it would see the table empty or partial: the MVCC caveat of any table rewrite), as CREATE INDEX
+    CONCURRENTLY waits for old snapshots: for at most ``swap_snapshot_wait`` seconds, then refuse naming
+    them, with nothing changed. (A snapshot newer than the fill but older than the last replays sees the rows
+    replayed since it was taken missing: the writes of the last moments, which the guard still checks.)"""
+    deadline = time.monotonic() + options.snapshot_wait_s
+    (horizon,) = session.execute("SELECT filled_xid::text FROM reserve_swap.state").fetchone()
+    if horizon is None:
+        return
+    while True:
+        old = session.execute(
+            "SELECT a.pid, COALESCE(NULLIF(a.application_name, ''), '-'), "
+            "       to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+            "FROM pg_stat_activity a "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend' "
+            "  AND a.backend_xmin IS NOT NULL AND age(a.backend_xmin) > age((%s::bigint %% 4294967296)::text::xid) "
+            f"  AND NOT {locks.WAITING_FOR_MIGRATION_LOCK_SQL.format(pid='a.pid')} "
+            "ORDER BY a.xact_start", (horizon,)).fetchall()
+        if not old:
+            return
+        if time.monotonic() >= deadline:
+            sessions = ", ".join(f"pid {pid} ({name}, in a transaction since {since} UTC)" for pid, name, since in old)
+            raise CommandError(
+                f"{action}: {len(old)} transaction(s) hold a snapshot older than the shadow's contents and would "
+                f"see allocations empty or partial after the exchange: {sessions}. Nothing was changed; let them "
+                "end (or end them), then run it again (-x swap_snapshot_wait=SECONDS waits longer).")
+        time.sleep(0.1)
+
+
+def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, options: SwapOptions, *,
+                      action: str, open_window: bool, standby_guard_after: str, direction: str) -> None:
+    """Catch up, refuse when conflicts remain (before the lock, or when one appears under it) or the capture
+    was changed, wait for old snapshots, exchange."""
+    catch_up(session, options, action=action)
+    if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
         _refuse_conflicts(session, action, guard)
+    wait_for_old_snapshots(session, options, action=action)
+    changelog.replay_until(session, options.tail_rows)  # what was logged while it waited, then at once the lock
     try:
         _exchange(session, action=action, open_window=open_window, standby_guard_after=standby_guard_after,
                   direction=direction)
     except _ConflictsAppeared:
         _refuse_conflicts(session, action, guard)
+    except _CaptureChanged:
+        _refuse_if_not_capturing(session, action)
+        raise CommandError(f"{action}: the capture changed while the exchange waited for its lock; nothing was "
+                           "changed: run it again") from None
 
 
-def forward(session: Session, found: SwapState, new_guard: guards.Guard, *, action: str) -> None:
-    """A built, backfilled standby becomes the live table."""
+def forward(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
+            action: str) -> None:
+    """A built, backfilled shadow becomes the live table."""
     guard = new_guard if found.direction == "upgrade" else guards.OLD_GUARD
     previous = guards.OLD_GUARD.name if found.direction == "upgrade" else new_guard.name
-    _checked_exchange(session, found, guard, action=action, open_window=found.direction == "upgrade",
+    _checked_exchange(session, found, guard, options, action=action, open_window=found.direction == "upgrade",
                       standby_guard_after=previous, direction=found.direction)
 
 
-def back(session: Session, found: SwapState, new_guard: guards.Guard, *, action: str) -> str:
-    """Inside the window, the rollback: the previous table, kept in step, becomes live again."""
-    _checked_exchange(session, found, guards.OLD_GUARD, action=action, open_window=False,
+def back(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
+         action: str) -> str:
+    """Inside the window, the rollback: the previous table, kept in step by the replay, becomes live again."""
+    _checked_exchange(session, found, guards.OLD_GUARD, options, action=action, open_window=False,
                       standby_guard_after=new_guard.name, direction="downgrade")
     return settle(session, read(session), action=action)
 
@@ -169,8 +218,11 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
     if found.direction == "upgrade":
         with session.transaction():
             session.execute("UPDATE reserve_swap.state SET phase = %s, window_opened_at = now()", (WINDOW,))
-        return (f"{action}: exchanged; the previous table stays in step in {STANDBY} (the window): "
-                "`alembic downgrade -1` swaps back instantly, `reserve swap finish` closes it")
+            every = changelog.schedule_replay(session)
+        follower = (f"the pg_cron job {changelog.CRON_JOB} replays the change log ({every})" if every else
+                    "run `reserve swap follow` to keep it in step (pg_cron is not installed here)")
+        return (f"{action}: exchanged; the previous table stays in step in {STANDBY} (the window): {follower}; "
+                "`alembic downgrade -1` replays and swaps back instantly, `reserve swap finish` closes it")
     return retire(session, action=action)
 
 
@@ -181,7 +233,7 @@ def retire(session: Session, *, action: str) -> str:
 
     Dropping it removes its foreign keys, which takes ACCESS EXCLUSIVE on bookings and restaurants for an
     instant: behind any long report on bookings that waits, and every booking read queues behind the wait. The
-    emergency rollback does not retry that; an emptied table with no mirror costs an index probe per deleted
+    emergency rollback does not retry that; an emptied table with no capture costs an index probe per deleted
     booking (its foreign keys cascade) and nothing else, and is gone at the next quiet moment.
     """
     with session.transaction():
@@ -203,49 +255,50 @@ def exists_empty(session: Session) -> bool:
 
 
 def detach(session: Session, *, action: str) -> None:
-    """Closing a window, first step: the mirror off the live table and the state retired, under a bounded
+    """Closing a window, first step: the capture off the live table and the state retired, under a bounded
     ACCESS EXCLUSIVE on allocations for catalog work only. From here the previous table is out of step (the
     rollback is a rebuild) and nothing public touches it."""
     with session.transaction():
-        take(session, {LIVE: AE, STANDBY: AE, PENDING: AE}, action=f"{action}: detaching the mirror",
+        take(session, {LIVE: AE, STANDBY: AE, LOG: AE}, action=f"{action}: detaching the capture",
              restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
-        for statement in mirror.remove(LIVE):
+        for statement in changelog.remove(LIVE):
             session.execute(statement)
         session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
-    log_hold(action, "detaching the mirror", locked, LIVE)
+    log_hold(action, "detaching the capture", locked, LIVE)
 
 
 def drop_retired(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
-    """A retired table (no mirror: nothing public writes to it) is emptied first, under its own lock, so that
+    """A retired table (no capture: nothing public writes to it) is emptied first, under its own lock, so that
     the drop that follows holds bookings and restaurants for catalog work only, not while its files go."""
     with session.transaction():
-        take(session, {STANDBY: AE, PENDING: AE}, action=f"{action}: emptying the table that left", policy=policy,
+        take(session, {STANDBY: AE, LOG: AE}, action=f"{action}: emptying the table that left", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
-        session.execute(f"TRUNCATE {STANDBY}, {PENDING}")
+        session.execute(f"TRUNCATE {STANDBY}, {LOG}")
     close(session, action=action, policy=policy)
 
 
 def close(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
-    """Drop the mirror from the live table and the whole machinery (the standby with it), in one transaction
+    """Drop the capture from the live table and the whole machinery (the standby with it), in one transaction
     with bounded lock attempts: interrupted, or given up (LockGiveUp), it has changed nothing, so a window is
-    never left open without its mirror. Cheap under its locks only when the standby is empty or small
+    never left open without its capture. Cheap under its locks only when the standby is empty or small
     (drop_retired empties it first; an abort drops what the backfill copied so far)."""
-    mirrored = mirror.installed_on(session, LIVE)
+    captured = changelog.installed_on(session, LIVE)
     with session.transaction():
-        wanted = {**({LIVE: AE} if mirrored else {}), **DROP_LOCKS}
-        take(session, wanted, action=f"{action}: dropping the standby and the mirror", policy=policy,
+        wanted = {**({LIVE: AE} if captured else {}), **DROP_LOCKS}
+        take(session, wanted, action=f"{action}: dropping the shadow and the capture", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
-        for statement in mirror.remove(LIVE):
+        for statement in changelog.remove(LIVE):
             session.execute(statement)
+        changelog.unschedule_replay(session)
         session.execute("DROP SCHEMA reserve_swap CASCADE")
     log_hold(action, "dropping the machinery", locked,
-             ", ".join([LIVE] * mirrored + ["public.bookings", "public.restaurants"]))
+             ", ".join([LIVE] * captured + ["public.bookings", "public.restaurants"]))
 
 
 def finish(session: Session, *, action: str = "reserve swap finish") -> str:
-    """Close an open window: the previous table and the mirror go; the rollback is then a rebuild."""
+    """Close an open window: the previous table and the capture go; the rollback is then a rebuild."""
     found = read(session)
     if found is None:
         raise CommandError(f"{action}: no swap window is open: nothing to finish")
@@ -255,13 +308,14 @@ def finish(session: Session, *, action: str = "reserve swap finish") -> str:
     if found.phase != WINDOW:
         raise CommandError(f"{action}: the online {found.direction} is still in flight (phase: {found.phase}); "
                            "finish it first, or `reserve swap abort` before its exchange")
+    changelog.replay_until(session)  # conflicts and figures up to date to the last moment of the window
     detach(session, action=action)
     drop_retired(session, action=action)
-    return f"{action}: the window is closed; {STANDBY} and the mirror are dropped"
+    return f"{action}: the window is closed; {STANDBY} and the capture are dropped"
 
 
 def abort(session: Session, *, action: str = "reserve swap abort") -> str:
-    """Drop a swap that has not exchanged yet: the live table is untouched, the standby and the mirror go."""
+    """Drop a swap that has not exchanged yet: the live table is untouched, the shadow and the capture go."""
     found = read(session)
     if found is None:
         raise CommandError(f"{action}: no swap is in flight: nothing to abort")

@@ -3,22 +3,40 @@
 In order, each phase committed on its own and recorded in ``reserve_swap.state``,
 so that an interrupted run is resumed by the same command:
 
-1. **build**: the standby (reserve.schema.swap.standby) with the target guard
-   from the start, and the mirror (reserve.schema.swap.mirror) on the live
-   table; a short bounded lock (SHARE ROW EXCLUSIVE) for its triggers;
-2. **backfill**: rows copied in physical order, a range of pages per
-   transaction, each batch locking its source rows (FOR UPDATE) so that a
-   concurrent delete or update can never be overwritten by an older copy
-   (rows written after the backfill began are the mirror's); then the
-   standby's foreign keys (NOT VALID, then validated) and ANALYZE;
-3. **exchange** (reserve.schema.swap.exchange): under the bounded ACCESS
-   EXCLUSIVE lock, the two tables trade schemas and every dependent is
-   re-pointed: renames and catalog updates only, whatever the row count;
+1. **build**: the shadow (reserve.schema.swap.standby) with its primary key
+   only, and the capture (reserve.schema.swap.changelog) on the live table, in
+   one transaction under a short bounded SHARE ROW EXCLUSIVE on allocations;
+2. **backfill**: rows copied in bulk, in physical order, a range of pages per
+   transaction, with no row locks and no guard; the log replayed; the other
+   indexes and then the target guard built on the filled shadow (one bulk
+   build each, ACCESS EXCLUSIVE on the shadow only); the log replayed again;
+   the shadow's foreign keys (NOT VALID, then validated) and ANALYZE;
+3. **exchange** (reserve.schema.swap.exchange): the log replayed down to a
+   small tail, the two tables compared row by row, then under the bounded
+   ACCESS EXCLUSIVE lock the tail replayed and the tables trade schemas;
 4. **validate** the re-pointed foreign keys (SHARE UPDATE EXCLUSIVE: nobody waits);
-5. after an upgrade, the previous table stays in step (the window: the
-   rollback is then an exchange back, `reserve swap finish` closes it); after a
-   downgrade, the table that was live is retired: dropped with the machinery
-   at once when a short lock attempt allows, else emptied and dropped later.
+5. after an upgrade, the previous table is kept in step by the same replay
+   (the window: the rollback is an exchange back, `reserve swap finish` closes
+   it); after a downgrade, the table that was live is retired.
+
+Why this order loses nothing. The capture is installed in the transaction
+that creates the shadow, under a lock that waits for every writer in flight:
+every write that commits after it is in the log, every write before it is in
+the snapshot of every copy batch. A copy batch may copy a version that a
+later write changes; that write's log row commits after the batch's snapshot
+and is replayed after the batch commits (the bulk copy and the replay exclude
+each other), and the replay reads the live table with a snapshot newer than
+the log row, so the shadow ends with that write or a later one. A stale copy
+of a row already in the shadow is skipped by id; a row deleted after a
+batch's snapshot is deleted again by the replay of its log row. Until the
+guard is built no stale copy can be refused, so the guard sees the shadow as
+the live table was at one moment plus the log replayed: a conflict it
+records is a real one. The replay never uses a writer's snapshot, so
+REPEATABLE READ and SERIALIZABLE writers, replica-role sessions (the
+triggers are ENABLE ALWAYS) and TRUNCATE (a marker) are captured alike. What
+no trigger sees (the capture disabled by an operator) is found by the
+row-by-row comparison before each exchange, and the exchange refuses while
+the capture is not enabled as installed.
 """
 
 from __future__ import annotations
@@ -28,10 +46,10 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import failures, guards
-from reserve.schema.options import LockPolicy, SwapOptions, session_setting
-from reserve.schema.session import RETRIED, Session, take
-from reserve.schema.swap import dependents, exchange, mirror, standby
+from reserve.schema import guards
+from reserve.schema.options import SwapOptions, session_setting
+from reserve.schema.session import Session, take
+from reserve.schema.swap import changelog, dependents, exchange, standby
 from reserve.schema.swap.state import (
     BACKFILLED,
     BUILDING,
@@ -47,24 +65,23 @@ from reserve.schema.swap.state import (
 log = logging.getLogger("reserve.schema.swap")
 
 SRE = "SHARE ROW EXCLUSIVE"
-# The mirror's triggers go on the live table: SHARE ROW EXCLUSIVE, briefly, to build. (The standby's foreign
-# keys, which put their triggers on the tables they reference, come after the backfill.)
+AE = "ACCESS EXCLUSIVE"
+# The capture's triggers go on the live table: SHARE ROW EXCLUSIVE, briefly, to build (it waits for the writers in
+# flight: every later write is logged). The shadow's foreign keys, which put their triggers on the tables they
+# reference, come after the fill.
 BUILD_LOCKS = {LIVE: SRE}
-# A batch: a range of the live table's pages (a TID range scan), its rows locked. In physical order, so that
-# the standby's heap keeps the live one's order (rows loaded by restaurant and time stay together: the guard's
-# index is filled with neighbours, and later scans and builds keep their locality).
-_BATCH = ("SELECT * FROM public.allocations WHERE ctid >= format('(%%s,0)', %(first)s::bigint)::tid "
-          "AND ctid < format('(%%s,0)', %(end)s::bigint)::tid FOR UPDATE")
-# A row already in the standby was copied there by the mirror, from a commit before this batch's snapshot (a
-# later one waits for the batch's row lock): skipped. A rare race with a commit between the snapshot and the
-# row lock is a unique violation, and the batch is copied again row by row.
-_COPY = f"""
-WITH batch AS ({_BATCH}),
-     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch b
-                WHERE NOT EXISTS (SELECT 1 FROM reserve_swap.allocations s WHERE s.id = b.id) RETURNING 1)
+# A batch: a range of the live table's pages (a TID range scan), copied as they are. In physical order, so that
+# the shadow's heap keeps the live one's order (rows loaded by restaurant and time stay together: the guard's
+# index, built afterwards, is filled with neighbours, and later scans keep their locality). A row already in the
+# shadow (a version the replay or an earlier batch put there; an update can move a row to a later page) is
+# skipped: any version newer than the shadow's is in the log.
+_COPY = """
+WITH batch AS (SELECT * FROM public.allocations WHERE ctid >= format('(%%s,0)', %(first)s::bigint)::tid
+                 AND ctid < format('(%%s,0)', %(end)s::bigint)::tid),
+     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch ON CONFLICT (id) DO NOTHING RETURNING 1)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
 """
-# The pages to copy, and which file they are in: rows the live table gets after this are the mirror's; a
+# The pages to copy, and which file they are in: rows the live table gets after this are in the log; a
 # rewrite (VACUUM FULL, CLUSTER) moves every row, and the backfill starts again from the first page.
 _SOURCE = ("SELECT pg_relation_size(%(t)s::regclass) / current_setting('block_size')::int, "
            "pg_relation_filenode(%(t)s::regclass)")
@@ -84,7 +101,7 @@ def run(session: Session, direction: str, new_guard: guards.Guard, *, action: st
     if found is not None and found.direction == direction:
         return _resume(session, found, new_guard, options, action)
     if found is not None and found.phase == WINDOW and direction == "downgrade":
-        return exchange.back(session, found, new_guard, action=action)
+        return exchange.back(session, found, new_guard, options, action=action)
     if found is not None:
         raise CommandError(
             f"{action}: an online {found.direction} of allocations is in flight (phase: {found.phase}); finish it "
@@ -100,10 +117,10 @@ def _resume(session: Session, found: SwapState | None, new_guard: guards.Guard, 
             action: str) -> str:
     assert found is not None
     if found.phase == BUILDING:
-        backfill(session, found, options, action=action)
+        backfill(session, found, new_guard, options, action=action)
         found = read(session)
     if found is not None and found.phase == BACKFILLED:
-        exchange.forward(session, found, new_guard, action=action)
+        exchange.forward(session, found, new_guard, options, action=action)
         found = read(session)
     if found is not None and found.phase == SWAPPED:
         return exchange.settle(session, found, action=action)
@@ -111,7 +128,7 @@ def _resume(session: Session, found: SwapState | None, new_guard: guards.Guard, 
 
 
 def build(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> None:
-    """The standby, its machinery and the mirror, in one transaction: all of it or nothing."""
+    """The shadow, its machinery and the capture, in one transaction: all of it or nothing."""
     target = standby.for_direction(direction, new_guard)
     with session.transaction():
         found = dependents.find(session)
@@ -119,16 +136,16 @@ def build(session: Session, direction: str, new_guard: guards.Guard, *, action: 
             raise CommandError(f"{action}: the online swap cannot re-point {', '.join(found.unsupported)}, which "
                                "depend on public.allocations; nothing was changed. Use -x swap_method=locked.")
         try:
-            ddl = standby.statements(session, target)
+            definition = standby.statements(session, target)
         except standby.UnsupportedTable as exc:
             raise CommandError(f"{action}: the online swap cannot copy public.allocations exactly ({exc}); nothing "
                                "was changed. Use -x swap_method=locked.") from None
         take(session, BUILD_LOCKS, action=f"{action}: building the standby",
              restore_lock_timeout=session_setting("lock_timeout"))
-        session.execute(mirror.machinery_sql())
-        for function in mirror.function_sql():
+        session.execute(changelog.machinery_sql())
+        for function in changelog.function_sql():
             session.execute(function)
-        for statement in ddl:
+        for statement in definition.table:
             session.execute(statement)
         for statement in standby.grants(session):
             session.execute(statement)
@@ -136,22 +153,40 @@ def build(session: Session, direction: str, new_guard: guards.Guard, *, action: 
             raise CommandError(f"{action}: the standby's columns differ from public.allocations'; nothing was changed")
         session.execute("INSERT INTO reserve_swap.state (direction, standby_guard, phase) VALUES (%s, %s, %s)",
                         (direction, target.guard.name, BUILDING))
-        for statement in mirror.install(target.guard.name):
+        for statement in changelog.install(LIVE):
             session.execute(statement)
-    log.info("%s: standby %s built with %s; the mirror copies every committed write into it", action, STANDBY,
-             target.guard.name)
+    log.info("%s: shadow %s created (its guard %s comes once it is filled); every write to %s is logged", action,
+             STANDBY, target.guard.name, LIVE)
 
 
-def backfill(session: Session, found: SwapState, options: SwapOptions, *, action: str) -> None:
+def backfill(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
+             action: str) -> None:
+    """Fill the shadow in bulk, then its guard, then catch up; resumes after the last step committed."""
+    started = time.monotonic()
+    if found.copied_at is None:
+        copy_rows(session, found, options, action=action)
+    changelog.replay_until(session)
+    add_guard(session, found.direction, new_guard, action=action)
+    changelog.replay_until(session)
+    add_foreign_keys(session, action=action)
+    session.execute(f"ANALYZE {STANDBY}")
+    with session.transaction():
+        session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
+    copied = session.execute("SELECT rows_copied FROM reserve_swap.state").fetchone()[0]
+    log.info("%s: shadow filled (%d rows copied), its guard built, the log replayed, foreign keys validated, "
+             "analyzed in %.1fs", action, copied, time.monotonic() - started)
+
+
+def copy_rows(session: Session, found: SwapState, options: SwapOptions, *, action: str) -> None:
     """Copy every row, in physical order, a range of pages per transaction, resuming after the last batch
     committed (or from the first page, if the live table has been rewritten since)."""
     copied_total, batches = found.rows_copied, 0
     pages = batch_pages(session, options.batch_rows)
     started = time.monotonic()
     if found.backfill_end_page is not None:
-        log.info("%s: resuming the backfill after %d rows (copied by an earlier run)", action, copied_total)
+        log.info("%s: resuming the copy after %d rows (copied by an earlier run)", action, copied_total)
     while True:
-        _, copied, more = copy_next_batch(session, found.standby_guard, pages, action=action)
+        _, copied, more = copy_next_batch(session, pages, action=action)
         batches += 1
         copied_total += copied
         if not more:
@@ -159,16 +194,13 @@ def backfill(session: Session, found: SwapState, options: SwapOptions, *, action
         if batches % 20 == 0:
             (next_page, end_page) = session.execute(
                 "SELECT backfill_next_page, backfill_end_page FROM reserve_swap.state").fetchone()
-            log.info("%s: backfill %d rows copied, page %d of %d, in %.0fs", action, copied_total, next_page,
+            log.info("%s: copy %d rows, page %d of %d, in %.0fs", action, copied_total, next_page,
                      end_page, time.monotonic() - started)
         if options.batch_pause_s:
             time.sleep(options.batch_pause_s)
-    add_foreign_keys(session, action=action)
-    session.execute(f"ANALYZE {STANDBY}")
     with session.transaction():
-        session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
-    log.info("%s: backfill done, %d rows copied in %.1fs; foreign keys validated; standby analyzed", action,
-             copied_total, time.monotonic() - started)
+        session.execute("UPDATE reserve_swap.state SET copied_at = now()")
+    log.info("%s: copy done, %d rows in %.1fs", action, copied_total, time.monotonic() - started)
 
 
 def batch_pages(session: Session, rows: int) -> int:
@@ -179,8 +211,34 @@ def batch_pages(session: Session, rows: int) -> int:
     return max(1, round(rows / per_page))
 
 
+def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> None:
+    """The filled shadow's other indexes and constraints, then its guard, in one transaction under ACCESS
+    EXCLUSIVE on the shadow only (the application writes only the log meanwhile). On the way down the rows
+    the old guard refuses are looked for first and listed, with nothing built. Done already: nothing."""
+    target = standby.for_direction(direction, new_guard)
+    if session.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s)",
+                       (STANDBY, target.guard.name)).fetchone()[0]:
+        return
+    started = time.monotonic()
+    with session.transaction():
+        session.execute(changelog.replay_lock_sql())
+        after_fill = standby.statements(session, target).after_fill
+        take(session, {STANDBY: AE}, action=f"{action}: building the shadow's guard",
+             restore_lock_timeout=session_setting("lock_timeout"))
+        found = [f"{a} & {b}" for a, b in session.execute(target.guard.violations_sql(table=STANDBY)).fetchall()]
+        if found:
+            raise CommandError(
+                f"{action}: allocations written since break {target.guard.name}: {', '.join(found)}. Nothing "
+                "more was built; resolve these allocations and run it again, or `reserve swap abort`.")
+        for statement in after_fill:
+            session.execute(statement)
+        session.execute(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+        session.execute("UPDATE reserve_swap.state SET filled_xid = pg_current_xact_id()")
+    log.info("%s: the shadow's indexes and %s built in %.1fs", action, target.guard.name, time.monotonic() - started)
+
+
 def add_foreign_keys(session: Session, *, action: str) -> None:
-    """The standby's foreign keys, once it is filled: added NOT VALID (a brief SHARE ROW EXCLUSIVE on the standby
+    """The shadow's foreign keys, once it is filled: added NOT VALID (a brief SHARE ROW EXCLUSIVE on the shadow
     and the tables they reference, as adding any foreign key takes), then validated in one pass that blocks
     nobody. What a failed run already added is not added again."""
     with session.transaction():
@@ -192,7 +250,7 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
             referenced = [row[0] for row in session.execute(
                 "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint WHERE conrelid = %s::regclass "
                 "AND contype = 'f'", (LIVE,)).fetchall()]
-            take(session, {STANDBY: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the standby's keys",
+            take(session, {STANDBY: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the shadow's keys",
                  restore_lock_timeout=session_setting("lock_timeout"))
             for name, definition in missing:
                 session.execute(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition} NOT VALID')
@@ -204,35 +262,23 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
                 session.execute(f'ALTER TABLE {STANDBY} VALIDATE CONSTRAINT "{name}"')
 
 
-def copy_next_batch(session: Session, guard_name: str, pages: int, *, action: str) -> tuple[int, int, bool]:
+def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, int, bool]:
     """The ``pages`` pages after the last batch committed (the state row records where that ended): (rows
-    selected, rows copied, whether pages remain)."""
-    policy = LockPolicy.from_x_options()
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            with session.transaction():
-                first, end = _next_pages(session, pages, action)
-                if first >= end:
-                    return 0, 0, False
-                session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
-                selected, copied = session.execute(_COPY, {"first": first, "end": min(first + pages, end)}).fetchone()
-                _advance(session, min(first + pages, end), copied)
-                return selected, copied, first + pages < end
-        except Exception as exc:  # noqa: BLE001 (sorted out by SQLSTATE just below)
-            state = failures.sqlstate(exc)
-            if state and state.startswith("23"):
-                return _copy_rows_one_by_one(session, guard_name, pages, action)
-            if state not in RETRIED or attempt == policy.attempts:
-                raise
-            log.warning("%s: a backfill batch %s (attempt %d/%d)", action,
-                        "waited longer than lock_timeout for a row lock" if state == "55P03" else
-                        "was cancelled to break a deadlock with an application transaction", attempt, policy.attempts)
-            time.sleep(policy.pause_s)
-    raise AssertionError("unreachable")
+    selected, rows copied, whether pages remain). No row locks: a version a later write changes is settled by
+    the replay of that write's log row, which never runs beside a copy batch."""
+    with session.transaction():
+        session.execute(changelog.replay_lock_sql())
+        first, end = _next_pages(session, pages, action)
+        if first >= end:
+            return 0, 0, False
+        selected, copied = session.execute(_COPY, {"first": first, "end": min(first + pages, end)}).fetchone()
+        session.execute("UPDATE reserve_swap.state SET backfill_next_page = %s, rows_copied = rows_copied + %s",
+                        (min(first + pages, end), copied))
+        return selected, copied, first + pages < end
 
 
 def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
-    """(first page of the next batch, the page where the backfill ends); recorded at the first batch, and again
+    """(first page of the next batch, the page where the copy ends); recorded at the first batch, and again
     from the first page when the live table's file has changed (a rewrite moved every row)."""
     next_page, end_page, filenode = session.execute(
         "SELECT backfill_next_page, backfill_end_page, source_filenode FROM reserve_swap.state FOR UPDATE").fetchone()
@@ -240,35 +286,8 @@ def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
     if end_page is not None and filenode == current:
         return next_page, end_page
     if end_page is not None:
-        log.warning("%s: public.allocations was rewritten during the backfill: copying again from its first page "
-                    "(rows already in the standby are skipped)", action)
+        log.warning("%s: public.allocations was rewritten during the copy: copying again from its first page "
+                    "(rows already in the shadow are skipped)", action)
     session.execute("UPDATE reserve_swap.state SET backfill_next_page = 0, backfill_end_page = %s, "
                     "source_filenode = %s", (size, current))
     return 0, size
-
-
-def _advance(session: Session, next_page: int, copied: int) -> None:
-    session.execute("UPDATE reserve_swap.state SET backfill_next_page = %s, rows_copied = rows_copied + %s",
-                    (next_page, copied))
-
-
-def _copy_rows_one_by_one(session: Session, guard_name: str, pages: int, action: str) -> tuple[int, int, bool]:
-    """The batch again, a row at a time: a row the standby's guard refuses is recorded as a conflict; one the
-    mirror copied meanwhile is skipped."""
-    with session.transaction():
-        first, end = _next_pages(session, pages, action)
-        last = min(first + pages, end)
-        session.execute(f"SET CONSTRAINTS reserve_swap.{guard_name} IMMEDIATE")
-        ids = [row[0] for row in session.execute(_BATCH.replace("SELECT *", "SELECT id::text", 1),
-                                                 {"first": first, "end": last}).fetchall()]
-        copied = 0
-        for allocation in ids:
-            try:
-                with session.savepoint():
-                    session.execute("INSERT INTO reserve_swap.allocations SELECT * FROM public.allocations "
-                                    "WHERE id = %s ON CONFLICT (id) DO NOTHING", (allocation,))
-                copied += 1
-            except Exception as exc:  # noqa: BLE001 (recorded, the swap refuses until it is resolved)
-                exchange.record_conflict(session, allocation, exc)
-        _advance(session, last, copied)
-        return len(ids), copied, last < end

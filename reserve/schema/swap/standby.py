@@ -1,4 +1,4 @@
-"""The standby: a copy of allocations' definition in schema reserve_swap, with the target guard from the start.
+"""The shadow: a copy of allocations' definition in schema reserve_swap, with the target guard once it is filled.
 
 Everything is read from the live table's catalog, so that after the exchange
 the catalog is exactly what the in-place method leaves: the same columns
@@ -48,29 +48,40 @@ def _qualified(session: Any) -> None:
     session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
 
 
-def statements(session: Any, target: Target) -> list[str]:
-    """The DDL that creates the standby (in the current transaction: it sets a local search_path)."""
+@dataclass(frozen=True)
+class Definition:
+    """The shadow's DDL in two parts: ``table`` creates it with its primary key only (the bulk copy and the
+    replay find rows by id; nothing else may refuse a stale copy); ``after_fill`` builds its other unique and
+    exclusion constraints and indexes once it is filled (one bulk build each, not a row at a time). The
+    target guard comes last, on its own (reserve.schema.swap.online.add_guard)."""
+
+    table: list[str]
+    after_fill: list[str]
+
+
+def statements(session: Any, target: Target) -> Definition:
+    """The DDL that creates the shadow (in the current transaction: it sets a local search_path)."""
     _qualified(session)
     refuse_unsupported(session)
-    out = [f"CREATE TABLE {STANDBY} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
-           "INCLUDING COMMENTS)"]
-    for name, _kind, definition in session.execute(
+    table = [f"CREATE TABLE {STANDBY} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
+             "INCLUDING COMMENTS)"]
+    after_fill = []
+    for name, kind, definition in session.execute(
             "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x') ORDER BY conname", (LIVE,)).fetchall():
         if name not in target.drop_constraints:
-            out.append(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}')
-    out.append(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+            (table if kind == "p" else after_fill).append(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}')
     for name, definition in session.execute(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
             "  (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
             "ORDER BY 1", (LIVE,)).fetchall():
         if name not in target.drop_indexes:
-            out.append(definition.replace(f" ON {LIVE} ", f" ON {STANDBY} ", 1))
-    out += [index.format(table=STANDBY) for index in target.add_indexes]
-    out += _table_settings(session)
-    out += _policies(session)
-    return out
+            after_fill.append(definition.replace(f" ON {LIVE} ", f" ON {STANDBY} ", 1))
+    after_fill += [index.format(table=STANDBY) for index in target.add_indexes]
+    table += _table_settings(session)
+    table += _policies(session)
+    return Definition(table, after_fill)
 
 
 def foreign_keys(session: Any) -> list[tuple[str, str]]:
@@ -178,7 +189,7 @@ def refuse_unsupported(session: Any) -> None:
 
 
 def columns(session: Any, table: str) -> list[tuple[str, str]]:
-    """(name, type) of the table's columns in their order: the mirror copies rows with SELECT *."""
+    """(name, type) of the table's columns in their order: the copy and the replay move rows with SELECT *."""
     return [tuple(row) for row in session.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()]

@@ -16,14 +16,13 @@ from alembic.util import CommandError
 SCHEMA = "reserve_swap"
 LIVE = "public.allocations"
 STANDBY = "reserve_swap.allocations"
-PENDING = "reserve_swap.pending"
+LOG = "reserve_swap.log"
 CONFLICTS = "reserve_swap.conflicts"
 STATE = "reserve_swap.state"
 EXCHANGE_SCHEMA = "reserve_swap_exchange"
-STAGE_TRIGGER = "reserve_swap_stage"
-TRUNCATE_TRIGGER = "reserve_swap_truncate"
-APPLY_TRIGGER = "reserve_swap_apply"
-MIRROR_FUNCTION = "swap_mirror"  # reserve/sql/functions/swap_mirror: one function behind the three triggers
+CAPTURE_TRIGGER = "reserve_swap_capture"
+CAPTURE_TRUNCATE_TRIGGER = "reserve_swap_capture_truncate"
+REPLAY_LOCK = "reserve_swap.replay"  # the advisory lock (hashtext of this) one replayer or bulk copy holds
 
 BUILDING, BACKFILLED, SWAPPED, WINDOW, RETIRED = "building", "backfilled", "swapped", "window", "retired"
 
@@ -38,6 +37,7 @@ class SwapState:
     backfill_end_page: int | None  # None: the backfill has not started
     rows_copied: int
     started_at: datetime
+    copied_at: datetime | None
     backfilled_at: datetime | None
     swapped_at: datetime | None
     window_opened_at: datetime | None
@@ -59,7 +59,7 @@ def read(session: Any) -> SwapState | None:
     if not exists(session):
         return None
     row = session.execute(
-        "SELECT direction, standby_guard, phase, backfill_end_page, rows_copied, started_at, backfilled_at, "
+        "SELECT direction, standby_guard, phase, backfill_end_page, rows_copied, started_at, copied_at, backfilled_at, "
         "swapped_at, window_opened_at, retired_at, (SELECT count(*) FROM reserve_swap.conflicts) FROM reserve_swap.state"
     ).fetchone()
     return SwapState(*row) if row else None

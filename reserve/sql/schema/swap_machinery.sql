@@ -1,17 +1,17 @@
 -- The online guard swap's machinery (reserve.schema.swap): a schema that grants nothing to
--- anyone, holding the standby copy of allocations (created next, by reserve.schema.swap.standby),
--- what the swap has done so far, the ids the mirror still has to copy in this transaction, and
--- the rows the standby could not take. Dropped whole when the swap is finished or aborted.
+-- anyone, holding the shadow copy of allocations (created next, by reserve.schema.swap.standby),
+-- what the swap has done so far, the change log the capture appends to and the replayer consumes,
+-- and the rows the shadow could not take. Dropped whole when the swap is finished or aborted.
 CREATE SCHEMA reserve_swap;
 REVOKE ALL ON SCHEMA reserve_swap FROM PUBLIC;
-COMMENT ON SCHEMA reserve_swap IS 'reserve-migrations: the online swap of the allocations guard (standby table and mirror)';
+COMMENT ON SCHEMA reserve_swap IS 'reserve-migrations: the online swap of the allocations guard (shadow table and change log)';
 
 CREATE TABLE reserve_swap.state (
   singleton boolean PRIMARY KEY DEFAULT true CONSTRAINT state_one_row CHECK (singleton),
   -- What the next exchange does: 'upgrade' installs allocations_no_overlap, 'downgrade' the old guard.
   direction text NOT NULL CONSTRAINT state_direction_check CHECK (direction IN ('upgrade', 'downgrade')),
   standby_guard text NOT NULL,
-  -- building: standby created, mirror on, backfill running; backfilled: in step, ready to exchange;
+  -- building: shadow created, capture on, backfill running; backfilled: in step, ready to exchange;
   -- swapped: exchanged, foreign keys being validated; window: after an upgrade, the previous table
   -- kept in step so that the rollback is an exchange back; retired: after a downgrade, the table
   -- that left, emptied, waiting for a moment when it can be dropped (its foreign keys need a brief
@@ -24,6 +24,12 @@ CREATE TABLE reserve_swap.state (
   backfill_end_page bigint,
   source_filenode oid,
   rows_copied bigint NOT NULL DEFAULT 0,
+  -- When the bulk copy ended (the shadow's guard is built after it, from the filled table).
+  copied_at timestamptz,
+  -- The transaction that last filled the shadow in bulk (its guard's build; for the previous table in the
+  -- window, the exchange that made it so): a snapshot older than it would see the shadow empty or partial
+  -- after the next exchange, which waits for every such snapshot to end.
+  filled_xid xid8,
   started_at timestamptz NOT NULL DEFAULT now(),
   backfilled_at timestamptz,
   swapped_at timestamptz,
@@ -31,11 +37,18 @@ CREATE TABLE reserve_swap.state (
   retired_at timestamptz
 );
 
--- Ids written in the current transaction, for the mirror to copy at commit (rows never outlive it).
-CREATE UNLOGGED TABLE reserve_swap.pending (id uuid PRIMARY KEY);
+-- The change log: one row per allocation id written since the capture began (NULL: a TRUNCATE),
+-- appended in the writer's transaction, never updated, deleted by the replayer that consumed it.
+-- Logged (a crash must not lose it); no index (the replayer takes rows in any order: it makes each
+-- id equal to the live table's committed version, so order does not matter).
+CREATE TABLE reserve_swap.log (
+  seq bigint GENERATED ALWAYS AS IDENTITY,
+  allocation_id uuid,
+  logged_at timestamptz NOT NULL DEFAULT now()
+);
 
--- Allocations the standby could not take (its guard refused them, or the copy failed): the
--- standby is not in step while any is here; the exchange refuses, listing them.
+-- Allocations the shadow could not take (its guard refused them, or the copy failed): the
+-- shadow is not in step while any is here; the exchange refuses, listing them.
 CREATE TABLE reserve_swap.conflicts (
   allocation_id uuid PRIMARY KEY,
   sqlstate text NOT NULL,

@@ -1,9 +1,11 @@
-"""reserve.schema.swap.online's backfill: batches of pages in physical order that lock their source rows, so that a
-write racing a batch can neither be lost nor undone by an older copy. Interleavings driven from several connections."""
+"""reserve.schema.swap.online's backfill: the shadow filled in bulk, in physical order, with no row locks and no guard;
+the change log replayed; then the guard built on the filled shadow: a write racing a batch is neither lost nor undone
+by an older copy, and a stale copy makes no false conflict. Interleavings driven from several connections."""
 
 from __future__ import annotations
 
 import pytest
+from alembic.util import CommandError
 
 from reserve.schema.swap import state as swap_state
 from tests import swapping
@@ -14,7 +16,7 @@ BATCH = 1  # page
 
 @pytest.fixture
 def with_rows(pre_swap_db: Database):
-    """Below the swap, 40 allocations in two venues, the standby built and empty."""
+    """Below the swap, 40 allocations in two venues, the shadow built and empty."""
     a, b = swapping.two_venues(pre_swap_db)
     with pre_swap_db.connect() as conn:
         swapping.spread_over_pages(conn)
@@ -52,58 +54,70 @@ def test_a_rewrite_of_the_live_table_during_the_backfill_starts_it_again_from_th
         conn.execute("VACUUM FULL allocations")  # every row moves: the pages copied so far now hold others
         swapping.backfill_rest(conn, BATCH)
         assert swapping.differences(conn) == (set(), set())  # rows moved to pages already passed are copied too
-    assert "was rewritten during the backfill: copying again from its first page" in caplog.text
+    assert "was rewritten during the copy: copying again from its first page" in caplog.text
 
 
-def test_a_row_deleted_while_its_batch_holds_it_is_not_resurrected(with_rows: Database):
-    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app, \
-            with_rows.connect(autocommit=True) as look:
-        first = _ids(look)
-        victim = first[1]  # in the first batch
-        backfill.execute("BEGIN")  # the real batch, inside a transaction held open after it (a slow batch)
-        assert swapping.copy_batch(backfill, BATCH) == len(first)
-        delete = swapping.InThread(lambda: (app.execute("DELETE FROM allocations WHERE id = %s", (victim,)),
-                                            app.commit()))
-        swapping.wait_until(lambda: swapping.waiting_for_a_lock(look, app.info.backend_pid),
-                            "the delete to wait for the batch's row lock")
-        backfill.execute("COMMIT")
-        delete.result()
-        swapping.backfill_rest(look, BATCH)
-        assert victim not in {row[0] for row in swapping.rows(look, "reserve_swap.allocations")}
-        assert swapping.differences(look) == (set(), set())
-
-
-def _batch_waits_for(db_: Database, statement: str, params: tuple) -> tuple:
-    """``statement`` runs in an application transaction left open; the next batch reaches its row and waits for
-    it; then the application commits and the batch ends. (The connection that looks, still open.)"""
-    with db_.connect(autocommit=True) as backfill, db_.connect() as app, db_.connect(autocommit=True) as look:
-        app.execute(statement, params)
-        batch = swapping.InThread(lambda: swapping.copy_batch(backfill, BATCH))
-        swapping.wait_until(lambda: swapping.waiting_for_a_lock(look, backfill.info.backend_pid),
-                            "the batch to wait for the application's row lock")
+def test_a_batch_never_waits_for_an_application_transaction(with_rows: Database):
+    """No row locks: a batch copies the committed version of a row an application transaction is changing, and
+    the replay of that transaction's log row brings the shadow to its outcome."""
+    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app:
+        victim, target = _ids(backfill)[1:3]
+        app.execute("DELETE FROM allocations WHERE id = %s", (victim,))
+        app.execute("UPDATE allocations SET \"window\" = tstzrange(%s, %s) WHERE id = %s", (*slot(500), target))
+        copied = swapping.InThread(lambda: swapping.copy_batch(backfill, BATCH))
+        assert copied.result(timeout_s=10) >= 3  # done while the application still holds both rows
+        assert {victim, target} <= {row[0] for row in swapping.rows(backfill, "reserve_swap.allocations")}
         app.commit()
-        batch.result()
-        copied = swapping.rows(look, "reserve_swap.allocations")
-        swapping.backfill_rest(look, BATCH)
-        return copied, swapping.differences(look)
+        swapping.backfill_rest(backfill, BATCH)
+        assert victim not in {row[0] for row in swapping.rows(backfill, "reserve_swap.allocations")}
+        assert swapping.differences(backfill) == (set(), set())
 
 
-def test_a_row_deleted_before_its_batch_reaches_it_is_skipped_by_the_batch(with_rows: Database):
-    with with_rows.connect() as look:
-        victim = _ids(look)[1]
-    copied, differences = _batch_waits_for(with_rows, "DELETE FROM allocations WHERE id = %s", (victim,))
-    assert victim not in {row[0] for row in copied}
-    assert differences == (set(), set())
+def test_a_row_deleted_after_its_batch_committed_is_not_resurrected(with_rows: Database):
+    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app:
+        victim = _ids(backfill)[1]
+        swapping.copy_batch(backfill, BATCH)
+        app.execute("DELETE FROM allocations WHERE id = %s", (victim,))
+        app.commit()
+        swapping.backfill_rest(backfill, BATCH)
+        assert victim not in {row[0] for row in swapping.rows(backfill, "reserve_swap.allocations")}
+        assert swapping.differences(backfill) == (set(), set())
 
 
-def test_an_update_racing_its_batch_is_never_overwritten_by_the_older_copy(with_rows: Database):
-    with with_rows.connect() as look:
-        target = _ids(look)[2]
-    new_window = slot(500)
-    copied, differences = _batch_waits_for(
-        with_rows, "UPDATE allocations SET \"window\" = tstzrange(%s, %s) WHERE id = %s", (*new_window, target))
-    assert next(row for row in copied if row[0] == target)[5].lower == new_window[0]
-    assert differences == (set(), set())
+def test_the_guard_is_built_on_the_filled_shadow_so_a_stale_copy_makes_no_false_conflict(with_rows: Database):
+    """Two rows of one restaurant and resource trade windows after the copy (passing through an overlap, as the
+    old INITIALLY DEFERRED guard allows): with the guard built only after the log is replayed, no conflict."""
+    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app:
+        a, b = app.execute("SELECT x.id, y.id FROM allocations x JOIN allocations y ON x.restaurant_id = "
+                           "y.restaurant_id AND x.resource_id = y.resource_id AND x.id < y.id LIMIT 1").fetchone()
+        swapping.copy_batch(backfill, 1000)
+        assert backfill.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'reserve_swap.allocations'"
+                                "::regclass AND contype = 'x'").fetchone()[0] == 0
+        app.execute("UPDATE allocations x SET \"window\" = y.\"window\" FROM allocations y "
+                    "WHERE (x.id, y.id) IN ((%s, %s), (%s, %s))", (a, b, b, a))
+        app.commit()
+        swapping.backfill_rest(backfill, BATCH)
+        assert swapping.conflict_ids(backfill) == set()
+        assert swapping.differences(backfill) == (set(), set())
+        assert backfill.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'reserve_swap.allocations'"
+                                "::regclass AND conname = 'allocations_no_overlap'").fetchone()[0] == 1
+
+
+def test_on_the_way_down_rows_the_old_guard_refuses_stop_the_backfill_listing_them(head_db: Database):
+    head_db.close_window()
+    a, b = swapping.two_venues(head_db)
+    with head_db.connect() as app:
+        first = swapping.insert(app, a.id, a.tables[0], slot(3))
+        twin = swapping.insert(app, b.id, a.tables[0], slot(3))  # legal under allocations_no_overlap only
+        app.commit()
+    with head_db.connect(autocommit=True) as conn:
+        swapping.build(conn, "downgrade")
+        with pytest.raises(CommandError, match="break allocations_resource_window_excl: "
+                           f"{min(first, twin)} & {max(first, twin)}"):
+            swapping.backfill_rest(conn)
+        assert swap_state.read(conn).phase == swap_state.BUILDING  # nothing more was built
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'reserve_swap.allocations'::regclass "
+                            "AND contype = 'x'").fetchone()[0] == 0
 
 
 def test_an_update_after_its_batch_committed_replaces_the_copy(with_rows: Database):
@@ -131,23 +145,3 @@ def test_rows_inserted_behind_and_ahead_of_the_backfill_are_each_copied_once(wit
         assert swapping.differences(look) == (set(), set())
         live = look.execute("SELECT count(*) FROM allocations").fetchone()[0]
         assert look.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == live > 30
-
-
-def test_a_batch_cancelled_to_break_a_deadlock_with_the_application_is_tried_again(with_rows: Database, caplog):
-    """An application transaction holds a row further on in the batch's pages and then reaches for one the batch
-    has locked: a cycle. PostgreSQL cancels the batch (it waited first); the batch is tried again, the
-    application's transaction commits, and the standby ends in step."""
-    with with_rows.connect(autocommit=True) as backfill, with_rows.connect() as app, \
-            with_rows.connect(autocommit=True) as look:
-        first, _, later = _ids(look)[:3]
-        app.execute("SET deadlock_timeout = '10s'")  # the batch, waiting first, is the one that finds the cycle
-        app.execute("UPDATE allocations SET shadow = shadow WHERE id = %s", (later,))
-        batch = swapping.InThread(lambda: swapping.copy_batch(backfill, BATCH))
-        swapping.wait_until(lambda: swapping.waiting_for_a_lock(look, backfill.info.backend_pid),
-                            "the batch to lock the first row and wait for the application's")
-        app.execute("UPDATE allocations SET shadow = shadow WHERE id = %s", (first,))  # the cycle
-        app.commit()
-        batch.result()
-        swapping.backfill_rest(look, BATCH)
-        assert swapping.differences(look) == (set(), set())
-    assert "cancelled to break a deadlock" in caplog.text

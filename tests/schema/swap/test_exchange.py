@@ -15,7 +15,7 @@ from reserve.schema.session import PsycopgSession, take
 from reserve.schema.swap import dependents, exchange
 from reserve.schema.swap import state as swap_state
 from tests import swapping
-from tests.support import REVISIONS, Database, slot
+from tests.support import ONLINE, REVISIONS, Database, slot
 
 PLANTED = """
 CREATE VIEW public.allocation_days AS SELECT id, restaurant_id, lower("window")::date AS day FROM public.allocations;
@@ -57,7 +57,7 @@ def test_a_view_a_publication_a_trigger_and_column_grants_follow_the_table(pre_s
     with pre_swap_db.connect() as conn:
         conn.execute(PLANTED)
         conn.commit()
-    pre_swap_db.upgrade("head")
+    pre_swap_db.upgrade("head", x=ONLINE)
     if then_back:
         pre_swap_db.downgrade("-1")
     (venue, _) = swapping.two_venues(pre_swap_db)
@@ -90,7 +90,7 @@ def test_a_dependent_the_swap_cannot_repoint_stops_it_before_anything_is_built(p
         conn.commit()
     before = pre_swap_db.snapshot()
     with pytest.raises(CommandError, match=r"cannot re-point function public\.allocation_count\(\).*swap_method=locked"):
-        pre_swap_db.upgrade("head")
+        pre_swap_db.upgrade("head", x=ONLINE)
     assert pre_swap_db.current() == REVISIONS[-2] and pre_swap_db.snapshot() == before
     pre_swap_db.upgrade("head", x=["swap_method=locked"])  # the fallback, which keeps the table's identity
     assert pre_swap_db.current() == REVISIONS[-1]
@@ -102,7 +102,7 @@ def test_the_standby_is_analyzed_before_it_becomes_live(pre_swap_db: Database):
         for n in range(50):
             swapping.insert(conn, venue.id, venue.tables[n % 3], slot(2 + 3 * n))
         conn.commit()
-    pre_swap_db.upgrade("head")
+    pre_swap_db.upgrade("head", x=ONLINE)
     with pre_swap_db.connect() as conn:
         analyzed, tuples = conn.execute(
             "SELECT s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL, c.reltuples FROM pg_class c "
@@ -118,18 +118,19 @@ def test_the_online_rebuild_refuses_a_row_the_old_guard_cannot_take_listing_the_
     window = slot(5)
     with head_db.connect(autocommit=True) as conn:
         first = swapping.insert(conn, a.id, a.tables[0], window)
-        swapping.build(conn, "downgrade")  # the standby carries the old, global guard
+        swapping.build(conn, "downgrade")
+        swapping.backfill_rest(conn)  # the shadow carries the old, global guard from here
         twin = swapping.insert(conn, b.id, a.tables[0], window)  # the application's write goes through
-        swapping.backfill_rest(conn, direction="downgrade")  # the mirror copied the twin: the backfill meets first
-        assert swapping.conflict_ids(conn) == {first}
         found = swap_state.read(conn)
         with pytest.raises(CommandError) as refused:
-            exchange.forward(PsycopgSession(conn), found, guards.NEW_GUARD, action="test swap")
+            exchange.forward(PsycopgSession(conn), found, guards.NEW_GUARD, swapping.OPTIONS, action="test swap")
+        assert swapping.conflict_ids(conn) == {twin}
         assert f"{min(first, twin)} & {max(first, twin)}" in str(refused.value)
         assert guards.OLD_GUARD.name in str(refused.value)
         assert swap_state.read(conn).phase == swap_state.BACKFILLED  # nothing exchanged
         conn.execute("DELETE FROM allocations WHERE id = %s", (twin,))
-        exchange.forward(PsycopgSession(conn), swap_state.read(conn), guards.NEW_GUARD, action="test swap")
+        exchange.forward(PsycopgSession(conn), swap_state.read(conn), guards.NEW_GUARD, swapping.OPTIONS,
+                         action="test swap")
         assert guards.is_in_place(conn, guards.OLD_GUARD)
 
 

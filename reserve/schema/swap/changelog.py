@@ -1,0 +1,162 @@
+"""The change log: every write to public.allocations recorded by id, replayed into the shadow by the swap.
+
+The capture (reserve/sql/functions/swap_capture) is two triggers on the live
+table, created ENABLE ALWAYS, that append the written row's id to
+``reserve_swap.log`` in the writer's transaction and do nothing else. The
+replay (reserve/sql/functions/swap_replay) runs in its own READ COMMITTED
+transactions: it takes a batch of log rows and makes the shadow's version of
+each id equal to the live table's committed version, so that it is correct
+whatever the writer's isolation level; what the shadow's guard refuses is
+recorded in ``reserve_swap.conflicts``. The swap replays between its phases
+and under the exchange's lock; in the window `reserve swap follow` (or the
+pg_cron job) keeps the previous table in step.
+
+Writes that fire no trigger (an operator's ``DISABLE TRIGGER``) cannot be
+logged: ``queue_differences`` compares the two tables row by row before each
+exchange, and the exchange refuses while the capture is not enabled as
+installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from reserve import sql
+from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, LIVE, LOG, REPLAY_LOCK, STANDBY
+
+REPLAY_BATCH = 10_000  # log rows per replay transaction
+FUNCTIONS = {"swap_capture": "v1", "swap_replay": "v1"}  # reserve/sql/functions/<name>/<version>.sql
+
+
+def machinery_sql() -> str:
+    """The schema, the state row, the log and the conflicts table."""
+    return sql.read("schema/swap_machinery.sql")
+
+
+def function_sql() -> list[str]:
+    return [sql.function_sql(name, version) for name, version in FUNCTIONS.items()]
+
+
+def install(table: str = LIVE) -> list[str]:
+    """The capture on ``table``: it fires for every session, replica-role ones included."""
+    return [
+        f"CREATE TRIGGER {CAPTURE_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION reserve_swap.capture()",
+        f"CREATE TRIGGER {CAPTURE_TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION reserve_swap.capture()",
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {CAPTURE_TRIGGER}",
+        f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {CAPTURE_TRUNCATE_TRIGGER}",
+    ]
+
+
+def remove(table: str) -> list[str]:
+    return [f"DROP TRIGGER IF EXISTS {CAPTURE_TRIGGER} ON {table}",
+            f"DROP TRIGGER IF EXISTS {CAPTURE_TRUNCATE_TRIGGER} ON {table}"]
+
+
+def installed_on(session: Any, table: str = LIVE) -> bool:
+    return session.execute("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s)",
+                           (table, CAPTURE_TRIGGER)).fetchone()[0]
+
+
+def not_capturing(session: Any, table: str = LIVE) -> list[str]:
+    """The capture's triggers on ``table`` that are missing or not ENABLE ALWAYS (an operator changed them):
+    while any is, writes may go unlogged."""
+    enabled = dict(session.execute(
+        "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname IN (%s, %s)",
+        (table, CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER)).fetchall())
+    states = {"O": "enabled only for origin sessions", "D": "disabled", "R": "enabled only for replica sessions"}
+    return [f"trigger {name} on {table} is {states.get(enabled[name], 'changed') if name in enabled else 'missing'}"
+            for name in (CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER) if enabled.get(name) != "A"]
+
+
+def replay(session: Any, max_rows: int = REPLAY_BATCH) -> int:
+    """One batch, in its own transaction; the log rows it consumed."""
+    with session.transaction():
+        return session.execute("SELECT reserve_swap.replay(%s)", (max_rows,)).fetchone()[0]
+
+
+def replay_in(session: Any, max_rows: int = REPLAY_BATCH) -> int:
+    """Replay the whole log inside the caller's transaction (the exchange's, under its lock: nobody can append)."""
+    total = 0
+    while True:
+        consumed = session.execute("SELECT reserve_swap.replay(%s)", (max_rows,)).fetchone()[0]
+        total += consumed
+        if consumed < max_rows:
+            return total
+
+
+def replay_until(session: Any, tail_rows: int = 0, max_rows: int = REPLAY_BATCH) -> int:
+    """Replay batch after batch until at most ``tail_rows`` log rows are left (as counted then); the rows
+    consumed. Each batch commits on its own, so that writers never wait for the replay."""
+    total = 0
+    while True:
+        consumed = replay(session, max_rows)
+        total += consumed
+        if consumed < max_rows and depth(session).rows <= tail_rows:
+            return total
+
+
+@dataclass(frozen=True)
+class Depth:
+    """What the replay has still to do: log rows, and how long the oldest of them has waited."""
+
+    rows: int
+    lag_s: float
+
+
+def depth(session: Any) -> Depth:
+    rows, lag = session.execute(f"SELECT count(*), COALESCE(extract(epoch FROM clock_timestamp() - min(logged_at)), 0)"
+                                f"::float8 FROM {LOG}").fetchone()
+    return Depth(rows, round(lag, 3))
+
+
+def queue_differences(session: Any) -> int:
+    """Compare the live table and the shadow row by row (an anti-join on id and a hash of the whole row, both
+    ways) and log every id that differs, for the replay to settle: what a disabled capture let slip, or
+    anything else. Read-only on both tables; the ids queued."""
+    with session.transaction():
+        return session.execute(
+            f"WITH l AS (SELECT id, md5(t::text) AS h FROM {LIVE} t), s AS (SELECT id, md5(t::text) AS h FROM "
+            f"{STANDBY} t), differ AS (SELECT COALESCE(l.id, s.id) AS id FROM l FULL JOIN s ON s.id = l.id "
+            "WHERE l.h IS DISTINCT FROM s.h), queued AS (INSERT INTO reserve_swap.log (allocation_id) "
+            "SELECT id FROM differ RETURNING 1) SELECT count(*) FROM queued").fetchone()[0]
+
+
+def replay_lock_sql() -> str:
+    """What the bulk copy takes first in each of its transactions: no replay runs beside it (a copy from an
+    older snapshot must always be followed by the replay of what was logged meanwhile, never overtaken)."""
+    return f"SELECT pg_advisory_xact_lock(hashtext('{REPLAY_LOCK}'))"
+
+
+CRON_JOB = "reserve-swap-replay"
+
+
+def cron_version(session: Any) -> str | None:
+    """pg_cron's version when it is installed in this database (the scheduler the retention job uses), else None."""
+    row = session.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    return row[0] if row else None
+
+
+def cron_schedule(version: str) -> str:
+    """Every 5 seconds where pg_cron takes seconds (1.5 and later), else every minute."""
+    major, minor = (int(part) for part in version.split("-")[0].split(".")[:2])
+    return "5 seconds" if (major, minor) >= (1, 5) else "* * * * *"
+
+
+def schedule_replay(session: Any) -> str | None:
+    """In the caller's transaction: a pg_cron job that replays the log on its own schedule, where pg_cron is
+    installed; the schedule, or None (then `reserve swap follow` is the replayer)."""
+    version = cron_version(session)
+    if version is None:
+        return None
+    every = cron_schedule(version)
+    session.execute("SELECT cron.schedule(%s, %s, %s)", (CRON_JOB, every, f"SELECT reserve_swap.replay({REPLAY_BATCH * 10})"))
+    return every
+
+
+def unschedule_replay(session: Any) -> None:
+    """In the caller's transaction (the one that drops the machinery): the job goes with what it replays into."""
+    if cron_version(session) is not None:
+        session.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (CRON_JOB,))
