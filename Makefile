@@ -54,9 +54,10 @@ expected: venv postgres
 ## Writes artifacts/soak.json; exit 1 if an invariant broke (overlap, lost row, missing evidence, unexpected error).
 SOAK_ROWS ?= 100000
 SOAK_WORKERS ?= 4
+SOAK_METHOD ?= online
 soak: venv postgres
 	@mkdir -p artifacts
-	$(BIN)/python -m tools.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 --out artifacts/soak.json
+	$(BIN)/python -m tools.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 -x swap_method=$(SOAK_METHOD) --out artifacts/soak.json
 
 ## Benchmarks at scale: the swap's lock hold, overlap probes, confirm throughput.
 ## Writes bench/results/<timestamp>.json, bench/results/latest.json and docs/BENCHMARKS.md. ROWS=… to change the size.

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from reserve import __version__, db
 from reserve.report import EXIT_USAGE, Report, UsageError
 from reserve.schema import failures
+from reserve.schema.options import DEFAULT_SWAP_METHOD, SWAP_METHODS
 
 
 def _url() -> URL:
@@ -94,8 +95,9 @@ def main() -> None:
 
 
 swap_method_option = click.option(
-    "--swap-method", type=click.Choice(["online", "locked"]), default="online", show_default=True,
-    help="The method 0004 runs with (alembic -x swap_method=...): online (the default) or locked (the fallback).")
+    "--swap-method", type=click.Choice(SWAP_METHODS), default=None,
+    help=f"The method 0004 runs with (alembic -x swap_method=...): {DEFAULT_SWAP_METHOD} when not given (online while "
+         "an online swap is in flight or its window is open), or online (opted into).")
 
 
 @main.command()
@@ -199,7 +201,7 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, standby: b
     url = _url() if use_database_url else None
     with _failures_reported():
         result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json,
-                                    swap_method=swap_method, standby=standby)
+                                    swap_method=swap_method or DEFAULT_SWAP_METHOD, standby=standby)
     summary: dict[str, Any] = result.summary
     click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=_terminal_width()))
     sys.exit(0 if summary["verdict"] == "go" else 1)
@@ -207,9 +209,7 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, standby: b
 
 @main.command("config-path")
 def config_path() -> None:
-    """The alembic.ini of this package's chain, for `alembic -c "$(reserve config-path)" upgrade head`.
-
-    Exit 2 when this installation has no chain beside it."""
+    """The alembic.ini of this package's chain, for `alembic -c "$(reserve config-path)" upgrade head` (exit 2: none)."""
     from reserve.schema import revisions
 
     with _failures_reported():
@@ -358,36 +358,50 @@ def swap() -> None:
     upgrade, so that `alembic downgrade -1` is an exchange back), seen and closed deliberately."""
 
 
-@swap.command("status")
-@click.option("--probe-writes", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Single-row inserts (rolled back) that measure the mirror's write overhead; 0 skips it.")
-@json_option
-def swap_status(probe_writes: int, as_json: bool) -> None:
-    """Whether the rollback is an instant exchange back, since when, rows mirrored, conflicts, overhead, disk."""
+def _swap_window() -> Any:
+    """reserve.operations.swap_window, imported when a swap command runs (the CLI starts without it)."""
     from reserve.operations import swap_window
 
+    return swap_window
+
+
+@swap.command("status")
+@click.option("--probe-writes", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Single-row inserts (rolled back) that measure the capture's write overhead on allocations "
+                   "(SHARE ROW EXCLUSIVE for the probe, 100 ms lock_timeout); 0 skips it.")
+@json_option
+def swap_status(probe_writes: int, as_json: bool) -> None:
+    """Whether the rollback is an instant exchange back, since when, the log's depth and lag, conflicts, costs."""
     url = _url()
-    _run(lambda: swap_window.status(url, probe_writes=probe_writes), as_json)
+    _run(lambda: _swap_window().status(url, probe_writes=probe_writes), as_json)
 
 
 @swap.command("finish")
 @json_option
 def swap_finish(as_json: bool) -> None:
-    """Close the window after the observation period: drop the mirror and the previous table (idempotent)."""
-    from reserve.operations import swap_window
-
+    """Close the window after the observation period: drop the capture and the previous table (idempotent)."""
     url = _url()
-    _run(lambda: swap_window.finish(url), as_json)
+    _run(lambda: _swap_window().finish(url), as_json)
+
+
+@swap.command("follow")
+@click.option("--interval", "interval_s", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between two replays of the change log.")
+@click.option("--rounds", default=None, type=click.IntRange(min=1), help="Stop after this many rounds.")
+@json_option
+def swap_follow(interval_s: float, rounds: int | None, as_json: bool) -> None:
+    """Keep the previous table in step without pg_cron: replay the change log until the window closes (or --rounds)."""
+    url = _url()
+    _run(lambda: _swap_window().follow(url, interval_s=interval_s, rounds=rounds,
+                                    progress=None if as_json else lambda line: click.echo(line, err=True)), as_json)
 
 
 @swap.command("abort")
 @json_option
 def swap_abort(as_json: bool) -> None:
-    """Drop an online swap that has not exchanged yet (its standby and mirror); the live table is untouched."""
-    from reserve.operations import swap_window
-
+    """Drop an online swap that has not exchanged yet (its shadow and capture); the live table is untouched."""
     url = _url()
-    _run(lambda: swap_window.abort(url), as_json)
+    _run(lambda: _swap_window().abort(url), as_json)
 
 
 @main.group()

@@ -19,7 +19,8 @@ from sqlalchemy.engine import URL
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import expectations, guards, locks, revisions, tenancy
-from reserve.schema.options import SWAP_METHODS
+from reserve.schema.options import DEFAULT_SWAP_METHOD, SWAP_METHODS, effective_swap_method
+from reserve.schema.swap import state as swap_state
 
 SWAP_REVISION = "0004_allocations_no_overlap"
 REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
@@ -35,16 +36,18 @@ def is_production_looking(url: URL) -> bool:
 
 
 def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
-              long_transaction_s: float = 60.0, swap_method: str = "online") -> Report:
-    """Run every check, for the swap's ``swap_method`` (what ``-x swap_method`` will say to Alembic); raises
-    db.ConnectionFailed or revisions.UnknownRevision (exit 2)."""
-    if swap_method not in SWAP_METHODS:
+              long_transaction_s: float = 60.0, swap_method: str | None = None) -> Report:
+    """Run every check, for the swap's ``swap_method`` (what ``-x swap_method`` will say to Alembic; None: what
+    alembic picks when not told, options.effective_swap_method); raises db.ConnectionFailed or
+    revisions.UnknownRevision (exit 2)."""
+    if swap_method is not None and swap_method not in SWAP_METHODS:
         raise ValueError(f"swap_method must be one of {', '.join(SWAP_METHODS)}, not {swap_method!r}")
     relative = target.startswith("-")
     target_revision = None if relative else revisions.resolve(target)  # a typo fails before connecting
     report = Report("preflight")
     with db.connect(url, autocommit=True) as conn:
         current = revisions.current_revision(conn)
+        swap_method = effective_swap_method(swap_method, swap_state.read(conn) is not None)
         if relative:
             target_revision = revisions.resolve(target, current)
         direction, moving = revisions.steps(current, target_revision)
@@ -150,7 +153,7 @@ def check_tenant_references(conn: psycopg.Connection[Any], report: Report, appli
 
 
 def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float,
-                   swap_method: str = "online") -> None:
+                   swap_method: str = DEFAULT_SWAP_METHOD) -> None:
     """Sessions whose locks conflict with what the step will take (reserve.schema.locks.DECLARED), and long transactions.
 
     A conflicting holder makes each of the step's bounded lock attempts time
@@ -191,7 +194,7 @@ def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tu
 
 
 def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction: str,
-                        swap_method: str = "online") -> None:
+                        swap_method: str = DEFAULT_SWAP_METHOD) -> None:
     size = conn.execute(
         "SELECT pg_total_relation_size('public.allocations'), pg_size_pretty(pg_total_relation_size('public.allocations'))"
     ).fetchone() if conn.execute("SELECT to_regclass('public.allocations')").fetchone()[0] else None
@@ -224,7 +227,7 @@ def check_size_and_hold(conn: psycopg.Connection[Any], report: Report, direction
 
 def check_online_costs(conn: psycopg.Connection[Any], report: Report, direction: str) -> None:
     """The online method's four costs: the short hold, the background, the disk until the previous table goes,
-    the write overhead while the mirror runs."""
+    the write overhead while the capture runs."""
     from reserve.rollout import predictor
     from reserve.schema.swap import state as swap_state
 
@@ -247,8 +250,25 @@ def check_online_costs(conn: psycopg.Connection[Any], report: Report, direction:
     pretty = conn.execute("SELECT pg_size_pretty(%s::bigint)", (p.extra_disk_bytes,)).fetchone()[0]
     report.add("extra disk", OK, f"about {pretty} (a second allocations with its indexes), "
                f"held {held_until}", bytes=p.extra_disk_bytes)
-    report.add("write overhead", OK, f"while the mirror runs, each write to allocations is copied: confirm p95 about "
-               f"x{p.confirm_p95_ratio:g} (make bench)", ratio=p.confirm_p95_ratio)
+    report.add("write overhead", OK, f"while the capture runs, each write to allocations appends its id to the change "
+               f"log: confirm p95 about x{p.confirm_p95_ratio:g} (make bench)", ratio=p.confirm_p95_ratio)
+    if direction == "upgrade":
+        add_replayer(conn, report)
+
+
+def add_replayer(conn: psycopg.Connection[Any], report: Report) -> None:
+    """Who keeps the previous table in step during the window: pg_cron where it is installed, else an operator's
+    `reserve swap follow` (without either, the log grows and `alembic downgrade -1` replays it first)."""
+    from reserve.schema.swap import changelog
+
+    version = changelog.cron_version(conn)
+    if version is not None:
+        report.add("window replayer", OK, f"the pg_cron job {changelog.CRON_JOB} ({changelog.cron_schedule(version)}) "
+                   "replays the change log into the previous table while the window is open", replayer="pg_cron")
+    else:
+        report.add("window replayer", OK, "pg_cron is not installed in this database: run `reserve swap follow` "
+                   "while the window is open, or the change log grows until the rollback or `reserve swap finish` "
+                   "replays it", replayer="reserve swap follow")
 
 
 def check_replicas(conn: psycopg.Connection[Any], report: Report, applies: bool) -> None:

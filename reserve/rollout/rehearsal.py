@@ -40,6 +40,7 @@ from reserve.rollout.standby import StandbyWatch
 from reserve.rollout.verify import verify
 from reserve.schema import locktrace, probes, revisions
 from reserve.schema.guards import NEW_GUARD
+from reserve.schema.options import DEFAULT_SWAP_METHOD
 
 DEFAULT_ROWS = 100_000
 
@@ -106,8 +107,8 @@ def _output_dir(out_dir: Path) -> Path:
 
 
 def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path = Path("artifacts"),
-             progress: bool = True, swap_method: str = "online", standby: bool = False) -> Result:
-    """Rehearse the rollout end to end with the swap's ``swap_method`` (online, the default, or locked), with a
+             progress: bool = True, swap_method: str = DEFAULT_SWAP_METHOD, standby: bool = False) -> Result:
+    """Rehearse the rollout end to end with the swap's ``swap_method`` (locked, the default, or online), with a
     hot standby of the throw-away server when ``standby``; the Result's summary says go or no-go and which step
     failed."""
     if standby and url is not None:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from reserve import sql
 from reserve.schema import guards, locks
 from reserve.schema.index_build import build_index_after_commit  # noqa: F401 (for the revisions)
-from reserve.schema.options import LockPolicy, SwapOptions, session_setting
+from reserve.schema.options import LockPolicy, SwapOptions, effective_swap_method, session_setting, x_option
 from reserve.schema.session import AlembicSession, LockGiveUp, take  # noqa: F401 (LockGiveUp: for callers)
 from reserve.schema.swap import exchange, online
 from reserve.schema.swap import state as swap_state
@@ -157,14 +157,16 @@ def new_guard() -> guards.Guard:
 
 
 def swap_method() -> str:
-    """``online`` (default) or ``locked`` (``-x swap_method=locked``). Offline scripts always carry the locked
-    method: the online one commits in many steps and resumes from the database's own state, which a script
-    for psql cannot do; the script says so in a comment."""
+    """``locked`` (the default) or ``online`` (``-x swap_method=online``). Not told, an online swap in flight or
+    its open window continues online (`alembic downgrade -1` in the window is the exchange back). Offline scripts
+    always carry the locked method: the online one commits in many steps and resumes from the database's own
+    state, which a script for psql cannot do; the script says so in a comment."""
     if context.is_offline_mode():
         op.execute("-- 0004_allocations_no_overlap: an offline script uses the locked method (ACCESS EXCLUSIVE "
                    "while the guard is built); `alembic upgrade head` online uses the online method")
         return "locked"
-    return SwapOptions.from_x_options().method
+    told = SwapOptions.from_x_options().method if x_option("swap_method", "") else None
+    return effective_swap_method(told, swap_state.read(AlembicSession()) is not None)
 
 
 def swap_online(revision: str, direction: str) -> None:

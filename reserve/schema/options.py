@@ -61,21 +61,38 @@ def check_x_options(*, offline: bool) -> None:
 
 
 SWAP_METHODS = ("online", "locked")
+# The method 0004 runs with when -x swap_method is not given: locked, until the online method keeps its shadow by a
+# change log, moves through one locked state machine and carries the catalog exactly; -x swap_method=online opts in.
+DEFAULT_SWAP_METHOD = "locked"
+
+
+def effective_swap_method(told: str | None, swap_in_flight: bool) -> str:
+    """The method 0004 runs with: what ``-x swap_method`` says; not told, an online swap in flight (or its open
+    window) goes on online, as it began (`alembic downgrade -1` in the window is the exchange back), and
+    otherwise DEFAULT_SWAP_METHOD. One rule for alembic and for what preflight predicts."""
+    if told:
+        return told
+    return "online" if swap_in_flight else DEFAULT_SWAP_METHOD
 
 
 @dataclass(frozen=True)
 class SwapOptions:
     """How the guard swap runs: ``-x swap_method=online|locked``, and the online backfill's batches.
 
-    Online (the default) builds a standby table with the target guard, keeps it
-    in step and exchanges the two under a lock held for catalog work only;
-    locked swaps the constraint in place, holding ACCESS EXCLUSIVE while
-    PostgreSQL builds its index. Offline scripts always carry the locked method.
+    Locked (DEFAULT_SWAP_METHOD) swaps the constraint in place, holding ACCESS
+    EXCLUSIVE while PostgreSQL builds its index; online (opted into) builds a
+    shadow table with the target guard, keeps it in step and exchanges the two
+    under a lock held for catalog work only. Offline scripts always carry the
+    locked method.
     """
 
-    method: str = "online"
+    method: str = DEFAULT_SWAP_METHOD
     batch_rows: int = 5000
     batch_pause_s: float = 0.0
+    # The exchange takes its lock once the change log holds at most this many rows; it replays the rest under it.
+    tail_rows: int = 1000
+    # How long the exchange waits for transactions whose snapshot predates the shadow's fill (0: not at all).
+    snapshot_wait_s: float = 60.0
 
     @classmethod
     def from_x_options(cls) -> SwapOptions:
@@ -85,9 +102,12 @@ class SwapOptions:
             raise CommandError(f"invalid -x swap_method={method!r}: give {' or '.join(SWAP_METHODS)}")
         rows = _number_option("swap_batch_rows", default.batch_rows, int)
         pause = _number_option("swap_batch_pause", default.batch_pause_s, float)
-        if rows < 1 or pause < 0:
-            raise CommandError("swap_batch_rows must be >= 1 and swap_batch_pause >= 0")
-        return cls(method, rows, pause)
+        tail = _number_option("swap_tail_rows", default.tail_rows, int)
+        wait = _number_option("swap_snapshot_wait", default.snapshot_wait_s, float)
+        if rows < 1 or pause < 0 or tail < 0 or wait < 0:
+            raise CommandError("swap_batch_rows must be >= 1; swap_batch_pause, swap_tail_rows and "
+                               "swap_snapshot_wait (seconds) >= 0")
+        return cls(method, rows, pause, tail, wait)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from reserve.schema import expectations
 from reserve.schema.catalog import pending_indexes
 from reserve.schema.guards import NEW_GUARD, OLD_GUARD, REDUNDANT_INDEX, is_in_place
 from reserve.schema.swap import state as swap_state
-from tests.support import REVISIONS, Database, Venue, confirm, slot
+from tests.support import ONLINE, REVISIONS, Database, Venue, confirm, slot
 
 BELOW_SWAP = REVISIONS[-2]  # the revision `alembic downgrade -1` from head returns to
 FAST_LOCK = ["swap_lock_timeout=200ms", "swap_lock_attempts=2", "swap_lock_pause=0.1"]
@@ -179,7 +179,7 @@ def test_online_swap_gives_up_at_its_exchange_keeps_the_copy_and_a_rerun_resumes
     with baseline_db.connect() as blocker:
         blocker.execute("SELECT count(*) FROM allocations")  # ACCESS SHARE: the build and backfill go on, not the exchange
         with pytest.raises(CommandError, match=r"exchange: could not lock .*public\.allocations.* after 2 attempts"):
-            baseline_db.upgrade("head", x=FAST_LOCK)
+            baseline_db.upgrade("head", x=[*FAST_LOCK, *ONLINE])
         blocker.rollback()
     assert baseline_db.current() == BELOW_SWAP
     assert expectations.without_machinery(baseline_db.snapshot()) == before  # the live table is untouched
@@ -189,7 +189,7 @@ def test_online_swap_gives_up_at_its_exchange_keeps_the_copy_and_a_rerun_resumes
     check = next(c for c in verify(baseline_db.url).checks if c.name == "catalog")
     assert check.data["command"] == "alembic upgrade head" and check.data["alternative"] == "reserve swap abort"
 
-    baseline_db.upgrade("head", x=FAST_LOCK)
+    baseline_db.upgrade("head", x=[*FAST_LOCK, *ONLINE])
     assert baseline_db.current() == REVISIONS[-1]
     with baseline_db.connect() as conn:
         assert swap_state.read(conn).rows_copied == found.rows_copied  # resumed: nothing copied twice

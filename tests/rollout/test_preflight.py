@@ -19,13 +19,13 @@ def _status(report, name: str) -> str:
 def test_baseline_with_valid_old_guard_is_go_without_a_table_scan(baseline_db: Database):
     with baseline_db.connect(autocommit=True) as conn:
         dataset.generate(conn, dataset.Shape(restaurants=2, tables_per_restaurant=5, windows_per_table=10))
-    report = preflight(baseline_db.url, "head")
+    report = preflight(baseline_db.url, "head", swap_method="online")
     assert report.verdict == "go", report.to_text()
     guard = next(c for c in report.checks if c.name == "guard data")
     assert "proved by the catalog" in guard.detail
     assert report.facts["step"].startswith("upgrade 0002_confirmation_results")
     hold = next(c for c in report.checks if c.name == "lock hold")
-    assert 0 < hold.data["predicted_s"] <= 0.1 and "online method" in hold.detail  # the default: the exchange
+    assert 0 < hold.data["predicted_s"] <= 0.1 and "online method" in hold.detail  # the exchange only
     background = next(c for c in report.checks if c.name == "background")
     assert background.data["predicted_s"] > 0 and "built allocations_no_overlap on a sample" in background.detail
     assert report.facts["predicted_extra_disk_bytes"] > 0 and "swap finish" in _detail(report, "extra disk")
@@ -36,10 +36,10 @@ def _detail(report, name: str) -> str:
     return next(c.detail for c in report.checks if c.name == name)
 
 
-def test_the_locked_method_predicts_the_build_under_the_lock(baseline_db: Database):
+def test_the_locked_method_the_default_predicts_the_build_under_the_lock(baseline_db: Database):
     with baseline_db.connect(autocommit=True) as conn:
         dataset.generate(conn, dataset.Shape(restaurants=2, tables_per_restaurant=5, windows_per_table=10))
-    report = preflight(baseline_db.url, "head", swap_method="locked")
+    report = preflight(baseline_db.url, "head")
     hold = next(c for c in report.checks if c.name == "lock hold")
     assert hold.data["predicted_s"] > 0 and "locked method; built allocations_no_overlap on a sample" in hold.detail
     assert "background" not in {c.name for c in report.checks}
@@ -47,9 +47,12 @@ def test_the_locked_method_predicts_the_build_under_the_lock(baseline_db: Databa
 
 
 def test_a_rollback_inside_the_open_window_predicts_no_copy(head_db: Database):
-    assert _detail(preflight(head_db.url, "-1"), "background").startswith("none: the previous table is in step")
+    in_window = preflight(head_db.url, "-1")  # not told: the window goes on online, as alembic does
+    assert in_window.facts["swap_method"] == "online"
+    assert _detail(in_window, "background").startswith("none: the previous table is in step")
     head_db.close_window()
-    after = preflight(head_db.url, "-1")
+    assert preflight(head_db.url, "-1").facts["swap_method"] == "locked"
+    after = preflight(head_db.url, "-1", swap_method="online")
     assert "of copying that blocks nobody" in _detail(after, "background")
     assert "until the rollback ends" in _detail(after, "extra disk")
 

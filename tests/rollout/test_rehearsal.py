@@ -13,7 +13,7 @@ from reserve.rollout import evidence, rehearsal
 @pytest.fixture(scope="module")
 def bundle(pg_server, templates, tmp_path_factory) -> tuple[rehearsal.Result, Path]:
     out = tmp_path_factory.mktemp("artifacts")
-    return rehearsal.rehearse(pg_server.url(), rows=5000, out_dir=out, progress=False), out
+    return rehearsal.rehearse(pg_server.url(), rows=5000, out_dir=out, progress=False, swap_method="online"), out
 
 
 def test_rehearsal_is_go_and_runs_every_step(bundle):
@@ -38,7 +38,7 @@ def test_rehearsal_writes_the_whole_evidence_bundle(bundle):
     assert "public.allocations" not in results["upgrade 0002_confirmation_results"]["strongest"]
     assert all(step["lock_trace"]["undeclared"] == [] for step in steps.values() if step["lock_trace"])
     assert summary["lock_trace_statements"] > 0
-    # The online method (the default): the swap's one ACCESS EXCLUSIVE hold is the exchange, timed by the swap.
+    # The online method (opted into): the swap's one ACCESS EXCLUSIVE hold is the exchange, timed by the swap.
     assert summary["swap_method"] == "online"
     reported = steps["upgrade 0004_allocations_no_overlap"]["reported_holds"]
     assert [hold["step"] for hold in reported] == ["exchange"], reported
@@ -73,9 +73,10 @@ def test_an_output_directory_that_cannot_be_written_is_a_setup_error(tmp_path: P
         rehearsal.rehearse(None, rows=1000, out_dir=blocker)
 
 
-def test_the_locked_fallback_is_rehearsed_on_request(pg_server, templates, tmp_path: Path):
-    result = rehearsal.rehearse(pg_server.url(), rows=2000, out_dir=tmp_path, progress=False, swap_method="locked")
+def test_the_locked_method_is_rehearsed_by_default(pg_server, templates, tmp_path: Path):
+    result = rehearsal.rehearse(pg_server.url(), rows=2000, out_dir=tmp_path, progress=False)
     assert result.summary["verdict"] == "go", result.render()
+    assert result.summary["swap_method"] == "locked"
     steps = {step["name"]: step for step in result.summary["steps"]}
     assert steps["upgrade 0004_allocations_no_overlap"]["reported_holds"] == []  # no exchange: the build holds it
     assert "background" not in steps["preflight"]["detail"]
