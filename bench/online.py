@@ -6,7 +6,7 @@ granted to the commit, and as ``reserve.rollout.lockwatch`` sees it; its
 background wall time against the locked method's floor build), then, inside
 the window it opens, ``alembic downgrade -1`` (the exchange back: hold and
 wall). The first repetition instead measures what the open window costs a
-confirm (pgbench, the mirror's triggers enabled and disabled in interleaved
+confirm (pgbench, the capture trigger enabled and disabled in interleaved
 rounds), closes the window with ``reserve swap finish`` and measures the
 rollback that rebuilds the old guard's table online.
 """
@@ -30,7 +30,7 @@ from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.lockwatch import reported_holds
 from reserve.schema.guards import Guard
-from reserve.schema.swap.state import STAGE_TRIGGER
+from reserve.schema.swap.state import CAPTURE_TRIGGER
 
 ONLINE = ["swap_method=online"]
 
@@ -68,7 +68,7 @@ def online_series(url: URL, guard: Guard, options: Options, progress: Progress, 
         progress(f"online rep {rep + 1}: upgrade head: lock {up['lock_s'] * 1000:.1f} ms, wall {up['wall_s']:.1f}s")
         if rep == 0:
             if pgbench is not None:
-                out["mirror_overhead"] = mirror_overhead(pgbench, options, progress)
+                out["capture_overhead"] = capture_overhead(pgbench, options, progress)
             swap_window.finish(url)
             down = downgrade(url, guard)
             out["rebuild_downgrade"].append(down)
@@ -87,28 +87,29 @@ def online_series(url: URL, guard: Guard, options: Options, progress: Progress, 
     return out
 
 
-def set_mirror(url: URL, enabled: bool) -> None:
-    """Benchmark only: the mirror's row trigger on or off (off, the previous table falls out of step, so the
-    window is closed after these rounds)."""
+def set_capture(url: URL, enabled: bool) -> None:
+    """Benchmark only: the capture's row trigger on (ENABLE ALWAYS, as installed) or off (off, the previous table
+    falls out of step, so the window is closed after these rounds)."""
     with connect(url) as conn:
-        conn.execute(f"ALTER TABLE public.allocations {'ENABLE' if enabled else 'DISABLE'} TRIGGER {STAGE_TRIGGER}")
+        conn.execute(f"ALTER TABLE public.allocations {'ENABLE ALWAYS' if enabled else 'DISABLE'} TRIGGER "
+                     f"{CAPTURE_TRIGGER}")
 
 
-def mirror_overhead(bench: Pgbench, options: Options, progress: Progress) -> dict[str, Any]:
-    """Confirm latency and throughput with the window's mirror and without it, interleaved rounds at 1 and 4
+def capture_overhead(bench: Pgbench, options: Options, progress: Progress) -> dict[str, Any]:
+    """Confirm latency and throughput with the window's capture trigger and without it, interleaved rounds at 1 and 4
     clients, the same confirm version (v12) at head."""
     pool = HoldPool(bench.url)
     pool.setup()
     per_client = calibrate(bench, pool, options, progress)
     clients = tuple(c for c in options.confirm_clients if c <= 4) or options.confirm_clients[:1]
-    states = {"mirror": lambda: set_mirror(bench.url, True), "no_mirror": lambda: set_mirror(bench.url, False)}
+    states = {"capture": lambda: set_capture(bench.url, True), "no_capture": lambda: set_capture(bench.url, False)}
     try:
         runs = rounds(bench, pool, per_client, clients, options.confirm_rounds, states, progress)
     finally:
-        set_mirror(bench.url, True)
-    out = summarize_runs(runs, "no_mirror", "mirror", clients)
+        set_capture(bench.url, True)
+    out = summarize_runs(runs, "no_capture", "capture", clients)
     out["method"] = (f"pgbench -M prepared, one v12 confirm per transaction, {options.confirm_rounds} interleaved "
-                     "rounds with the window's mirror trigger enabled and disabled, per client count")
+                     "rounds with the window's capture trigger enabled and disabled, per client count")
     return out
 
 
@@ -148,6 +149,6 @@ def summarize_online(series: dict[str, Any], locked_floor_new_s: float | None) -
     }
     out["downgrade_lock_s"] = max(v for v in (out["window_downgrade_lock_s"], out["rebuild_downgrade_lock_s"], 0.0)
                                   if v is not None)
-    if "mirror_overhead" in series:
-        out["mirror_overhead"] = series["mirror_overhead"]
+    if "capture_overhead" in series:
+        out["capture_overhead"] = series["capture_overhead"]
     return out

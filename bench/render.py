@@ -223,11 +223,11 @@ def online_markdown(on: dict[str, Any] | None, scaling: list[dict[str, Any]]) ->
                            fmt(p.get("online_upgrade_wall_s")), fmt(p["upgrade_lock_s"]), fmt(p["downgrade_lock_s"])]
                           for p in scaling]))
         out.append("")
-    overhead = on.get("mirror_overhead")
+    overhead = on.get("capture_overhead")
     if overhead:
-        out += ["#### What the open window's mirror costs a confirm", ""]
-        out.append(table(["clients", "p95 ms with mirror", "p95 ms without", "p95 ratio", "tps ratio"],
-                         [[c, fmt(overhead["mirror"]["p95_ms"][c]), fmt(overhead["no_mirror"]["p95_ms"][c]),
+        out += ["#### What the open window's capture costs a confirm", ""]
+        out.append(table(["clients", "p95 ms with capture", "p95 ms without", "p95 ratio", "tps ratio"],
+                         [[c, fmt(overhead["capture"]["p95_ms"][c]), fmt(overhead["no_capture"]["p95_ms"][c]),
                            fmt(overhead["p95_ratio"][c], 3), fmt(overhead["tps_ratio"][c], 3)]
                           for c in overhead["p95_ratio"]]))
         out += ["", overhead["method"] + ".", ""]

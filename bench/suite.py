@@ -8,7 +8,7 @@ matters is a ratio, not an absolute number on a noisy shared machine:
 - **online** (bench/online.py): the default method's ACCESS EXCLUSIVE hold
   (milliseconds, whatever the size), its background wall time against the
   locked method's floor build, the rollback inside the window and after it,
-  and what the window's mirror costs a confirm under pgbench.
+  and what the window's capture costs a confirm under pgbench.
 - **swap** (bench/swap.py): the locked method's ACCESS EXCLUSIVE hold of the real ``alembic
   upgrade head`` (from 0003) and ``alembic downgrade -1``, seen from the
   database (bench/instruments.py), against the floors: a bare ``ALTER TABLE …

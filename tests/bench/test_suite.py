@@ -33,11 +33,11 @@ def test_a_tiny_run_writes_every_key_of_the_results_document(pg_server, tmp_path
     online = swap["online"]
     assert 0 < online["upgrade_lock_s"] < online["upgrade_wall_s"]  # the hold the swap reported, inside the run
     assert online["window_downgrade_lock_s"] > 0 and online["rebuild_downgrade_lock_s"] > 0
-    assert set(online["mirror_overhead"]["p95_ratio"]) == {"1", "4"}  # the window's cost, up to 4 clients
+    assert set(online["capture_overhead"]["p95_ratio"]) == {"1", "4"}  # the window's cost, up to 4 clients
     steps = [h["step"] for h in result["samples_online"]["upgrade"][0]["holds"]]
     assert steps == ["exchange"], steps  # the online upgrade takes ACCESS EXCLUSIVE once
     assert {"online_upgrade_lock_s", "online_downgrade_lock_s", "window_rollback_wall_s",
-            "mirror_confirm_p95_ratio"} <= set(result["targets"])
+            "capture_confirm_p95_ratio"} <= set(result["targets"])
     assert result["predictor"]["predicted_s"] > 0 and result["predictor"]["actual_s"] == swap["upgrade_lock_s"]
     assert {"upgrade_lock_over_floor_new", "floor_new_over_seed_order", "predictor_error"} <= set(result["targets"])
     result["timestamp"] = "test"
