@@ -75,7 +75,7 @@ class Writer:
             self.fresh_slot += 2
             if ids and pick < 0.5:
                 victim = self.random.choice(ids)
-                conn.execute("DELETE FROM allocations WHERE id = %s", (victim,))
+                self._found(conn.execute(f"DELETE FROM allocations WHERE id = %s {RETURNING}", (victim,)).fetchone())
                 del pending[victim]
             else:
                 self._insert(conn, self.fresh_slot, pending)
