@@ -157,6 +157,7 @@ def schedule_replay(session: Any) -> str | None:
 
 
 def unschedule_replay(session: Any) -> None:
-    """In the caller's transaction (the one that drops the machinery): the job goes with what it replays into."""
+    """In the caller's transaction (retiring the table that left, or dropping the machinery): the job goes with what
+    it replays into."""
     if cron_version(session) is not None:
         session.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %s", (CRON_JOB,))

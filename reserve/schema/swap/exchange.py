@@ -102,8 +102,6 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
         if open_window:
             for statement in changelog.install(LIVE):
                 session.execute(statement)
-        else:
-            changelog.unschedule_replay(session)  # nothing left to replay into the table that left
         session.execute("UPDATE reserve_swap.state SET phase = %s, direction = %s, standby_guard = %s, "
                         "swapped_at = now(), filled_xid = pg_current_xact_id()",
                         (SWAPPED, direction, standby_guard_after))
@@ -238,6 +236,7 @@ def retire(session: Session, *, action: str) -> str:
     """
     with session.transaction():
         session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
+        changelog.unschedule_replay(session)  # nothing is replayed into the table that left (after the lock)
     once = LockPolicy.from_x_options()
     try:
         drop_retired(session, action=action, policy=LockPolicy(once.lock_timeout, attempts=1, pause_s=0))
