@@ -47,9 +47,9 @@ def standby_guard(direction: str) -> str:
 
 
 def copy_batch(conn: psycopg.Connection[Any], pages: int = 1) -> int:
-    """One bulk-copy batch of ``pages`` pages; the rows it selected."""
-    selected, _, _ = online.copy_next_batch(session(conn), pages, action=ACTION)
-    return selected
+    """One bulk-copy batch of ``pages`` pages; the rows it copied."""
+    copied, _ = online.copy_next_batch(session(conn), pages, action=ACTION)
+    return copied
 
 
 def replay(conn: psycopg.Connection[Any]) -> int:

@@ -7,10 +7,11 @@ so that an interrupted run is resumed by the same command:
    only, and the capture (reserve.schema.swap.changelog) on the live table, in
    one transaction under a short bounded SHARE ROW EXCLUSIVE on allocations;
 2. **backfill**: rows copied in bulk, in physical order, a range of pages per
-   transaction, with no row locks and no guard; the log replayed; the other
-   indexes and then the target guard built on the filled shadow (one bulk
-   build each, ACCESS EXCLUSIVE on the shadow only); the log replayed again;
-   the shadow's foreign keys (NOT VALID, then validated) and ANALYZE;
+   transaction, with no row locks, no index and no guard; the primary key
+   built; the log replayed; the other indexes and then the target guard built
+   on the filled shadow (one bulk build each, ACCESS EXCLUSIVE on the shadow
+   only); the log replayed again; the shadow's foreign keys (NOT VALID, then
+   validated) and ANALYZE;
 3. **exchange** (reserve.schema.swap.exchange): the log replayed down to a
    small tail, the two tables compared row by row, then under the bounded
    ACCESS EXCLUSIVE lock the tail replayed and the tables trade schemas;
@@ -26,9 +27,13 @@ the snapshot of every copy batch. A copy batch may copy a version that a
 later write changes; that write's log row commits after the batch's snapshot
 and is replayed after the batch commits (the bulk copy and the replay exclude
 each other), and the replay reads the live table with a snapshot newer than
-the log row, so the shadow ends with that write or a later one. A stale copy
-of a row already in the shadow is skipped by id; a row deleted after a
-batch's snapshot is deleted again by the replay of its log row. Until the
+the log row, so the shadow ends with that write or a later one. A row copied
+twice (two versions of one id on pages of two batches) was written between
+their snapshots, so its id is in the log, and the replay, which deletes
+every shadow row of an id before copying the live one, leaves one; what a
+replay run during the copy consumed too early is found when the primary key
+is built, deleted and logged again. A row deleted after a batch's snapshot is
+deleted again by the replay of its log row. Until the
 guard is built no stale copy can be refused, so the guard sees the shadow as
 the live table was at one moment plus the log replayed: a conflict it
 records is a real one. The replay never uses a writer's snapshot, so
@@ -46,7 +51,7 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import guards
+from reserve.schema import failures, guards
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
 from reserve.schema.swap import changelog, dependents, exchange, standby
@@ -70,16 +75,23 @@ AE = "ACCESS EXCLUSIVE"
 # flight: every later write is logged). The shadow's foreign keys, which put their triggers on the tables they
 # reference, come after the fill.
 BUILD_LOCKS = {LIVE: SRE}
-# A batch: a range of the live table's pages (a TID range scan), copied as they are. In physical order, so that
-# the shadow's heap keeps the live one's order (rows loaded by restaurant and time stay together: the guard's
-# index, built afterwards, is filled with neighbours, and later scans keep their locality). A row already in the
-# shadow (a version the replay or an earlier batch put there; an update can move a row to a later page) is
-# skipped: any version newer than the shadow's is in the log.
+# A batch: a range of the live table's pages (a TID range scan), appended as they are to a shadow with no index
+# (kept up row by row, its primary key alone cost the copy three times its own work). In physical order, so
+# that the shadow's heap keeps the live one's order (rows loaded by restaurant and time stay together: the
+# guard's index, built afterwards, is filled with neighbours, and later scans keep their locality).
 _COPY = """
-WITH batch AS (SELECT * FROM public.allocations WHERE ctid >= format('(%%s,0)', %(first)s::bigint)::tid
-                 AND ctid < format('(%%s,0)', %(end)s::bigint)::tid),
-     copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM batch ON CONFLICT (id) DO NOTHING RETURNING 1)
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM copied)
+WITH copied AS (INSERT INTO reserve_swap.allocations SELECT * FROM public.allocations
+                WHERE ctid >= format('(%%s,0)', %(first)s::bigint)::tid
+                  AND ctid < format('(%%s,0)', %(end)s::bigint)::tid RETURNING 1)
+SELECT count(*) FROM copied
+"""
+# Ids the shadow holds twice: a version a replay put there during the copy, then copied again from a later page.
+# Every copy of each is deleted, and its id logged for the replay to copy once.
+_DEDUPLICATE = """
+WITH twice AS (SELECT id FROM reserve_swap.allocations GROUP BY id HAVING count(*) > 1),
+     gone AS (DELETE FROM reserve_swap.allocations s USING twice WHERE s.id = twice.id RETURNING s.id),
+     queued AS (INSERT INTO reserve_swap.log (allocation_id) SELECT DISTINCT id FROM gone RETURNING 1)
+SELECT count(*) FROM queued
 """
 # The pages to copy, and which file they are in: rows the live table gets after this are in the log; a
 # rewrite (VACUUM FULL, CLUSTER) moves every row, and the backfill starts again from the first page.
@@ -165,6 +177,7 @@ def backfill(session: Session, found: SwapState, new_guard: guards.Guard, option
     started = time.monotonic()
     if found.copied_at is None:
         copy_rows(session, found, options, action=action)
+    add_key(session, action=action)
     changelog.replay_until(session)
     add_guard(session, found.direction, new_guard, action=action)
     changelog.replay_until(session)
@@ -186,7 +199,7 @@ def copy_rows(session: Session, found: SwapState, options: SwapOptions, *, actio
     if found.backfill_end_page is not None:
         log.info("%s: resuming the copy after %d rows (copied by an earlier run)", action, copied_total)
     while True:
-        _, copied, more = copy_next_batch(session, pages, action=action)
+        copied, more = copy_next_batch(session, pages, action=action)
         batches += 1
         copied_total += copied
         if not more:
@@ -211,10 +224,38 @@ def batch_pages(session: Session, rows: int) -> int:
     return max(1, round(rows / per_page))
 
 
+def add_key(session: Session, *, action: str) -> None:
+    """The filled shadow's primary key, one bulk build (ACCESS EXCLUSIVE on the shadow only). An id it finds
+    twice is deleted, logged and built again: the replay copies it once. Done already: nothing."""
+    if session.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p')",
+                       (STANDBY,)).fetchone()[0]:
+        return
+    started = time.monotonic()
+    with session.transaction():
+        session.execute(changelog.replay_lock_sql())
+        key = standby.primary_key(session)
+        take(session, {STANDBY: AE}, action=f"{action}: building the shadow's primary key",
+             restore_lock_timeout=session_setting("lock_timeout"))
+        try:
+            with session.savepoint():
+                for statement in key:
+                    session.execute(statement)
+        except Exception as exc:
+            if failures.sqlstate(exc) != "23505":
+                raise
+            queued = session.execute(_DEDUPLICATE).fetchone()[0]
+            log.info("%s: %d ids were copied twice: deleted from the shadow and logged, for the replay", action,
+                     queued)
+            for statement in key:
+                session.execute(statement)
+    log.info("%s: the shadow's primary key built in %.1fs", action, time.monotonic() - started)
+
+
 def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> None:
     """The filled shadow's other indexes and constraints, then its guard, in one transaction under ACCESS
-    EXCLUSIVE on the shadow only (the application writes only the log meanwhile). On the way down the rows
-    the old guard refuses are looked for first and listed, with nothing built. Done already: nothing."""
+    EXCLUSIVE on the shadow only (the application writes only the log meanwhile). When the guard refuses the
+    rows (on the way down: allocations the old guard forbids), they are looked for then, listed, and nothing
+    is built: one scan for the pairs only when there are some. Done already: nothing."""
     target = standby.for_direction(direction, new_guard)
     if session.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s)",
                        (STANDBY, target.guard.name)).fetchone()[0]:
@@ -225,14 +266,18 @@ def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, acti
         after_fill = standby.statements(session, target).after_fill
         take(session, {STANDBY: AE}, action=f"{action}: building the shadow's guard",
              restore_lock_timeout=session_setting("lock_timeout"))
-        found = [f"{a} & {b}" for a, b in session.execute(target.guard.violations_sql(table=STANDBY)).fetchall()]
-        if found:
-            raise CommandError(
-                f"{action}: allocations written since break {target.guard.name}: {', '.join(found)}. Nothing "
-                "more was built; resolve these allocations and run it again, or `reserve swap abort`.")
         for statement in after_fill:
             session.execute(statement)
-        session.execute(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+        try:
+            with session.savepoint():
+                session.execute(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+        except Exception as exc:
+            if failures.sqlstate(exc) != "23P01":
+                raise
+            found = [f"{a} & {b}" for a, b in session.execute(target.guard.violations_sql(table=STANDBY)).fetchall()]
+            raise CommandError(
+                f"{action}: allocations written since break {target.guard.name}: {', '.join(found)}. Nothing "
+                "more was built; resolve these allocations and run it again, or `reserve swap abort`.") from None
         session.execute("UPDATE reserve_swap.state SET filled_xid = pg_current_xact_id()")
     log.info("%s: the shadow's indexes and %s built in %.1fs", action, target.guard.name, time.monotonic() - started)
 
@@ -262,19 +307,19 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
                 session.execute(f'ALTER TABLE {STANDBY} VALIDATE CONSTRAINT "{name}"')
 
 
-def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, int, bool]:
+def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, bool]:
     """The ``pages`` pages after the last batch committed (the state row records where that ended): (rows
-    selected, rows copied, whether pages remain). No row locks: a version a later write changes is settled by
+    copied, whether pages remain). No row locks: a version a later write changes is settled by
     the replay of that write's log row, which never runs beside a copy batch."""
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
         first, end = _next_pages(session, pages, action)
         if first >= end:
-            return 0, 0, False
-        selected, copied = session.execute(_COPY, {"first": first, "end": min(first + pages, end)}).fetchone()
+            return 0, False
+        (copied,) = session.execute(_COPY, {"first": first, "end": min(first + pages, end)}).fetchone()
         session.execute("UPDATE reserve_swap.state SET backfill_next_page = %s, rows_copied = rows_copied + %s",
                         (min(first + pages, end), copied))
-        return selected, copied, first + pages < end
+        return copied, first + pages < end
 
 
 def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
@@ -287,7 +332,8 @@ def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
         return next_page, end_page
     if end_page is not None:
         log.warning("%s: public.allocations was rewritten during the copy: copying again from its first page "
-                    "(rows already in the shadow are skipped)", action)
+                    "into an empty shadow", action)
+        session.execute(f"TRUNCATE {STANDBY}")
     session.execute("UPDATE reserve_swap.state SET backfill_next_page = 0, backfill_end_page = %s, "
-                    "source_filenode = %s", (size, current))
+                    "source_filenode = %s, rows_copied = 0", (size, current))
     return 0, size

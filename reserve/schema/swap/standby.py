@@ -50,10 +50,11 @@ def _qualified(session: Any) -> None:
 
 @dataclass(frozen=True)
 class Definition:
-    """The shadow's DDL in two parts: ``table`` creates it with its primary key only (the bulk copy and the
-    replay find rows by id; nothing else may refuse a stale copy); ``after_fill`` builds its other unique and
-    exclusion constraints and indexes once it is filled (one bulk build each, not a row at a time). The
-    target guard comes last, on its own (reserve.schema.swap.online.add_guard)."""
+    """The shadow's DDL in two parts: ``table`` creates it with no index at all (the bulk copy appends, and
+    nothing may refuse a stale copy); once it is filled, its primary key (``primary_key``: the replay finds rows
+    by id), then ``after_fill``: its other unique and exclusion constraints and indexes, and a replica identity
+    that names one of them. One bulk build each, not a row at a time. The target guard comes last, on its own
+    (reserve.schema.swap.online.add_guard)."""
 
     table: list[str]
     after_fill: list[str]
@@ -65,12 +66,10 @@ def statements(session: Any, target: Target) -> Definition:
     refuse_unsupported(session)
     table = [f"CREATE TABLE {STANDBY} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
              "INCLUDING COMMENTS)"]
-    after_fill = []
-    for name, kind, definition in session.execute(
-            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x') ORDER BY conname", (LIVE,)).fetchall():
-        if name not in target.drop_constraints:
-            (table if kind == "p" else after_fill).append(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}')
+    after_fill = [f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = %s::regclass AND contype IN ('u', 'x') ORDER BY conname", (LIVE,)).fetchall()
+        if name not in target.drop_constraints]
     for name, definition in session.execute(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
@@ -79,9 +78,18 @@ def statements(session: Any, target: Target) -> Definition:
         if name not in target.drop_indexes:
             after_fill.append(definition.replace(f" ON {LIVE} ", f" ON {STANDBY} ", 1))
     after_fill += [index.format(table=STANDBY) for index in target.add_indexes]
-    table += _table_settings(session)
+    settings, identity = _table_settings(session)
+    table += settings
     table += _policies(session)
-    return Definition(table, after_fill)
+    return Definition(table, after_fill + identity)
+
+
+def primary_key(session: Any) -> list[str]:
+    """The statement that builds the live table's primary key on the shadow (the swap neither drops nor adds one)."""
+    _qualified(session)
+    return [f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+        (LIVE,)).fetchall()]
 
 
 def foreign_keys(session: Any) -> list[tuple[str, str]]:
@@ -100,11 +108,12 @@ def grants(session: Any) -> list[str]:
     return [f"REVOKE ALL ON {STANDBY} FROM PUBLIC", *revoke_inherited_grants(session), *_grants(session)]
 
 
-def _table_settings(session: Any) -> list[str]:
+def _table_settings(session: Any) -> tuple[list[str], list[str]]:
+    """(what the shadow gets when it is created, its replica identity: after its indexes, one of which it may name)."""
     rls, force, options, identity, owner, comment = session.execute(
         "SELECT relrowsecurity, relforcerowsecurity, reloptions, relreplident, relowner::regrole::text, "
         "quote_literal(obj_description(oid, 'pg_class')) FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
-    out = []
+    out, identity_sql = [], []
     if rls:
         out.append(f"ALTER TABLE {STANDBY} ENABLE ROW LEVEL SECURITY")
     if force:
@@ -118,13 +127,13 @@ def _table_settings(session: Any) -> list[str]:
     elif identity == "i":
         index = session.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                                 "WHERE i.indrelid = %s::regclass AND i.indisreplident", (LIVE,)).fetchone()[0]
-        out.append(f'ALTER TABLE {STANDBY} REPLICA IDENTITY USING INDEX "{index}"')
+        identity_sql.append(f'ALTER TABLE {STANDBY} REPLICA IDENTITY USING INDEX "{index}"')
     if comment is not None:
         out.append(f"COMMENT ON TABLE {STANDBY} IS {comment}")  # quoted by quote_literal
     current = session.execute("SELECT current_user::regrole::text").fetchone()[0]
     if owner != current:
         out.append(f"ALTER TABLE {STANDBY} OWNER TO {owner}")
-    return out
+    return out, identity_sql
 
 
 def _policies(session: Any) -> list[str]:

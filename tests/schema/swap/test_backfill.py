@@ -4,6 +4,8 @@ by an older copy, and a stale copy makes no false conflict. Interleavings driven
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from alembic.util import CommandError
 
@@ -55,6 +57,24 @@ def test_a_rewrite_of_the_live_table_during_the_backfill_starts_it_again_from_th
         swapping.backfill_rest(conn, BATCH)
         assert swapping.differences(conn) == (set(), set())  # rows moved to pages already passed are copied too
     assert "was rewritten during the copy: copying again from its first page" in caplog.text
+
+
+def test_a_row_a_replay_put_in_the_shadow_during_the_copy_is_there_once_when_the_key_is_built(with_rows: Database,
+                                                                                                   caplog):
+    """A replay run beside the backfill (`reserve swap follow` started early) copies a row the copy has not reached;
+    the copy then appends it again. The primary key, built after the copy, finds the id twice: both copies go, the
+    id is logged, and the replay leaves the live row once."""
+    caplog.set_level(logging.INFO, logger="reserve.schema.swap")
+    with with_rows.connect(autocommit=True) as conn:
+        swapping.copy_batch(conn, BATCH)
+        (ahead,) = conn.execute("SELECT id FROM allocations WHERE ctid >= '(3,0)'::tid LIMIT 1").fetchone()
+        conn.execute("UPDATE allocations SET is_maintenance = NOT is_maintenance WHERE id = %s", (ahead,))
+        assert swapping.replay(conn) == 1
+        swapping.backfill_rest(conn, BATCH)
+        assert conn.execute("SELECT count(*) FROM reserve_swap.allocations WHERE id = %s", (ahead,)).fetchone()[0] == 1
+        assert swapping.differences(conn) == (set(), set())
+        assert conn.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == 40
+    assert "1 ids were copied twice" in caplog.text
 
 
 def test_a_batch_never_waits_for_an_application_transaction(with_rows: Database):
