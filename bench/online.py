@@ -8,14 +8,21 @@ the window it opens, ``alembic downgrade -1`` (the exchange back: hold and
 wall). The first repetition instead measures what the open window costs a
 confirm (pgbench, the capture trigger enabled and disabled in interleaved
 rounds), closes the window with ``reserve swap finish`` and measures the
-rollback that rebuilds the old guard's table online.
+rollback that rebuilds the old guard's table online. Last, one upgrade and
+one window rollback with ``WRITERS`` clients updating allocations
+throughout (the hold then covers the tail of the log replayed under the lock).
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,53 @@ from reserve.schema.guards import Guard
 from reserve.schema.swap.state import CAPTURE_TRIGGER
 
 ONLINE = ["swap_method=online"]
+WRITERS = 4
+
+
+@dataclass
+class Writers:
+    """What the writer threads did: committed updates, and the longest one took (a stall the swap caused)."""
+
+    writes: int = 0
+    longest_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, seconds: float) -> None:
+        with self.lock:
+            self.writes += 1
+            self.longest_s = max(self.longest_s, seconds)
+
+
+@contextmanager
+def writing(url: URL, clients: int = WRITERS) -> Iterator[Writers]:
+    """``clients`` sessions updating random allocations, one autocommit UPDATE at a time, until the block ends:
+    every one of them is a write the capture logs and the exchange must carry."""
+    with connect(url) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM public.allocations TABLESAMPLE SYSTEM (5) LIMIT 20000")]
+    done, out = threading.Event(), Writers()
+
+    def write(seed: int) -> None:
+        pick = random.Random(seed)
+        try:
+            with connect(url) as conn:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    conn.execute("UPDATE public.allocations SET updated_at = clock_timestamp() WHERE id = %s",
+                                 (pick.choice(ids),))
+                    out.record(time.perf_counter() - started)
+        except Exception as exc:  # recorded, so that a run with a failed writer is not read as a quiet one
+            out.errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=30)
 
 
 def timed_online(url: URL, action: Callable[[], None]) -> dict[str, Any]:
@@ -80,6 +134,13 @@ def online_series(url: URL, guard: Guard, options: Options, progress: Progress, 
             out["window_downgrade"].append(down)
             progress(f"online rep {rep + 1}: downgrade -1 in the window: lock {down['lock_s'] * 1000:.1f} ms, "
                      f"wall {down['wall_s']:.2f}s")
+    with writing(url) as writers:
+        up, down = upgrade(url, guard), downgrade(url, guard)
+    out["under_writers"] = {"clients": WRITERS, "upgrade": up, "window_downgrade": down, "writes": writers.writes,
+                            "longest_write_s": r3(writers.longest_s), "errors": writers.errors[:5]}
+    progress(f"online with {WRITERS} writers: upgrade lock {up['lock_s'] * 1000:.1f} ms, window rollback lock "
+             f"{down['lock_s'] * 1000:.1f} ms (wall {down['wall_s']:.2f}s), {writers.writes} writes, longest "
+             f"{writers.longest_s:.3f}s")
     up = upgrade(url, guard)
     out["upgrade"].append(up)
     progress(f"final online upgrade head: lock {up['lock_s'] * 1000:.1f} ms, wall {up['wall_s']:.1f}s")
@@ -151,4 +212,11 @@ def summarize_online(series: dict[str, Any], locked_floor_new_s: float | None) -
                                   if v is not None)
     if "capture_overhead" in series:
         out["capture_overhead"] = series["capture_overhead"]
+    writers = series.get("under_writers")
+    if writers:
+        out["under_writers"] = {"clients": writers["clients"], "upgrade_lock_s": writers["upgrade"]["lock_s"],
+                                "window_downgrade_lock_s": writers["window_downgrade"]["lock_s"],
+                                "window_downgrade_wall_s": writers["window_downgrade"]["wall_s"],
+                                "writes": writers["writes"], "longest_write_s": writers["longest_write_s"],
+                                "errors": writers["errors"]}
     return out

@@ -198,11 +198,22 @@ def _ms(seconds: float | None) -> str:
     return fmt(None if seconds is None else seconds * 1000, 1)
 
 
+def _under_writers_rows(writers: dict[str, Any] | None) -> list[list[str]]:
+    if not writers:
+        return []
+    clients = f"{writers['clients']} clients writing"
+    return [[f"`upgrade head`, {clients}: hold (ms): `swap.online.under_writers`", _ms(writers["upgrade_lock_s"])],
+            [f"`downgrade -1` inside the window, {clients}: hold (ms)", _ms(writers["window_downgrade_lock_s"])],
+            [f"`downgrade -1` inside the window, {clients}: wall (s)", fmt(writers["window_downgrade_wall_s"])],
+            [f"{clients}: updates committed, longest (s), writer errors",
+             f"{writers['writes']:,}, {fmt(writers['longest_write_s'])}, {len(writers['errors'])}"]]
+
+
 def online_markdown(on: dict[str, Any] | None, scaling: list[dict[str, Any]]) -> list[str]:
     """The online method beside the locked one: holds in milliseconds, background and rollback wall times."""
     if not on:
         return []
-    out = ["### The online method (default) beside the locked one", "", on["statistic"] + ".", ""]
+    out = ["### The online method beside the locked one", "", on["statistic"] + ".", ""]
     out.append(table(
         ["measurement", "value"],
         [["online `upgrade head`: ACCESS EXCLUSIVE hold (ms): `swap.online.upgrade_lock_s`", _ms(on["upgrade_lock_s"])],
@@ -213,7 +224,8 @@ def online_markdown(on: dict[str, Any] | None, scaling: list[dict[str, Any]]) ->
          ["`downgrade -1` after `swap finish` (online rebuild): hold (ms)", _ms(on["rebuild_downgrade_lock_s"])],
          ["`downgrade -1` after `swap finish` (online rebuild): wall (s)", fmt(on["rebuild_downgrade_wall_s"])],
          ["longest ACCESS EXCLUSIVE on bookings (dropping the machinery), any run (ms)",
-          _ms(on.get("bookings_lock_max_s"))]],
+          _ms(on.get("bookings_lock_max_s"))],
+         *_under_writers_rows(on.get("under_writers"))],
     ))
     out.append("")
     if len(scaling) > 1:

@@ -79,6 +79,14 @@ def online_targets(result: dict[str, Any]) -> dict[str, Any]:
         flat = ratio(points[-1]["online_upgrade_lock_s"], points[0]["online_upgrade_lock_s"])
         out["online_hold_largest_over_smallest"] = {"value": flat, "limit": "<= 2 (flat in size)",
                                                     "met": at_most(flat, 2.0)}
+    writers = on.get("under_writers")
+    if writers:
+        held = max(writers["upgrade_lock_s"] or 99, writers["window_downgrade_lock_s"] or 99)
+        out["online_lock_s_under_writers"] = {
+            "value": held, "limit": f"<= 0.1 s, upgrade and window rollback, {writers['clients']} clients writing, "
+                                    "no writer failed", "met": held <= 0.1 and not writers["errors"]}
+        out["window_rollback_wall_s_under_writers"] = {"value": writers["window_downgrade_wall_s"], "limit": "<= 5 s",
+                                                       "met": at_most(writers["window_downgrade_wall_s"], 5.0)}
     overhead = on.get("capture_overhead")
     if overhead:
         out["capture_confirm_p95_ratio"] = {"value": overhead["p95_ratio"], "limit": "<= 1.15 at 1 and 4 clients",
