@@ -99,21 +99,30 @@ class StepLocks:
     tables: Mapping[str, str]
 
     def groups(self) -> list[tuple[str, list[str]]]:
-        """(mode, tables) in the order they are taken: strongest mode first, tables by name within a mode, and
-        allocations last. A lock statement holds what it has while it waits for the next table: holding
+        """(mode, tables) in the order they are taken: strongest mode first, tables by name within a mode,
+        allocations after the others, and only then the swap's own tables. A lock statement holds what it has
+        while it waits for the next table, so tables go in the order the application reaches them: holding
         allocations (which every booking reads and writes, before the tables that point at it) while waiting
-        for booking_table_assignments is a deadlock with every confirmation in between, broken only after
-        deadlock_timeout, with every booking queued behind it meanwhile."""
+        for booking_table_assignments is a deadlock with every confirmation in between; holding the change log
+        while waiting for allocations is a deadlock with every writer, whose capture trigger appends to the log
+        while its statement holds allocations. Either is broken only after deadlock_timeout, with every booking
+        queued behind it meanwhile."""
         order = list(MODES.values())
         by_mode: dict[str, list[str]] = {}
         for table, mode in self.tables.items():
             by_mode.setdefault(mode, []).append(table)
-        return [(mode, sorted(by_mode[mode], key=lambda t: (t == LAST, t)))
+        return [(mode, sorted(by_mode[mode], key=lambda t: (reached_after(t), t)))
                 for mode in sorted(by_mode, key=order.index, reverse=True)]
 
 
 AE, SRE, SUE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"
-LAST = "public.allocations"  # taken after every other table of its mode (StepLocks.groups)
+LAST = "public.allocations"  # taken after every other application table of its mode (StepLocks.groups)
+SWAP_SCHEMA = "reserve_swap"  # the online swap's tables, written from allocations' triggers: taken after it
+
+
+def reached_after(table: str) -> int:
+    """0 for an application table, 1 for allocations, 2 for the swap's own tables (StepLocks.groups' order)."""
+    return 2 if table.startswith(f"{SWAP_SCHEMA}.") else int(table == LAST)
 BASELINE_TABLES = (
     "public.restaurants", "public.zones", "public.table_inventory", "public.table_adjacencies", "public.bookings",
     "public.booking_state_history", "public.allocations", "public.table_holds", "public.table_hold_members",

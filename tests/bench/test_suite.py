@@ -34,14 +34,19 @@ def test_a_tiny_run_writes_every_key_of_the_results_document(pg_server, tmp_path
     assert 0 < online["upgrade_lock_s"] < online["upgrade_wall_s"]  # the hold the swap reported, inside the run
     assert online["window_downgrade_lock_s"] > 0 and online["rebuild_downgrade_lock_s"] > 0
     assert set(online["capture_overhead"]["p95_ratio"]) == {"1", "4"}  # the window's cost, up to 4 clients
+    writers = online["under_writers"]
+    assert writers["writes"] > 0 and writers["errors"] == []  # 4 clients wrote through an upgrade and a rollback
+    assert 0 < writers["upgrade_lock_s"] and 0 < writers["window_downgrade_lock_s"] < writers["window_downgrade_wall_s"]
     steps = [h["step"] for h in result["samples_online"]["upgrade"][0]["holds"]]
     assert steps == ["exchange"], steps  # the online upgrade takes ACCESS EXCLUSIVE once
     assert {"online_upgrade_lock_s", "online_downgrade_lock_s", "window_rollback_wall_s",
-            "capture_confirm_p95_ratio"} <= set(result["targets"])
+            "capture_confirm_p95_ratio", "online_lock_s_under_writers",
+            "window_rollback_wall_s_under_writers"} <= set(result["targets"])
     assert result["predictor"]["predicted_s"] > 0 and result["predictor"]["actual_s"] == swap["upgrade_lock_s"]
     assert {"upgrade_lock_over_floor_new", "floor_new_over_seed_order", "predictor_error"} <= set(result["targets"])
     result["timestamp"] = "test"
     written = render.refresh_docs(result, tmp_path)
     doc = (tmp_path / "BENCHMARKS.md").read_text()
     assert render.BEGIN in doc and render.END in doc and "swap.upgrade_lock_s" in doc and "swap.online.upgrade_lock_s" in doc
+    assert "swap.online.under_writers" in doc
     assert tmp_path / "BENCHMARKS.md" in written

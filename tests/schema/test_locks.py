@@ -52,6 +52,14 @@ def test_allocations_is_locked_after_the_tables_that_point_at_it_so_a_confirmati
                         ("ACCESS SHARE", ["public.table_inventory"])]
 
 
+def test_the_swaps_own_tables_are_locked_after_allocations_whose_capture_trigger_writes_them():
+    closing = locks.StepLocks({"reserve_swap.log": "ACCESS EXCLUSIVE", "public.allocations": "ACCESS EXCLUSIVE",
+                               "reserve_swap.allocations": "ACCESS EXCLUSIVE",
+                               "public.bookings": "ACCESS EXCLUSIVE"}).groups()
+    assert closing == [("ACCESS EXCLUSIVE", ["public.bookings", "public.allocations", "reserve_swap.allocations",
+                                             "reserve_swap.log"])]
+
+
 def test_holders_name_a_conflicting_session_by_pid_and_application_but_not_a_compatible_one(head_db: Database):
     with head_db.connect() as reader, head_db.connect(autocommit=True) as watcher:
         reader.execute("SET application_name = 'booking-pages'")

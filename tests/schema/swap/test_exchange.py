@@ -4,6 +4,7 @@ left depending on the table that left, and an exchange the standby's guard canno
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -157,6 +158,30 @@ def test_an_exchange_cancelled_to_break_a_deadlock_is_tried_again_and_the_applic
         app.commit()
         locking.result()
     assert "given up to break a deadlock" in caplog.text
+
+
+def test_closing_the_window_waits_for_a_writer_in_flight_and_never_deadlocks_with_its_capture(head_db: Database,
+                                                                                             caplog):
+    """A writer holding allocations appends to the change log from its capture trigger: a lock statement that held
+    the log while it waited for allocations would close a cycle with every such writer (found by the benchmark's
+    four writers: the exchange never got its locks). The swap's tables are locked after allocations."""
+    caplog.set_level(logging.INFO, logger="reserve.schema.session")
+    a, _ = swapping.two_venues(head_db)
+    with head_db.connect() as conn:
+        swapping.insert(conn, a.id, a.tables[0], slot(3))
+        conn.commit()
+    with head_db.connect() as app, head_db.connect(autocommit=True) as dba, head_db.connect(autocommit=True) as ops:
+        app.execute("SET deadlock_timeout = '10s'")  # only the closing could find a cycle
+        (row,) = app.execute("SELECT id FROM allocations LIMIT 1 FOR UPDATE").fetchone()
+        closing = swapping.InThread(lambda: exchange.detach(swapping.session(ops), action="test detach"))
+        swapping.wait_until(lambda: swapping.waiting_for_a_lock(dba, ops.info.backend_pid),
+                            "the closing to wait for allocations")
+        app.execute("UPDATE allocations SET updated_at = now() WHERE id = %s", (row,))  # the capture appends
+        app.commit()
+        closing.result()
+    assert "given up to break a deadlock" not in caplog.text
+    assert "detaching the capture: ACCESS EXCLUSIVE on public.allocations, reserve_swap.allocations, " \
+           "reserve_swap.log taken (attempt 1/" in caplog.text
 
 
 def test_the_hold_line_the_swap_logs_is_what_a_reader_of_its_output_parses_back(caplog):
