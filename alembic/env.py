@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from reserve import db
-from reserve.schema import failures, locks, locktrace, options, revisions
+from reserve.schema import failures, locks, locktrace, movers, options, revisions
 from reserve.schema.swap import state as swap_state
 
 config = context.config
@@ -117,8 +117,11 @@ def _take_migration_lock(connection) -> None:
         try:
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         except DBAPIError:
+            connection.rollback()
+            holders = connection.execute(text(movers.HOLDERS_SQL)).fetchall()
             raise CommandError(
-                f"another migration run still holds the migration lock after {wait}; nothing was changed"
+                f"another run (alembic, or a `reserve swap` command) still holds the migration lock after {wait}: "
+                f"{movers.describe([tuple(row) for row in holders])}; nothing was changed"
             ) from None
     for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval"):
         _set_session(connection, name, name)

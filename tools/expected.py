@@ -20,8 +20,8 @@ from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.schema import catalog, expectations, revisions
 from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import exchange
 from reserve.schema.swap import state as swap_state
+from reserve.schema.swap import teardown
 
 ONLINE = ["swap_method=online"]  # the method that opens a window (the default, locked, leaves none)
 
@@ -46,9 +46,9 @@ def write_all(target: Path) -> list[Path]:
                     written.append(_write(target / f"{expectations.WINDOW}.txt", _machinery(conn)))
                     roll_back_leaving_the_table_retired(url)
                     written.append(_write(target / f"{expectations.RETIRED}.txt", _machinery(conn)))
-                    exchange.finish(PsycopgSession(conn), action="tools.expected")
+                    teardown.finish(PsycopgSession(conn), action="tools.expected")
                     alembic_runner.upgrade(url, revision, x=ONLINE)
-                    exchange.finish(PsycopgSession(conn), action="tools.expected")
+                    teardown.finish(PsycopgSession(conn), action="tools.expected")
                 snap = catalog.snapshot(conn)
             written.append(_write(target / f"{revision}.txt", snap))
     return written

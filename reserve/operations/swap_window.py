@@ -11,6 +11,7 @@ an online swap that has not exchanged yet.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -19,12 +20,13 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
-from reserve.schema import revisions
+from reserve.schema import movers, revisions
 from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import changelog, exchange
+from reserve.schema.swap import changelog, teardown
 from reserve.schema.swap import state as swap_state
 
 PROBE_WRITES = 200
+MOVERS_WAIT_S = 30.0  # how long finish and abort wait for another run's migration lock (--wait)
 SWAP_REVISION = "0004_allocations_no_overlap"
 
 
@@ -41,9 +43,9 @@ def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:
             return report
         report.facts.update(_figures(conn, found))
         ids = [row[0] for row in swap_state.conflicts(conn)]
-        if found.phase == swap_state.RETIRED:
+        if found.phase in swap_state.DROPPABLE["drop"]:
             left_by = ("an interrupted `reserve swap finish` left the previous table, out of step,"
-                       if found.direction == "upgrade" else "a rollback left the table it replaced")
+                       if found.phase == swap_state.DETACHED else "a rollback left the table it replaced")
             report.add("swap", WARN, f"{left_by} in {swap_state.STANDBY} (dropping it needs a brief lock on bookings "
                        "and restaurants): `reserve swap finish` drops it")
             return report
@@ -167,41 +169,55 @@ def follow(url: URL, *, interval_s: float = 2.0, rounds: int | None = None,
     return report
 
 
-def finish(url: URL) -> Report:
+def finish(url: URL, *, wait_s: float = MOVERS_WAIT_S) -> Report:
     """Close the window: drop the previous table and the capture.
 
     Idempotent: a rerun after an interruption completes it, and with nothing
     left to finish at head it says so and exits 0. Refused (exit 1, nothing
-    changed) below head or while an online swap is still in flight.
+    changed) below head, while an online swap is still in flight, or while
+    another run holds the migration lock after ``wait_s`` seconds.
     """
     report = Report("swap finish")
     with db.connect(url, autocommit=True) as conn:
-        recorded = revisions.current_revision(conn)
-        report.facts.update({"database": db.masked(url), "revision": recorded or "none"})
-        found = swap_state.read(conn)
-        if found is None and recorded == revisions.head():
-            report.add("finish", WARN, "nothing to finish: no swap window is open")
-            return report
-        if found is None:
-            report.add("finish", FAIL, f"the database is at {recorded or 'no revision'}, below head: there is no "
-                       "swap window to finish")
-            return report
-        return _closing(report, PsycopgSession(conn), "finish", exchange.finish)
+        report.facts.update({"database": db.masked(url)})
+        return _moving(report, conn, "finish", wait_s, lambda session: _finish(report, session))
 
 
-def abort(url: URL) -> Report:
+def _finish(report: Report, session: PsycopgSession) -> Report:
+    recorded = revisions.current_revision(session.conn)
+    report.facts["revision"] = recorded or "none"
+    found = swap_state.read(session)
+    if found is None and recorded == revisions.head():
+        report.add("finish", WARN, "nothing to finish: no swap window is open")
+        return report
+    if found is None:
+        report.add("finish", FAIL, f"the database is at {recorded or 'no revision'}, below head: there is no "
+                   "swap window to finish")
+        return report
+    report.add("finish", OK, teardown.finish(session, action="reserve swap finish"))
+    return report
+
+
+def abort(url: URL, *, wait_s: float = MOVERS_WAIT_S) -> Report:
     """Drop an online swap that has not exchanged yet; the live table is untouched. Refused (exit 1) otherwise."""
     report = Report("swap abort")
     with db.connect(url, autocommit=True) as conn:
         report.facts.update({"database": db.masked(url), "revision": revisions.current_revision(conn) or "none"})
-        return _closing(report, PsycopgSession(conn), "abort", exchange.abort)
+        return _moving(report, conn, "abort", wait_s, lambda session: _abort(report, session))
 
 
-def _closing(report: Report, session: PsycopgSession, name: str, action: Any) -> Report:
+def _abort(report: Report, session: PsycopgSession) -> Report:
+    report.add("abort", OK, teardown.abort(session, action="reserve swap abort"))
+    return report
+
+
+def _moving(report: Report, conn: psycopg.Connection[Any], name: str, wait_s: float,
+            move: Callable[[PsycopgSession], Report]) -> Report:
+    """Run ``move`` holding the movers' lock (reserve.schema.movers), every state read made under it; a refusal
+    (the lock still held elsewhere, the swap in another phase) is a failed check (exit 1), nothing changed."""
     try:
-        done = action(session, action=f"reserve swap {name}")
+        with movers.held(conn, wait_s=wait_s, action=f"reserve swap {name}"):
+            return move(PsycopgSession(conn))
     except CommandError as exc:
         report.add(name, FAIL, str(exc))
         return report
-    report.add(name, OK, done)
-    return report

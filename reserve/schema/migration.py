@@ -21,7 +21,7 @@ from reserve.schema import guards, locks
 from reserve.schema.index_build import build_index_after_commit  # noqa: F401 (for the revisions)
 from reserve.schema.options import LockPolicy, SwapOptions, effective_swap_method, session_setting, x_option
 from reserve.schema.session import AlembicSession, LockGiveUp, take  # noqa: F401 (LockGiveUp: for callers)
-from reserve.schema.swap import exchange, online
+from reserve.schema.swap import online, teardown
 from reserve.schema.swap import state as swap_state
 
 SWAP_REVISION = "0004_allocations_no_overlap"
@@ -86,9 +86,9 @@ def _drop_retired_table(action: str) -> None:
     retired; drop it now (bounded), before this revision's own transaction does anything (the drop commits on
     its own)."""
     found = swap_state.read(AlembicSession())
-    if found is not None and found.phase == swap_state.RETIRED:
+    if found is not None and found.phase in swap_state.DROPPABLE["drop"]:
         with op.get_context().autocommit_block():
-            exchange.drop_retired(AlembicSession(), action=f"{action}: dropping the table an earlier run left")
+            teardown.drop_retired(AlembicSession(), action=f"{action}: dropping the table an earlier run left")
 
 
 def protect_tenant_table(table: str, policy: str, privileges: str) -> None:

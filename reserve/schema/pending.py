@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from reserve.schema import catalog, expectations, revisions
 from reserve.schema.guards import OLD_GUARD, REDUNDANT_INDEX
-from reserve.schema.swap.state import BACKFILLED, BUILDING, RETIRED, SWAPPED, WINDOW, SwapState
+from reserve.schema.swap.state import BACKFILLED, BUILDING, DROPPABLE, SWAPPED, WINDOW, SwapState
 
 SWAP_REVISION = "0004_allocations_no_overlap"
 
@@ -73,7 +73,7 @@ def _matches_but_for_validation(revision: str, outside: catalog.Snapshot) -> boo
 
 def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Pending | None:
     """An online swap in flight: outside its machinery, the catalog is the revision's before it or after it."""
-    if swap.phase == RETIRED:
+    if swap.phase in DROPPABLE["drop"]:
         return None  # at a boundary: the emptied table is named by verify, not pending work
     below = revisions.chain()[-2]
     before, after = (below, SWAP_REVISION) if swap.direction == "upgrade" else (SWAP_REVISION, below)

@@ -223,12 +223,13 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
     assert empty_db.snapshot() == head_db.snapshot()  # head_db too has the online upgrade's window open
 
 
-def test_a_run_gives_up_after_migration_lock_wait_while_another_run_holds_the_lock(empty_db: Database):
+def test_a_run_gives_up_after_migration_lock_wait_naming_the_run_that_holds_the_lock(empty_db: Database):
     before = empty_db.snapshot()
-    with migration_lock_held(empty_db):
+    with migration_lock_held(empty_db) as holder:
+        pid = holder.info.backend_pid
         result = alembic_runner.run_cli(empty_db.url, "-x", "migration_lock_wait=1s", "upgrade", "head", timeout=120)
     assert result.returncode != 0
-    assert "another migration run still holds the migration lock after 1s" in result.stderr, \
+    assert f"still holds the migration lock after 1s: pid {pid} (reserve-test, connected since" in result.stderr, \
         db.scrub(result.stderr, empty_db.url)
     assert version_rows(empty_db) == []
     assert empty_db.snapshot() == before

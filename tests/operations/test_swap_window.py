@@ -11,8 +11,9 @@ from reserve.cli import main
 from reserve.operations import swap_window
 from reserve.rollout.lockwatch import reported_holds
 from reserve.rollout.verify import verify
-from reserve.schema import catalog, expectations
+from reserve.schema import catalog, expectations, locks
 from reserve.schema.swap import state as swap_state
+from reserve.schema.swap import teardown
 from tests import faults, swapping
 from tests.support import REVISIONS, Database, slot
 
@@ -141,12 +142,13 @@ def test_finish_interrupted_before_the_mirror_is_detached_leaves_the_window_whol
 
 def test_finish_interrupted_after_the_mirror_is_detached_is_named_by_verify_and_a_rerun_drops_it(head_db: Database):
     """The previous table is emptied before it is dropped, so that the drop holds bookings and restaurants for
-    catalog work only: terminated while that drop waits (a report reads bookings), the previous table is retired,
-    empty and out of step; verify names it, the rollback is a rebuild, and a rerun of finish drops it."""
+    catalog work only: terminated while that drop waits (a report reads bookings), the previous table is detached
+    (not retired: no rollback left it), empty and out of step; verify names it, the rollback is a rebuild, and a
+    rerun of finish drops it."""
     _finish_terminated_while_it_waits(head_db, "bookings")
     with head_db.connect() as conn:
         found = swap_state.read(conn)
-        assert found is not None and found.phase == swap_state.RETIRED
+        assert found is not None and found.phase == swap_state.DETACHED
         assert conn.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == 0
         assert expectations.differences(REVISIONS[-1], catalog.snapshot(conn)) == []
     retired = next(c for c in verify(head_db.url).checks if c.name == "retired table")
@@ -172,3 +174,18 @@ def test_finish_holds_allocations_only_to_detach_the_capture_and_drops_the_previ
     steps = [(step, tables) for step, _, tables in reported.holds]
     assert steps == [("detaching the capture", "public.allocations"),
                      ("dropping the machinery", "public.bookings, public.restaurants")], steps
+
+
+def test_status_names_every_phase_and_takes_no_lock_a_mover_would_wait_for(pre_swap_db: Database):
+    """status reads the state row and moves nothing: it answers while another run holds the migration lock."""
+    seen = {}
+    with pre_swap_db.connect(autocommit=True) as conn, pre_swap_db.connect(autocommit=True) as mover:
+        mover.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION_LOCK_KEY,))
+        steps = [("building", lambda: swapping.build(conn)), ("backfilled", lambda: swapping.backfill_rest(conn)),
+                 ("open", lambda: (swapping.exchange_forward(conn), swapping.open_window(conn))),
+                 ("detached", lambda: teardown.detach(swapping.session(conn), action="test finish"))]
+        for name, step in steps:
+            step()
+            result = swap(pre_swap_db, "status", "--probe-writes", "0")
+            seen[name] = (result.exit_code, json.loads(result.output)["facts"]["window"])
+    assert seen == {name: (0, name) for name, _ in steps}

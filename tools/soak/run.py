@@ -27,7 +27,7 @@ from reserve.rollout.evidence import Step
 from reserve.rollout.lockwatch import LockWatch
 from reserve.schema import expectations, revisions
 from reserve.schema.session import RETRY_LINE
-from reserve.schema.swap import exchange
+from reserve.schema.swap import holds
 from tools.soak.checks import check_invariants, live_allocations
 from tools.soak.result import SoakResult
 from tools.soak.timeline import longest_stall, phase, phase_stats, tile
@@ -67,7 +67,7 @@ def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str],
         except subprocess.TimeoutExpired:
             returncode, output = -1, f"timed out after {timeout_s}s"
     lines = [line for line in output.splitlines() if line.strip()]
-    reported = exchange.reported_holds(lines)  # the online swap's own (a poll can miss milliseconds)
+    reported = holds.reported_holds(lines)  # the online swap's own (a poll can miss milliseconds)
     return Step(
         name=name, ok=returncode == 0, seconds=round(time.monotonic() - started, 3),
         detail="" if returncode == 0 else (lines[-1] if lines else f"exit {returncode}")[:300],

@@ -15,32 +15,34 @@ depends on the writes of the last moment, not on the table.
 
 After it (``settle``): the re-pointed foreign keys are validated without
 blocking writers; then a window opens (after an upgrade) or the table that
-left is retired (after a downgrade, or an exchange back): dropped with the
-machinery when one short lock attempt allows, else emptied and left for
-`reserve swap finish`.
+left is retired (after a downgrade, or an exchange back: reserve.schema.swap.teardown).
+Every phase change is a compare-and-set made under the step's locks
+(reserve.schema.swap.state.advance).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from alembic.util import CommandError
 
 from reserve.schema import guards, locks
-from reserve.schema.options import LockPolicy, SwapOptions, session_setting
-from reserve.schema.session import LockGiveUp, Session, take
-from reserve.schema.swap import changelog, dependents
+from reserve.schema.options import SwapOptions, session_setting
+from reserve.schema.session import Session, take
+from reserve.schema.swap import changelog, dependents, teardown
+from reserve.schema.swap.holds import log_hold
 from reserve.schema.swap.state import (
+    BACKFILLED,
     EXCHANGE_SCHEMA,
     LIVE,
     LOG,
-    RETIRED,
     STANDBY,
     SWAPPED,
     WINDOW,
+    StateMoved,
     SwapState,
+    advance,
     conflicts,
     read,
 )
@@ -48,9 +50,9 @@ from reserve.schema.swap.state import (
 log = logging.getLogger("reserve.schema.swap")
 
 AE = "ACCESS EXCLUSIVE"
-MACHINERY_TABLES = (STANDBY, LOG, "reserve_swap.conflicts", "reserve_swap.state")
-# Dropping the standby removes its foreign keys' triggers from the tables they reference.
-DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "public.restaurants": AE}
+# How often the exchange starts again when something began to depend on allocations between the reading that
+# chose its locks and the moment they were granted (a view created meanwhile, say).
+DEPENDENTS_ATTEMPTS = 3
 
 
 class _ConflictsAppeared(Exception):
@@ -74,16 +76,45 @@ def _refuse_conflicts(session: Session, action: str, guard: guards.Guard) -> Non
         f"at once, or a failed copy): {listed}. Nothing was changed; resolve these allocations, then run it again.")
 
 
-def _exchange(session: Session, *, action: str, open_window: bool, standby_guard_after: str,
+class _DependentsChanged(Exception):
+    """Something began to depend on allocations before the exchange's locks were granted: released, tried again."""
+
+
+def _exchange(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
               direction: str) -> None:
     """The one short lock: the log's tail replayed, live and shadow trade places, dependents follow, the
-    capture moves to the new live table when a window opens; the state says what happened."""
+    capture moves to the new live table when a window opens; the state moves from ``from_phase`` to swapped.
+    The dependents are read once to know what to lock (in the order the application locks them) and again
+    once the locks are granted (nothing can start depending on allocations then): what is re-pointed is what
+    the second reading found, and when it names a table the locks missed, the exchange starts again."""
+    for attempt in range(1, DEPENDENTS_ATTEMPTS + 1):
+        try:
+            _exchange_once(session, action=action, from_phase=from_phase, open_window=open_window,
+                           standby_guard_after=standby_guard_after, direction=direction)
+            return
+        except _DependentsChanged as changed:
+            log.warning("%s: %s began to depend on %s while the exchange waited for its locks (attempt %d/%d): "
+                        "released, starting again", action, changed, LIVE, attempt, DEPENDENTS_ATTEMPTS)
+    raise CommandError(f"{action}: what depends on {LIVE} kept changing while the exchange waited for its locks; "
+                       "nothing was changed: run it again")
+
+
+def _exchange_once(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
+                   direction: str) -> None:
     with session.transaction():
         session.execute(changelog.replay_lock_sql())  # no replayer (pg_cron, `swap follow`) is left to wait for
-        deps = dependents.find(session)
-        take(session, {LIVE: AE, STANDBY: AE, LOG: AE, **dict.fromkeys(deps.tables, AE)},
+        expected = dependents.find(session)
+        take(session, {LIVE: AE, STANDBY: AE, LOG: AE, **dict.fromkeys(expected.tables, AE)},
              action=f"{action}: exchange", restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
+        deps = dependents.find(session)
+        missed = sorted(set(deps.tables) - set(expected.tables))
+        if missed:
+            raise _DependentsChanged(", ".join(missed))
+        if deps.unsupported:
+            raise CommandError(f"{action}: the online swap cannot re-point {', '.join(deps.unsupported)}, which "
+                               "depend on public.allocations; nothing was changed")
+        advance(session, from_phase, SWAPPED, direction=direction, standby_guard=standby_guard_after)
         tail = changelog.replay_in(session)
         if changelog.not_capturing(session, LIVE):
             raise _CaptureChanged
@@ -102,9 +133,6 @@ def _exchange(session: Session, *, action: str, open_window: bool, standby_guard
         if open_window:
             for statement in changelog.install(LIVE):
                 session.execute(statement)
-        session.execute("UPDATE reserve_swap.state SET phase = %s, direction = %s, standby_guard = %s, "
-                        "swapped_at = now(), filled_xid = pg_current_xact_id()",
-                        (SWAPPED, direction, standby_guard_after))
         log.info("%s: exchanged %s and %s (%d log rows replayed, then catalog work: %.1f ms under the lock)",
                  action, LIVE, STANDBY, tail, (time.perf_counter() - started) * 1000)
     log_hold(action, "exchange", locked, f"{LIVE} and its dependents")
@@ -165,7 +193,8 @@ def wait_for_old_snapshots(session: Session, options: SwapOptions, *, action: st
 
 
 def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, options: SwapOptions, *,
-                      action: str, open_window: bool, standby_guard_after: str, direction: str) -> None:
+                      action: str, from_phase: str, open_window: bool, standby_guard_after: str,
+                      direction: str) -> None:
     """Catch up, refuse when conflicts remain (before the lock, or when one appears under it) or the capture
     was changed, wait for old snapshots, exchange."""
     catch_up(session, options, action=action)
@@ -174,8 +203,8 @@ def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, o
     wait_for_old_snapshots(session, options, action=action)
     changelog.replay_until(session, options.tail_rows)  # what was logged while it waited, then at once the lock
     try:
-        _exchange(session, action=action, open_window=open_window, standby_guard_after=standby_guard_after,
-                  direction=direction)
+        _exchange(session, action=action, from_phase=from_phase, open_window=open_window,
+                  standby_guard_after=standby_guard_after, direction=direction)
     except _ConflictsAppeared:
         _refuse_conflicts(session, action, guard)
     except _CaptureChanged:
@@ -189,21 +218,24 @@ def forward(session: Session, found: SwapState, new_guard: guards.Guard, options
     """A built, backfilled shadow becomes the live table."""
     guard = new_guard if found.direction == "upgrade" else guards.OLD_GUARD
     previous = guards.OLD_GUARD.name if found.direction == "upgrade" else new_guard.name
-    _checked_exchange(session, found, guard, options, action=action, open_window=found.direction == "upgrade",
-                      standby_guard_after=previous, direction=found.direction)
+    _checked_exchange(session, found, guard, options, action=action, from_phase=BACKFILLED,
+                      open_window=found.direction == "upgrade", standby_guard_after=previous,
+                      direction=found.direction)
 
 
 def back(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
          action: str) -> str:
     """Inside the window, the rollback: the previous table, kept in step by the replay, becomes live again."""
-    _checked_exchange(session, found, guards.OLD_GUARD, options, action=action, open_window=False,
-                      standby_guard_after=new_guard.name, direction="downgrade")
+    _checked_exchange(session, found, guards.OLD_GUARD, options, action=action, from_phase=WINDOW,
+                      open_window=False, standby_guard_after=new_guard.name, direction="downgrade")
     return settle(session, read(session), action=action)
 
 
 def settle(session: Session, found: SwapState | None, *, action: str) -> str:
     """After the exchange: validate the re-pointed foreign keys, then open the window or drop the machinery."""
-    assert found is not None and found.phase == SWAPPED
+    if found is None or found.phase != SWAPPED:
+        raise StateMoved(f"{action}: the online swap is {found.phase if found else 'gone'}, not swapped (another "
+                         "run moved it); nothing was changed")
     for table, name in session.execute(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), k.conname FROM pg_constraint k "
             "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -215,130 +247,10 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
             session.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
     if found.direction == "upgrade":
         with session.transaction():
-            session.execute("UPDATE reserve_swap.state SET phase = %s, window_opened_at = now()", (WINDOW,))
+            advance(session, SWAPPED, WINDOW)
             every = changelog.schedule_replay(session)
         follower = (f"the pg_cron job {changelog.CRON_JOB} replays the change log ({every})" if every else
                     "run `reserve swap follow` to keep it in step (pg_cron is not installed here)")
         return (f"{action}: exchanged; the previous table stays in step in {STANDBY} (the window): {follower}; "
                 "`alembic downgrade -1` replays and swaps back instantly, `reserve swap finish` closes it")
-    return retire(session, action=action)
-
-
-def retire(session: Session, *, action: str) -> str:
-    """After a downgrade: the table that left is emptied (under its own lock only, so that its files go while
-    nobody waits), then dropped with the machinery if one short lock attempt allows it; else it is left to
-    `reserve swap finish` (or the next revision run).
-
-    Dropping it removes its foreign keys, which takes ACCESS EXCLUSIVE on bookings and restaurants for an
-    instant: behind any long report on bookings that waits, and every booking read queues behind the wait. The
-    emergency rollback does not retry that; an emptied table with no capture costs an index probe per deleted
-    booking (its foreign keys cascade) and nothing else, and is gone at the next quiet moment.
-    """
-    with session.transaction():
-        session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
-        changelog.unschedule_replay(session)  # nothing is replayed into the table that left (after the lock)
-    once = LockPolicy.from_x_options()
-    try:
-        drop_retired(session, action=action, policy=LockPolicy(once.lock_timeout, attempts=1, pause_s=0))
-    except LockGiveUp as exc:
-        emptied = "emptied" if exists_empty(session) else "not emptied yet (something held it)"
-        log.warning("%s: the table that left is %s, not dropped (%s); `reserve swap finish` drops it", action,
-                    emptied, exc)
-        return (f"{action}: exchanged; the table that left is {emptied} in {STANDBY}, to be dropped by "
-                "`reserve swap finish` when nothing holds bookings or restaurants for a moment")
-    return f"{action}: exchanged; the table that left and the swap's machinery are dropped"
-
-
-def exists_empty(session: Session) -> bool:
-    return session.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {STANDBY})").fetchone()[0]
-
-
-def detach(session: Session, *, action: str) -> None:
-    """Closing a window, first step: the capture off the live table and the state retired, under a bounded
-    ACCESS EXCLUSIVE on allocations for catalog work only. From here the previous table is out of step (the
-    rollback is a rebuild) and nothing public touches it."""
-    with session.transaction():
-        take(session, {LIVE: AE, STANDBY: AE, LOG: AE}, action=f"{action}: detaching the capture",
-             restore_lock_timeout=session_setting("lock_timeout"))
-        locked = time.perf_counter()
-        for statement in changelog.remove(LIVE):
-            session.execute(statement)
-        session.execute("UPDATE reserve_swap.state SET phase = %s, retired_at = now()", (RETIRED,))
-    log_hold(action, "detaching the capture", locked, LIVE)
-
-
-def drop_retired(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
-    """A retired table (no capture: nothing public writes to it) is emptied first, under its own lock, so that
-    the drop that follows holds bookings and restaurants for catalog work only, not while its files go."""
-    with session.transaction():
-        take(session, {STANDBY: AE, LOG: AE}, action=f"{action}: emptying the table that left", policy=policy,
-             restore_lock_timeout=session_setting("lock_timeout"))
-        session.execute(f"TRUNCATE {STANDBY}, {LOG}")
-    close(session, action=action, policy=policy)
-
-
-def close(session: Session, *, action: str, policy: LockPolicy | None = None) -> None:
-    """Drop the capture from the live table and the whole machinery (the standby with it), in one transaction
-    with bounded lock attempts: interrupted, or given up (LockGiveUp), it has changed nothing, so a window is
-    never left open without its capture. Cheap under its locks only when the standby is empty or small
-    (drop_retired empties it first; an abort drops what the backfill copied so far)."""
-    captured = changelog.installed_on(session, LIVE)
-    with session.transaction():
-        wanted = {**({LIVE: AE} if captured else {}), **DROP_LOCKS}
-        take(session, wanted, action=f"{action}: dropping the shadow and the capture", policy=policy,
-             restore_lock_timeout=session_setting("lock_timeout"))
-        locked = time.perf_counter()
-        for statement in changelog.remove(LIVE):
-            session.execute(statement)
-        changelog.unschedule_replay(session)
-        session.execute("DROP SCHEMA reserve_swap CASCADE")
-    log_hold(action, "dropping the machinery", locked,
-             ", ".join([LIVE] * captured + ["public.bookings", "public.restaurants"]))
-
-
-def finish(session: Session, *, action: str = "reserve swap finish") -> str:
-    """Close an open window: the previous table and the capture go; the rollback is then a rebuild."""
-    found = read(session)
-    if found is None:
-        raise CommandError(f"{action}: no swap window is open: nothing to finish")
-    if found.phase == RETIRED:
-        drop_retired(session, action=action)
-        return f"{action}: the table left in {STANDBY} is dropped, with the swap's machinery"
-    if found.phase != WINDOW:
-        raise CommandError(f"{action}: the online {found.direction} is still in flight (phase: {found.phase}); "
-                           "finish it first, or `reserve swap abort` before its exchange")
-    changelog.replay_until(session)  # conflicts and figures up to date to the last moment of the window
-    detach(session, action=action)
-    drop_retired(session, action=action)
-    return f"{action}: the window is closed; {STANDBY} and the capture are dropped"
-
-
-def abort(session: Session, *, action: str = "reserve swap abort") -> str:
-    """Drop a swap that has not exchanged yet: the live table is untouched, the shadow and the capture go."""
-    found = read(session)
-    if found is None:
-        raise CommandError(f"{action}: no swap is in flight: nothing to abort")
-    if found.exchanged:
-        raise CommandError(f"{action}: the exchange has happened already (phase: {found.phase}); "
-                           + ("close it with `reserve swap finish`" if found.phase in (WINDOW, RETIRED)
-                              else "finish it with the same alembic command"))
-    close(session, action=action)
-    return f"{action}: the online {found.direction} is dropped; {LIVE} is as it was"
-
-
-# The line log_hold writes, for a reader of an Alembic run's output (the soak runs it as a subprocess).
-HOLD_LINE = re.compile(r"held ACCESS EXCLUSIVE on (?P<tables>.+?) for (?P<ms>[\d.]+) ms \(lock granted to commit\)")
-
-
-def reported_holds(lines: list[str], table: str = LIVE) -> list[float]:
-    """Seconds of each hold covering ``table`` that an Alembic run's output reports."""
-    return [float(m["ms"]) / 1000 for m in map(HOLD_LINE.search, lines) if m and table in m["tables"]]
-
-
-def log_hold(action: str, step: str, locked: float, tables: str = LIVE) -> None:
-    """How long the step held ACCESS EXCLUSIVE on ``tables``, from the moment the lock was granted to the commit,
-    seen from the client (so an upper bound); carried on the record as ``ae_hold_s`` (with ``ae_tables``) for the
-    benchmark and the rehearsal."""
-    held = time.perf_counter() - locked
-    log.info("%s: %s held ACCESS EXCLUSIVE on %s for %.1f ms (lock granted to commit)", action, step, tables,
-             held * 1000, extra={"ae_hold_s": held, "ae_step": step, "ae_tables": tables})
+    return teardown.retire(session, action=action)

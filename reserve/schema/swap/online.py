@@ -54,16 +54,18 @@ from alembic.util import CommandError
 from reserve.schema import failures, guards
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
-from reserve.schema.swap import changelog, dependents, exchange, standby
+from reserve.schema.swap import changelog, dependents, exchange, standby, teardown
 from reserve.schema.swap.state import (
     BACKFILLED,
     BUILDING,
+    DROPPABLE,
     LIVE,
-    RETIRED,
     STANDBY,
     SWAPPED,
     WINDOW,
+    StateMoved,
     SwapState,
+    advance,
     read,
 )
 
@@ -107,8 +109,8 @@ def run(session: Session, direction: str, new_guard: guards.Guard, *, action: st
     """Move the live table to the guard of ``direction``, resuming whatever an earlier run left; what it did."""
     options = SwapOptions.from_x_options()
     found = read(session)
-    if found is not None and found.phase == RETIRED:  # an earlier rollback's table, left to drop: drop it first
-        exchange.drop_retired(session, action=f"{action}: dropping the table an earlier run left")
+    if found is not None and found.phase in DROPPABLE["drop"]:  # a table an earlier run left to drop: first
+        teardown.drop_retired(session, action=f"{action}: dropping the table an earlier run left")
         found = None
     if found is not None and found.direction == direction:
         return _resume(session, found, new_guard, options, action)
@@ -127,7 +129,8 @@ def run(session: Session, direction: str, new_guard: guards.Guard, *, action: st
 
 def _resume(session: Session, found: SwapState | None, new_guard: guards.Guard, options: SwapOptions,
             action: str) -> str:
-    assert found is not None
+    if found is None:
+        raise StateMoved(f"{action}: the online swap's machinery is gone (another run dropped it); nothing was changed")
     if found.phase == BUILDING:
         backfill(session, found, new_guard, options, action=action)
         found = read(session)
@@ -184,7 +187,7 @@ def backfill(session: Session, found: SwapState, new_guard: guards.Guard, option
     add_foreign_keys(session, action=action)
     session.execute(f"ANALYZE {STANDBY}")
     with session.transaction():
-        session.execute("UPDATE reserve_swap.state SET phase = %s, backfilled_at = now()", (BACKFILLED,))
+        advance(session, BUILDING, BACKFILLED)
     copied = session.execute("SELECT rows_copied FROM reserve_swap.state").fetchone()[0]
     log.info("%s: shadow filled (%d rows copied), its guard built, the log replayed, foreign keys validated, "
              "analyzed in %.1fs", action, copied, time.monotonic() - started)

@@ -11,13 +11,15 @@ CREATE TABLE reserve_swap.state (
   -- What the next exchange does: 'upgrade' installs allocations_no_overlap, 'downgrade' the old guard.
   direction text NOT NULL CONSTRAINT state_direction_check CHECK (direction IN ('upgrade', 'downgrade')),
   standby_guard text NOT NULL,
+  -- What each phase means, and who moves it where: reserve.schema.swap.state.PHASES and TRANSITIONS.
   -- building: shadow created, capture on, backfill running; backfilled: in step, ready to exchange;
   -- swapped: exchanged, foreign keys being validated; window: after an upgrade, the previous table
-  -- kept in step so that the rollback is an exchange back; retired: after a downgrade, the table
-  -- that left, emptied, waiting for a moment when it can be dropped (its foreign keys need a brief
-  -- ACCESS EXCLUSIVE on bookings and restaurants).
+  -- kept in step so that the rollback is an exchange back; detached: the window closed, the previous
+  -- table out of step, to be dropped; retired: after a downgrade, the table that left, to be dropped
+  -- (both: emptied first, then dropped when its foreign keys' brief ACCESS EXCLUSIVE on bookings and
+  -- restaurants is granted).
   phase text NOT NULL CONSTRAINT state_phase_check
-    CHECK (phase IN ('building', 'backfilled', 'swapped', 'window', 'retired')),
+    CHECK (phase IN ('building', 'backfilled', 'swapped', 'window', 'detached', 'retired')),
   -- The backfill copies pages [0, backfill_end_page) of allocations' file source_filenode, in batches;
   -- backfill_next_page is where the next batch starts (NULL end page: not started).
   backfill_next_page bigint NOT NULL DEFAULT 0,

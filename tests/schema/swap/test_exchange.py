@@ -13,7 +13,7 @@ from alembic.util import CommandError
 from reserve.schema import guards
 from reserve.schema.options import LockPolicy
 from reserve.schema.session import PsycopgSession, take
-from reserve.schema.swap import dependents, exchange
+from reserve.schema.swap import dependents, exchange, holds, teardown
 from reserve.schema.swap import state as swap_state
 from tests import swapping
 from tests.support import ONLINE, REVISIONS, Database, slot
@@ -97,6 +97,22 @@ def test_a_dependent_the_swap_cannot_repoint_stops_it_before_anything_is_built(p
     assert pre_swap_db.current() == REVISIONS[-1]
 
 
+def test_a_self_referencing_foreign_key_stops_the_online_swap_before_anything_is_built(pre_swap_db: Database):
+    """Copied, it would point at the table that leaves; re-pointed, the previous table's rows would point at the live
+    one. Refused, naming the key and the fallback, which keeps it as it is."""
+    with pre_swap_db.connect() as conn:
+        conn.execute("ALTER TABLE public.allocations ADD COLUMN parent_id uuid "
+                     "CONSTRAINT allocations_parent_fkey REFERENCES public.allocations (id)")
+        conn.commit()
+    before = pre_swap_db.snapshot()
+    with pytest.raises(CommandError, match=r"foreign key allocations_parent_fkey references allocations itself.*"
+                                           r"swap_method=locked"):
+        pre_swap_db.upgrade("head", x=ONLINE)
+    assert pre_swap_db.current() == REVISIONS[-2] and pre_swap_db.snapshot() == before
+    pre_swap_db.upgrade("head", x=["swap_method=locked"])
+    assert pre_swap_db.current() == REVISIONS[-1]
+
+
 def test_the_standby_is_analyzed_before_it_becomes_live(pre_swap_db: Database):
     (venue, _) = swapping.two_venues(pre_swap_db)
     with pre_swap_db.connect() as conn:
@@ -173,7 +189,7 @@ def test_closing_the_window_waits_for_a_writer_in_flight_and_never_deadlocks_wit
     with head_db.connect() as app, head_db.connect(autocommit=True) as dba, head_db.connect(autocommit=True) as ops:
         app.execute("SET deadlock_timeout = '10s'")  # only the closing could find a cycle
         (row,) = app.execute("SELECT id FROM allocations LIMIT 1 FOR UPDATE").fetchone()
-        closing = swapping.InThread(lambda: exchange.detach(swapping.session(ops), action="test detach"))
+        closing = swapping.InThread(lambda: teardown.detach(swapping.session(ops), action="test detach"))
         swapping.wait_until(lambda: swapping.waiting_for_a_lock(dba, ops.info.backend_pid),
                             "the closing to wait for allocations")
         app.execute("UPDATE allocations SET updated_at = now() WHERE id = %s", (row,))  # the capture appends
@@ -184,10 +200,41 @@ def test_closing_the_window_waits_for_a_writer_in_flight_and_never_deadlocks_wit
            "reserve_swap.log taken (attempt 1/" in caplog.text
 
 
+def test_a_view_created_while_the_exchange_waits_for_its_lock_follows_the_table(pre_swap_db: Database):
+    """The exchange reads what depends on allocations to know what to lock, and again once the locks are granted:
+    a view created while it retried its lock (an application held allocations) is re-pointed, not left behind on
+    the table that leaves."""
+    a, _ = swapping.two_venues(pre_swap_db)
+    with pre_swap_db.connect() as conn:
+        swapping.insert(conn, a.id, a.tables[0], slot(3))
+        conn.commit()
+    with pre_swap_db.connect(autocommit=True) as conn:
+        swapping.build(conn)
+        swapping.backfill_rest(conn)
+    with pre_swap_db.connect() as app, pre_swap_db.connect(autocommit=True) as ops, \
+            pre_swap_db.connect(autocommit=True) as dba:
+        app.execute("LOCK TABLE allocations IN ROW EXCLUSIVE MODE")  # as an allocation write in flight does
+        exchanging = swapping.InThread(lambda: swapping.exchange_forward(ops))
+        swapping.wait_until(lambda: swapping.waiting_for_a_lock(dba, ops.info.backend_pid),
+                            "the exchange to wait for allocations")
+        # Queued behind the exchange's request, created as soon as that attempt gives up (before its retry).
+        dba.execute("CREATE VIEW public.allocation_days AS SELECT id, lower(\"window\")::date AS day "
+                    "FROM public.allocations")
+        app.commit()
+        exchanging.result(timeout_s=60)
+    with pre_swap_db.connect() as conn:
+        assert _depending_on(conn, swap_state.STANDBY) == []
+        assert conn.execute("SELECT count(*) FROM public.allocation_days").fetchone()[0] == 1
+        (reads,) = conn.execute("SELECT DISTINCT d.refobjid::regclass::text FROM pg_rewrite r JOIN pg_depend d "
+                                "ON d.objid = r.oid WHERE r.ev_class = 'public.allocation_days'::regclass "
+                                "AND d.refobjid <> r.ev_class AND d.refclassid = 'pg_class'::regclass").fetchone()
+        assert reads == "allocations"
+
+
 def test_the_hold_line_the_swap_logs_is_what_a_reader_of_its_output_parses_back(caplog):
     caplog.set_level("INFO", logger="reserve.schema.swap")
-    exchange.log_hold("test", "exchange", time.perf_counter() - 0.012, "public.allocations and its dependents")
-    exchange.log_hold("test", "dropping the machinery", time.perf_counter() - 0.5, "public.bookings, public.restaurants")
-    holds = exchange.reported_holds(caplog.messages)
-    assert len(holds) == 1 and 0.012 <= holds[0] < 0.4  # the hold on bookings is not one on allocations
-    assert exchange.reported_holds(caplog.messages, "public.bookings")[0] >= 0.5
+    holds.log_hold("test", "exchange", time.perf_counter() - 0.012, "public.allocations and its dependents")
+    holds.log_hold("test", "dropping the machinery", time.perf_counter() - 0.5, "public.bookings, public.restaurants")
+    on_allocations = holds.reported_holds(caplog.messages)
+    assert len(on_allocations) == 1 and 0.012 <= on_allocations[0] < 0.4  # the hold on bookings is not on allocations
+    assert holds.reported_holds(caplog.messages, "public.bookings")[0] >= 0.5

@@ -7,81 +7,16 @@ listed), 2 usage or connection error. Nothing here prints a password.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
 from reserve import __version__, db
-from reserve.report import EXIT_USAGE, Report, UsageError
-from reserve.schema import failures
+from reserve.cli.shell import fail_usage, failures_reported, json_option, run_report, terminal_width, url_from_env
+from reserve.cli.swap import swap
 from reserve.schema.options import DEFAULT_SWAP_METHOD, SWAP_METHODS
-
-
-def _url() -> URL:
-    try:
-        return db.sqlalchemy_url()
-    except db.DatabaseUrlError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _fail_usage(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-@contextmanager
-def _failures_reported() -> Iterator[None]:
-    """Around every command's library call: one message and a documented exit code for every failure.
-
-    Bad input and an unreachable database (every UsageError) exit 2 with the
-    library's message; any other database failure prints one message naming
-    the command, the kind of failure, the table and who was in the way
-    (reserve.schema.failures), and exits 1, or 2 when the connection was lost or
-    the database refused the input. Anything else is a programming error,
-    and keeps its traceback.
-    """
-    try:
-        yield
-    except UsageError as exc:
-        _fail_usage(str(exc))
-    except (psycopg.Error, DBAPIError) as exc:
-        command = click.get_current_context().command_path
-        url = _url_or_none()
-        text = failures.message(command, exc, diagnose=failures.diagnoser(url) if url is not None else None)
-        click.echo(f"error: {db.scrub(text, url)}", err=True)
-        sys.exit(failures.exit_code(exc))
-
-
-def _terminal_width() -> int | None:
-    """The terminal's width when stdout is one (tables wrap to it), else None (nothing wraps: logs, pipes)."""
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-
-
-def _run(action: Callable[[], Report], as_json: bool,
-         render: Callable[..., str] | None = None) -> None:
-    """Run a report-producing library call, print its report, exit with its code."""
-    with _failures_reported():
-        report = action()
-    click.echo(report.to_json() if as_json else (render or Report.to_text)(report, width=_terminal_width()))
-    sys.exit(report.exit_code)
-
-
-def _url_or_none() -> URL | None:
-    try:
-        return db.sqlalchemy_url()
-    except db.DatabaseUrlError:
-        return None
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group(name="reserve", context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,8 +47,8 @@ def preflight(target: str, backup_confirmed: bool, long_transaction_seconds: flo
     """Go / no-go for moving DATABASE_URL to --target."""
     from reserve.rollout.preflight import preflight as run
 
-    url = _url()
-    _run(lambda: run(url, target, backup_confirmed=backup_confirmed, long_transaction_s=long_transaction_seconds,
+    url = url_from_env()
+    run_report(lambda: run(url, target, backup_confirmed=backup_confirmed, long_transaction_s=long_transaction_seconds,
                      swap_method=swap_method), as_json)
 
 
@@ -123,8 +58,8 @@ def snapshot(output: Path | None) -> None:
     """The catalog state of DATABASE_URL, its revision and row counts (ids and counts only)."""
     from reserve.rollout.snapshots import capture
 
-    url = _url()
-    with _failures_reported(), db.connect(url, autocommit=True) as conn:
+    url = url_from_env()
+    with failures_reported(), db.connect(url, autocommit=True) as conn:
         text = capture(conn)
     if output is None:
         click.echo(text, nl=False)
@@ -132,7 +67,7 @@ def snapshot(output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        _fail_usage(f"cannot write {output}: {exc.strerror}")
+        fail_usage(f"cannot write {output}: {exc.strerror}")
     click.echo(f"wrote {output}", err=True)
 
 
@@ -154,8 +89,8 @@ def verify(as_json: bool) -> None:
     """DATABASE_URL matches what its revision promises; the guard serves the overlap probe."""
     from reserve.rollout.verify import verify as run
 
-    url = _url()
-    _run(lambda: run(url), as_json)
+    url = url_from_env()
+    run_report(lambda: run(url), as_json)
 
 
 @main.command()
@@ -164,8 +99,8 @@ def adopt(as_json: bool) -> None:
     """Stamp an existing baseline database as 0001_baseline, after proving it is one."""
     from reserve.rollout.adopt import adopt as run
 
-    url = _url()
-    _run(lambda: run(url), as_json)
+    url = url_from_env()
+    run_report(lambda: run(url), as_json)
 
 
 @main.command("access")
@@ -174,11 +109,11 @@ def access_matrix(as_json: bool) -> None:
     """Who may do what in DATABASE_URL's public schema: privileges, RLS and the policies that apply, per role."""
     from reserve.rollout import access
 
-    url = _url()
+    url = url_from_env()
     if as_json:
-        _run(lambda: access.report(url), as_json)
+        run_report(lambda: access.report(url), as_json)
         return
-    with _failures_reported(), db.connect(url, autocommit=True) as conn:
+    with failures_reported(), db.connect(url, autocommit=True) as conn:
         click.echo(access.as_text(access.matrix(conn)), nl=False)
 
 
@@ -198,12 +133,12 @@ def rehearse(rows: int | None, out_dir: Path, use_database_url: bool, standby: b
     """Rehearse the whole rollout on a throw-away database and write the evidence bundle."""
     from reserve.rollout import rehearsal
 
-    url = _url() if use_database_url else None
-    with _failures_reported():
+    url = url_from_env() if use_database_url else None
+    with failures_reported():
         result = rehearsal.rehearse(url, rows=rows or rehearsal.DEFAULT_ROWS, out_dir=out_dir, progress=not as_json,
                                     swap_method=swap_method or DEFAULT_SWAP_METHOD, standby=standby)
     summary: dict[str, Any] = result.summary
-    click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=_terminal_width()))
+    click.echo(json.dumps(summary, indent=2) if as_json else result.render(width=terminal_width()))
     sys.exit(0 if summary["verdict"] == "go" else 1)
 
 
@@ -212,7 +147,7 @@ def config_path() -> None:
     """The alembic.ini of this package's chain, for `alembic -c "$(reserve config-path)" upgrade head` (exit 2: none)."""
     from reserve.schema import revisions
 
-    with _failures_reported():
+    with failures_reported():
         click.echo(revisions.alembic_ini())
 
 
@@ -240,7 +175,7 @@ def flags() -> None:
 @json_option
 def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
     """Override rows (all, or the venue's and the global ones), with the environment and the default."""
-    _run(lambda: _flags().report_list(_url(), key, restaurant_id), as_json)
+    run_report(lambda: _flags().report_list(url_from_env(), key, restaurant_id), as_json)
 
 
 @flags.command("get")
@@ -249,7 +184,7 @@ def flags_list(key: str | None, restaurant_id: Any, as_json: bool) -> None:
 @json_option
 def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
     """The value in force for the venue (or for all venues), and where it comes from."""
-    _run(lambda: _flags().report_get(_url(), restaurant_id, key), as_json)
+    run_report(lambda: _flags().report_get(url_from_env(), restaurant_id, key), as_json)
 
 
 @flags.command("set")
@@ -259,7 +194,7 @@ def flags_get(restaurant_id: Any, key: str, as_json: bool) -> None:
 @json_option
 def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
     """Override the flag with VALUE for the venue (or, without --restaurant, for all venues)."""
-    _run(lambda: _flags().report_set(_url(), value, restaurant_id, key), as_json)
+    run_report(lambda: _flags().report_set(url_from_env(), value, restaurant_id, key), as_json)
 
 
 @flags.command("unset")
@@ -268,7 +203,7 @@ def flags_set(value: str, restaurant_id: Any, key: str, as_json: bool) -> None:
 @json_option
 def flags_unset(restaurant_id: Any, key: str, as_json: bool) -> None:
     """Remove the venue's (or the global) override; resolution falls back to the next source."""
-    _run(lambda: _flags().report_unset(_url(), restaurant_id, key), as_json)
+    run_report(lambda: _flags().report_unset(url_from_env(), restaurant_id, key), as_json)
 
 
 def _flags() -> Any:
@@ -298,22 +233,22 @@ def monitor(once: bool, port: int | None, min_interval: float, probe_runs: int |
     from reserve.operations import monitor as mon
 
     if once == (port is not None):
-        _fail_usage("give exactly one of --once or --serve PORT")
-    url = _url()
+        fail_usage("give exactly one of --once or --serve PORT")
+    url = url_from_env()
     if once:
-        _run(lambda: mon.once(url, probe_runs=50 if probe_runs is None else probe_runs), as_json,
+        run_report(lambda: mon.once(url, probe_runs=50 if probe_runs is None else probe_runs), as_json,
              render=mon.render_table)
         return
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _failures_reported():
+        with failures_reported():
             mon.serve(url, port, min_interval=min_interval, probe_runs=5 if probe_runs is None else probe_runs,
                       ready=click.echo, stop=stop)
     except mon.PortInUse as exc:
-        _fail_usage(str(exc))
+        fail_usage(str(exc))
     except OSError as exc:
-        _fail_usage(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}")
+        fail_usage(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -339,69 +274,17 @@ def retention(older_than: str | None, batch_size: int, dry_run: bool, pause: flo
     from reserve.operations import retention_schedule
 
     if cron_schedule is not None and unschedule:
-        _fail_usage("give --schedule or --unschedule, not both")
-    url = _url()
+        fail_usage("give --schedule or --unschedule, not both")
+    url = url_from_env()
     if unschedule:
-        _run(lambda: retention_schedule.unschedule(url), as_json)
+        run_report(lambda: retention_schedule.unschedule(url), as_json)
     elif cron_schedule is not None:
-        _run(lambda: retention_schedule.schedule(url, cron_schedule, older_than or "30d", batch_size=batch_size),
+        run_report(lambda: retention_schedule.schedule(url, cron_schedule, older_than or "30d", batch_size=batch_size),
              as_json)
     elif older_than is None:
-        _fail_usage("--older-than is required (or --schedule / --unschedule)")
+        fail_usage("--older-than is required (or --schedule / --unschedule)")
     else:
-        _run(lambda: ret.purge(url, older_than, batch_size=batch_size, dry_run=dry_run, pause_s=pause), as_json)
-
-
-@main.group()
-def swap() -> None:
-    """The online swap of the allocations guard: its window (the previous table kept in step after an online
-    upgrade, so that `alembic downgrade -1` is an exchange back), seen and closed deliberately."""
-
-
-def _swap_window() -> Any:
-    """reserve.operations.swap_window, imported when a swap command runs (the CLI starts without it)."""
-    from reserve.operations import swap_window
-
-    return swap_window
-
-
-@swap.command("status")
-@click.option("--probe-writes", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Single-row inserts (rolled back) that measure the capture's write overhead on allocations "
-                   "(SHARE ROW EXCLUSIVE for the probe, 100 ms lock_timeout); 0 skips it.")
-@json_option
-def swap_status(probe_writes: int, as_json: bool) -> None:
-    """Whether the rollback is an instant exchange back, since when, the log's depth and lag, conflicts, costs."""
-    url = _url()
-    _run(lambda: _swap_window().status(url, probe_writes=probe_writes), as_json)
-
-
-@swap.command("finish")
-@json_option
-def swap_finish(as_json: bool) -> None:
-    """Close the window after the observation period: drop the capture and the previous table (idempotent)."""
-    url = _url()
-    _run(lambda: _swap_window().finish(url), as_json)
-
-
-@swap.command("follow")
-@click.option("--interval", "interval_s", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between two replays of the change log.")
-@click.option("--rounds", default=None, type=click.IntRange(min=1), help="Stop after this many rounds.")
-@json_option
-def swap_follow(interval_s: float, rounds: int | None, as_json: bool) -> None:
-    """Keep the previous table in step without pg_cron: replay the change log until the window closes (or --rounds)."""
-    url = _url()
-    _run(lambda: _swap_window().follow(url, interval_s=interval_s, rounds=rounds,
-                                    progress=None if as_json else lambda line: click.echo(line, err=True)), as_json)
-
-
-@swap.command("abort")
-@json_option
-def swap_abort(as_json: bool) -> None:
-    """Drop an online swap that has not exchanged yet (its shadow and capture); the live table is untouched."""
-    url = _url()
-    _run(lambda: _swap_window().abort(url), as_json)
+        run_report(lambda: ret.purge(url, older_than, batch_size=batch_size, dry_run=dry_run, pause_s=pause), as_json)
 
 
 @main.group()
@@ -415,5 +298,8 @@ def analyze_confirmations(as_json: bool) -> None:
     """Bookings with more than one evidence row and why, the cache hit rate, and the unique-constraint decision."""
     from reserve.operations.analysis import confirmations
 
-    url = _url()
-    _run(lambda: confirmations(url), as_json)
+    url = url_from_env()
+    run_report(lambda: confirmations(url), as_json)
+
+
+main.add_command(swap)
