@@ -77,6 +77,7 @@ class EphemeralPostgres:
     workdir: Path | None = None
     # Set on a standby: the server it streams from (its data directory is a base backup of that one).
     primary: EphemeralPostgres | None = field(default=None, repr=False)
+    _options: str = field(default="", repr=False)
 
     @property
     def as_root(self) -> bool:
@@ -115,10 +116,22 @@ class EphemeralPostgres:
             "max_connections": "200",
             **self.settings,
         }
-        opts = " ".join(f"-c {k}={v}" for k, v in options.items())
-        self._run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(datadir),
-                  "-l", str(self.workdir / "server.log"), "-o", opts)
+        self._options = " ".join(f"-c {k}={v}" for k, v in options.items())
+        self._pg_ctl_start()
         return self
+
+    def _pg_ctl_start(self) -> None:
+        assert self.workdir is not None
+        self._run(str(find_bindir() / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.workdir / "data"),
+                  "-l", str(self.workdir / "server.log"), "-o", self._options)
+
+    def crash_and_restart(self) -> None:
+        """A server crash, for the fault tests: every backend killed at once (``pg_ctl stop -m immediate``, no
+        checkpoint), then the server started again on the same data directory, which recovers from its WAL."""
+        if self.workdir is None:
+            raise ServerError("the server is not running")
+        self._run(str(find_bindir() / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.workdir / "data"))
+        self._pg_ctl_start()
 
     def _initdb(self, bindir: Path, datadir: Path) -> None:
         assert self.workdir is not None
