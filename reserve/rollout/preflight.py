@@ -11,6 +11,7 @@ Read-only: it takes no lock beyond what plain SELECTs take.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -20,6 +21,8 @@ from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import expectations, guards, locks, revisions, tenancy
 from reserve.schema.options import DEFAULT_SWAP_METHOD, SWAP_METHODS, effective_swap_method
+from reserve.schema.session import PsycopgSession
+from reserve.schema.swap import dependents
 from reserve.schema.swap import state as swap_state
 
 SWAP_REVISION = "0004_allocations_no_overlap"
@@ -65,11 +68,12 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         crosses_swap = SWAP_REVISION in moving
         check_guard_data(conn, report, direction if crosses_swap else "none")
         check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in moving)
-        check_activity(conn, report, [(revision, direction) for revision in moving], long_transaction_s,
-                       swap_method)
-        check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
         steps = [(revision, direction) for revision in moving]
-        check_replicas(conn, report, locks.step_tables(steps, swap_method).get(guards.TABLE) == "ACCESS EXCLUSIVE")
+        repointed = repointed_tables(conn) if crosses_swap and swap_method == "online" else locks.REPOINTED_AT_HEAD
+        check_activity(conn, report, steps, long_transaction_s, swap_method, repointed)
+        check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
+        check_replicas(conn, report,
+                       locks.step_tables(steps, swap_method, repointed).get(guards.TABLE) == "ACCESS EXCLUSIVE")
         check_backup(conn, report, url, backup_confirmed)
     return report
 
@@ -152,8 +156,16 @@ def check_tenant_references(conn: psycopg.Connection[Any], report: Report, appli
                rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
 
 
+def repointed_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """The tables the online exchange will lock besides allocations, read from the live catalog as the exchange
+    reads it (a table that started pointing at allocations since the release is checked too)."""
+    with conn.transaction():
+        return dependents.find(PsycopgSession(conn)).tables
+
+
 def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tuple[str, str]], long_s: float,
-                   swap_method: str = DEFAULT_SWAP_METHOD) -> None:
+                   swap_method: str = DEFAULT_SWAP_METHOD,
+                   repointed: Iterable[str] = locks.REPOINTED_AT_HEAD) -> None:
     """Sessions whose locks conflict with what the step will take (reserve.schema.locks.DECLARED), and long transactions.
 
     A conflicting holder makes each of the step's bounded lock attempts time
@@ -164,7 +176,7 @@ def check_activity(conn: psycopg.Connection[Any], report: Report, steps: list[tu
     restored the guard, builds its index concurrently and that build waits for
     every older snapshot (blocking nobody).
     """
-    wanted = locks.step_tables(steps, swap_method)
+    wanted = locks.step_tables(steps, swap_method, repointed)
     watched = wanted or {guards.TABLE: "ACCESS EXCLUSIVE"}
     found = locks.holders(conn, watched)
     names = ", ".join(sorted(t.removeprefix("public.") for t in watched))

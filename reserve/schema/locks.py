@@ -186,36 +186,51 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
 
 
 SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.log", "reserve_swap.conflicts", "reserve_swap.state")
-# The online method of the swap (reserve.schema.swap), opted into with -x swap_method=online: a shadow table
-# built beside allocations and exchanged with it. ACCESS EXCLUSIVE on allocations for the exchange only
-# (catalog work), and on the two tables whose foreign keys and policies point at allocations, re-pointed in the
-# same breath; SHARE ROW EXCLUSIVE on bookings and restaurants while the shadow's foreign keys are added (up),
-# ACCESS EXCLUSIVE on them when the shadow is dropped with its foreign keys (down, and `reserve swap finish`);
-# the machinery's own tables when an earlier run left them.
-_REPOINTED = {"public.allocations": AE, "public.booking_table_assignments": AE,
-              "public.booking_assignment_idempotency": AE, **dict.fromkeys(SWAP_MACHINERY, AE),
-              # deparsing the re-pointed policies opens the tables they read, as a query does
-              "public.table_inventory": "ACCESS SHARE"}
-ONLINE_SWAP: dict[str, StepLocks] = {
-    "upgrade": StepLocks({**_REPOINTED, "public.bookings": SRE, "public.restaurants": SRE}),
-    "downgrade": StepLocks({**_REPOINTED, "public.bookings": AE, "public.restaurants": AE}),
-}
+# The tables whose foreign keys and policies point at allocations at head (0003b), which the exchange re-points:
+# what is declared when nobody says otherwise. The exchange itself and preflight read the live catalog instead
+# (reserve.schema.swap.dependents.find(...).tables): a table that starts pointing at allocations is locked by
+# the exchange and checked by preflight alike.
+REPOINTED_AT_HEAD = ("public.booking_assignment_idempotency", "public.booking_table_assignments")
+
+
+def online_exchange(repointed: Iterable[str]) -> dict[str, str]:
+    """What the online swap's exchange locks, declared once (taken by reserve.schema.swap.exchange, checked by
+    preflight, allowed by the lock trace): allocations, the shadow and the change log, and every table whose
+    foreign keys or policies it re-points. ACCESS EXCLUSIVE for catalog work only (milliseconds)."""
+    return {"public.allocations": AE, "reserve_swap.allocations": AE, "reserve_swap.log": AE,
+            **dict.fromkeys(repointed, AE)}
+
+
+def online_swap(direction: str, repointed: Iterable[str] = REPOINTED_AT_HEAD) -> StepLocks:
+    """The online method of the swap (reserve.schema.swap), opted into with -x swap_method=online: the exchange
+    (online_exchange); the machinery's own tables when an earlier run left them; ACCESS SHARE on table_inventory
+    (deparsing the re-pointed policies opens the tables they read, as a query does); SHARE ROW EXCLUSIVE on
+    bookings and restaurants while the shadow's foreign keys are added (up), ACCESS EXCLUSIVE on them when the
+    shadow is dropped with its foreign keys (down, and `reserve swap finish`)."""
+    parents = SRE if direction == "upgrade" else AE
+    return StepLocks({**dict.fromkeys(SWAP_MACHINERY, AE), **online_exchange(repointed),
+                      "public.table_inventory": "ACCESS SHARE", "public.bookings": parents,
+                      "public.restaurants": parents})
+
+
 SWAP_REVISION = "0004_allocations_no_overlap"
 
 
-def declared(revision: str, direction: str, method: str = DEFAULT_SWAP_METHOD) -> StepLocks:
+def declared(revision: str, direction: str, method: str = DEFAULT_SWAP_METHOD,
+             repointed: Iterable[str] = REPOINTED_AT_HEAD) -> StepLocks:
     """What ``revision`` declares for ``direction`` ('upgrade' or 'downgrade') with the swap's ``method``
-    (only the swap has two); KeyError when undeclared."""
+    (only the swap has two; online, the exchange also locks the ``repointed`` tables); KeyError when undeclared."""
     if revision == SWAP_REVISION and method == "online":
-        return ONLINE_SWAP[direction]
+        return online_swap(direction, repointed)
     return DECLARED[revision][direction]
 
 
-def step_tables(steps: Sequence[tuple[str, str]], method: str = DEFAULT_SWAP_METHOD) -> dict[str, str]:
+def step_tables(steps: Sequence[tuple[str, str]], method: str = DEFAULT_SWAP_METHOD,
+                repointed: Iterable[str] = REPOINTED_AT_HEAD) -> dict[str, str]:
     """The strongest lock per table over several (revision, direction) steps."""
     result: dict[str, str] = {}
     for revision, direction in steps:
-        for table, mode in declared(revision, direction, method).tables.items():
+        for table, mode in declared(revision, direction, method, repointed).tables.items():
             result[table] = strongest([mode, result[table]]) if table in result else mode
     return result
 

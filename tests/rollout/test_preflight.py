@@ -113,6 +113,22 @@ def test_lock_holders_are_no_go_on_every_table_the_step_locks_exclusively(baseli
     assert _status(swap_only, "lock holders") == OK
 
 
+def test_a_table_that_started_pointing_at_allocations_is_checked_as_the_online_exchange_will_lock_it(
+        pre_swap_db: Database):
+    """The exchange locks every table whose foreign keys point at allocations, read from the catalog; preflight reads
+    the same list (reserve.schema.locks.online_exchange), so a reader of a table added since the release is named."""
+    with pre_swap_db.connect() as conn:
+        conn.execute("CREATE TABLE public.allocation_notes (allocation_id uuid REFERENCES public.allocations (id))")
+        conn.commit()
+    with pre_swap_db.connect() as holder:
+        holder.execute("SELECT count(*) FROM allocation_notes")
+        online = preflight(pre_swap_db.url, "head", swap_method="online")
+        locked = preflight(pre_swap_db.url, "head", swap_method="locked")
+        holder.rollback()
+    assert _status(online, "lock holders") == FAIL and "on public.allocation_notes" in online.to_text()
+    assert _status(locked, "lock holders") == OK  # the locked method re-points nothing
+
+
 def test_rows_naming_another_venues_rows_are_a_warning_before_0003b_and_are_refused_after_it(
         baseline_db: Database):
     baseline_db.upgrade("0003a_operations")

@@ -36,7 +36,6 @@ from reserve.schema.swap.state import (
     BACKFILLED,
     EXCHANGE_SCHEMA,
     LIVE,
-    LOG,
     STANDBY,
     SWAPPED,
     WINDOW,
@@ -49,7 +48,6 @@ from reserve.schema.swap.state import (
 
 log = logging.getLogger("reserve.schema.swap")
 
-AE = "ACCESS EXCLUSIVE"
 # How often the exchange starts again when something began to depend on allocations between the reading that
 # chose its locks and the moment they were granted (a view created meanwhile, say).
 DEPENDENTS_ATTEMPTS = 3
@@ -104,8 +102,8 @@ def _exchange_once(session: Session, *, action: str, from_phase: str, open_windo
     with session.transaction():
         session.execute(changelog.replay_lock_sql())  # no replayer (pg_cron, `swap follow`) is left to wait for
         expected = dependents.find(session)
-        take(session, {LIVE: AE, STANDBY: AE, LOG: AE, **dict.fromkeys(expected.tables, AE)},
-             action=f"{action}: exchange", restore_lock_timeout=session_setting("lock_timeout"))
+        take(session, locks.online_exchange(expected.tables), action=f"{action}: exchange",
+             restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         deps = dependents.find(session)
         missed = sorted(set(deps.tables) - set(expected.tables))
