@@ -86,9 +86,9 @@ def rows(conn: psycopg.Connection[Any], table: str) -> set[tuple[Any, ...]]:
 
 
 def differences(conn: psycopg.Connection[Any]) -> tuple[set[Any], set[Any]]:
-    """(rows live but not in the standby, rows in the standby but not live), by full row."""
-    live, standby = rows(conn, swap_state.LIVE), rows(conn, swap_state.STANDBY)
-    return live - standby, standby - live
+    """(rows live but not in the shadow, rows in the shadow but not live), by full row."""
+    live, shadow = rows(conn, swap_state.LIVE), rows(conn, swap_state.SHADOW)
+    return live - shadow, shadow - live
 
 
 def conflict_ids(conn: psycopg.Connection[Any]) -> set[uuid.UUID]:

@@ -46,7 +46,7 @@ def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:
         if found.phase in swap_state.DROPPABLE["drop"]:
             left_by = ("an interrupted `reserve swap finish` left the previous table, out of step,"
                        if found.phase == swap_state.DETACHED else "a rollback left the table it replaced")
-            report.add("swap", WARN, f"{left_by} in {swap_state.STANDBY} (dropping it needs a brief lock on bookings "
+            report.add("swap", WARN, f"{left_by} in {swap_state.SHADOW} (dropping it needs a brief lock on bookings "
                        "and restaurants): `reserve swap finish` drops it")
             return report
         if found.phase != swap_state.WINDOW:
@@ -75,7 +75,7 @@ def _figures(conn: psycopg.Connection[Any], found: swap_state.SwapState) -> dict
         "SELECT pg_total_relation_size(%s::regclass), "
         "       pg_stat_get_tuples_inserted(%s::regclass) + pg_stat_get_tuples_updated(%s::regclass) "
         "       + pg_stat_get_tuples_deleted(%s::regclass)",
-        (swap_state.STANDBY,) * 4).fetchone()
+        (swap_state.SHADOW,) * 4).fetchone()
     age = None
     if found.window_opened_at is not None:
         age = conn.execute("SELECT extract(epoch FROM now() - %s)::float8", (found.window_opened_at,)).fetchone()[0]

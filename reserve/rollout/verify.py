@@ -47,11 +47,11 @@ def verify(url: URL) -> Report:
             check_window(report, conn, swap)
         elif left == expectations.RETIRED:
             report.add("retired table", WARN, f"the rollback of {pending.SWAP_REVISION} left the table it replaced "
-                       f"in {swap_state.STANDBY} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
+                       f"in {swap_state.SHADOW} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
                        "restaurants): `reserve swap finish` drops it; nothing depends on it")
         elif left == expectations.CLOSING:
             report.add("retired table", WARN, "an interrupted `reserve swap finish` left the previous table in "
-                       f"{swap_state.STANDBY}, out of step (its capture is gone; the rollback is a rebuild): "
+                       f"{swap_state.SHADOW}, out of step (its capture is gone; the rollback is a rebuild): "
                        "`reserve swap finish` drops it; nothing depends on it")
         if between is not None:
             report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,

@@ -81,10 +81,10 @@ def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Pe
             after if swap.exchanged else before, expectations.without_machinery(live)):
         return None
     command = f"alembic {swap.direction} {'head' if swap.direction == 'upgrade' else '-1'}"
-    conflicts = f"; {swap.conflicts} allocation(s) the standby cannot take block the exchange" if swap.conflicts else ""
+    conflicts = f"; {swap.conflicts} allocation(s) the shadow cannot take block the exchange" if swap.conflicts else ""
     if swap.phase in (BUILDING, BACKFILLED):
         copied = "backfilled" if swap.phase == BACKFILLED else f"{swap.rows_copied} rows copied so far"
-        return Pending(recorded or "none", done=f"an online {swap.direction} is building its standby with "
+        return Pending(recorded or "none", done=f"an online {swap.direction} is building its shadow with "
                        f"{swap.standby_guard} ({copied}); the change log records every write for the replay"
                        f"{conflicts}", left="the backfill, then the exchange (milliseconds under the lock)",
                        command=command, alternative="reserve swap abort")

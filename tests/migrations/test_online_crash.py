@@ -111,7 +111,7 @@ def test_a_crash_with_the_backfill_half_done_is_resumed_by_a_rerun(crash_server,
     _crash_while(crash_server, below, [*ONLINE, *SLOW_BACKFILL, "upgrade", "head"], lambda: _copying(below),
                  "the backfill to be a quarter done")
     assert _phase(below) == swap_state.BUILDING
-    assert "building its standby" in _verify_names(below)
+    assert "building its shadow" in _verify_names(below)
     _application_writes(below)
     code, output = faults.run_alembic(below.url, *ONLINE, "upgrade", "head")
     assert code == 0, output
@@ -138,7 +138,7 @@ def test_a_crash_while_the_exchange_waits_for_its_lock_keeps_the_shadow_and_a_re
     assert _phase(below) == swap_state.BACKFILLED
     with below.connect() as conn:
         assert guards.is_in_place(conn, guards.OLD_GUARD)  # nothing exchanged
-    assert "ready to exchange" in _verify_names(below) or "building its standby" in _verify_names(below)
+    assert "ready to exchange" in _verify_names(below) or "building its shadow" in _verify_names(below)
     _application_writes(below)
     code, output = faults.run_alembic(below.url, *ONLINE, "upgrade", "head")
     assert code == 0, output

@@ -1,4 +1,4 @@
-"""Faults during the online swap, in each of its phases: the standby's build, the backfill half done, the
+"""Faults during the online swap, in each of its phases: the shadow's build, the backfill half done, the
 exchange waiting for its lock, the exchange holding it, the foreign keys' validation, the exchange back in the
 window, and the rollback's retired table.
 
@@ -228,7 +228,7 @@ def test_statement_timeout_in_a_backfill_batch_stops_it_and_a_rerun_resumes(belo
         proc = faults.start_alembic(below_swap.url, *ONLINE, *SLOW_BACKFILL, "-x", "statement_timeout=1s",
                                     "-x", "lock_timeout=30s", "upgrade", "head")
         wait_for_backfill(dba, proc)
-        with faults.holding_lock(below_swap.url, swap_state.STANDBY, "SHARE"):
+        with faults.holding_lock(below_swap.url, swap_state.SHADOW, "SHARE"):
             code, output = faults.finish(proc, below_swap.url)
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     found = swap_found(below_swap)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reserve import sql
-from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, LIVE, LOG, REPLAY_LOCK, STANDBY
+from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, LIVE, LOG, REPLAY_LOCK, SHADOW
 
 REPLAY_BATCH = 10_000  # log rows per replay transaction
 FUNCTIONS = {"swap_capture": "v1", "swap_replay": "v1"}  # reserve/sql/functions/<name>/<version>.sql
@@ -120,7 +120,7 @@ def queue_differences(session: Any) -> int:
     a copy the replay made is binary equal to its source. Read-only on both tables; the ids queued."""
     with session.transaction():
         return session.execute(
-            f"WITH differ AS (SELECT COALESCE(l.id, s.id) AS id FROM {LIVE} l FULL JOIN {STANDBY} s ON s.id = l.id "
+            f"WITH differ AS (SELECT COALESCE(l.id, s.id) AS id FROM {LIVE} l FULL JOIN {SHADOW} s ON s.id = l.id "
             "WHERE l.id IS NULL OR s.id IS NULL OR NOT l OPERATOR(pg_catalog.*=) s), "
             "queued AS (INSERT INTO reserve_swap.log (allocation_id) SELECT id FROM differ RETURNING 1) "
             "SELECT count(*) FROM queued").fetchone()[0]

@@ -1,4 +1,4 @@
-"""The exchange: live and standby trade places under one bounded ACCESS EXCLUSIVE lock, catalog work only.
+"""The exchange: live and shadow trade places under one bounded ACCESS EXCLUSIVE lock, catalog work only.
 
 Before the lock: the change log replayed down to a small tail
 (``-x swap_tail_rows``), the two tables compared row by row (every difference
@@ -36,7 +36,7 @@ from reserve.schema.swap.state import (
     BACKFILLED,
     EXCHANGE_SCHEMA,
     LIVE,
-    STANDBY,
+    SHADOW,
     SWAPPED,
     WINDOW,
     StateMoved,
@@ -122,17 +122,17 @@ def _exchange_once(session: Session, *, action: str, from_phase: str, open_windo
         for statement in changelog.remove(LIVE):
             session.execute(statement)
         for statement in (f"CREATE SCHEMA {EXCHANGE_SCHEMA}", f"ALTER TABLE {LIVE} SET SCHEMA {EXCHANGE_SCHEMA}",
-                          f"ALTER TABLE {STANDBY} SET SCHEMA public",
+                          f"ALTER TABLE {SHADOW} SET SCHEMA public",
                           f"ALTER TABLE {EXCHANGE_SCHEMA}.allocations SET SCHEMA reserve_swap",
                           f"DROP SCHEMA {EXCHANGE_SCHEMA}"):
             session.execute(statement)
-        for statement in deps.repoint(moved_to=STANDBY):
+        for statement in deps.repoint(moved_to=SHADOW):
             session.execute(statement)
         if open_window:
             for statement in changelog.install(LIVE):
                 session.execute(statement)
         log.info("%s: exchanged %s and %s (%d log rows replayed, then catalog work: %.1f ms under the lock)",
-                 action, LIVE, STANDBY, tail, (time.perf_counter() - started) * 1000)
+                 action, LIVE, SHADOW, tail, (time.perf_counter() - started) * 1000)
     log_hold(action, "exchange", locked, f"{LIVE} and its dependents")
 
 
@@ -249,6 +249,6 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
             every = changelog.schedule_replay(session)
         follower = (f"the pg_cron job {changelog.CRON_JOB} replays the change log ({every})" if every else
                     "run `reserve swap follow` to keep it in step (pg_cron is not installed here)")
-        return (f"{action}: exchanged; the previous table stays in step in {STANDBY} (the window): {follower}; "
+        return (f"{action}: exchanged; the previous table stays in step in {SHADOW} (the window): {follower}; "
                 "`alembic downgrade -1` replays and swaps back instantly, `reserve swap finish` closes it")
     return teardown.retire(session, action=action)

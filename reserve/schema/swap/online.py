@@ -3,7 +3,7 @@
 In order, each phase committed on its own and recorded in ``reserve_swap.state``,
 so that an interrupted run is resumed by the same command:
 
-1. **build**: the shadow (reserve.schema.swap.standby) with its primary key
+1. **build**: the shadow (reserve.schema.swap.shadow) with its primary key
    only, and the capture (reserve.schema.swap.changelog) on the live table, in
    one transaction under a short bounded SHARE ROW EXCLUSIVE on allocations;
 2. **backfill**: rows copied in bulk, in physical order, a range of pages per
@@ -54,13 +54,13 @@ from alembic.util import CommandError
 from reserve.schema import failures, guards
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
-from reserve.schema.swap import changelog, dependents, exchange, standby, teardown
+from reserve.schema.swap import changelog, dependents, exchange, shadow, teardown
 from reserve.schema.swap.state import (
     BACKFILLED,
     BUILDING,
     DROPPABLE,
     LIVE,
-    STANDBY,
+    SHADOW,
     SWAPPED,
     WINDOW,
     StateMoved,
@@ -144,34 +144,34 @@ def _resume(session: Session, found: SwapState | None, new_guard: guards.Guard, 
 
 def build(session: Session, direction: str, new_guard: guards.Guard, *, action: str) -> None:
     """The shadow, its machinery and the capture, in one transaction: all of it or nothing."""
-    target = standby.for_direction(direction, new_guard)
+    target = shadow.for_direction(direction, new_guard)
     with session.transaction():
         found = dependents.find(session)
         if found.unsupported:
             raise CommandError(f"{action}: the online swap cannot re-point {', '.join(found.unsupported)}, which "
                                "depend on public.allocations; nothing was changed. Use -x swap_method=locked.")
         try:
-            definition = standby.statements(session, target)
-        except standby.UnsupportedTable as exc:
+            definition = shadow.statements(session, target)
+        except shadow.UnsupportedTable as exc:
             raise CommandError(f"{action}: the online swap cannot copy public.allocations exactly ({exc}); nothing "
                                "was changed. Use -x swap_method=locked.") from None
-        take(session, BUILD_LOCKS, action=f"{action}: building the standby",
+        take(session, BUILD_LOCKS, action=f"{action}: building the shadow",
              restore_lock_timeout=session_setting("lock_timeout"))
         session.execute(changelog.machinery_sql())
         for function in changelog.function_sql():
             session.execute(function)
         for statement in definition.table:
             session.execute(statement)
-        for statement in standby.grants(session):
+        for statement in shadow.grants(session):
             session.execute(statement)
-        if not standby.same_columns(session):
-            raise CommandError(f"{action}: the standby's columns differ from public.allocations'; nothing was changed")
+        if not shadow.same_columns(session):
+            raise CommandError(f"{action}: the shadow's columns differ from public.allocations'; nothing was changed")
         session.execute("INSERT INTO reserve_swap.state (direction, standby_guard, phase) VALUES (%s, %s, %s)",
                         (direction, target.guard.name, BUILDING))
         for statement in changelog.install(LIVE):
             session.execute(statement)
     log.info("%s: shadow %s created (its guard %s comes once it is filled); every write to %s is logged", action,
-             STANDBY, target.guard.name, LIVE)
+             SHADOW, target.guard.name, LIVE)
 
 
 def backfill(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
@@ -185,7 +185,7 @@ def backfill(session: Session, found: SwapState, new_guard: guards.Guard, option
     add_guard(session, found.direction, new_guard, action=action)
     changelog.replay_until(session)
     add_foreign_keys(session, action=action)
-    session.execute(f"ANALYZE {STANDBY}")
+    session.execute(f"ANALYZE {SHADOW}")
     with session.transaction():
         advance(session, BUILDING, BACKFILLED)
     copied = session.execute("SELECT rows_copied FROM reserve_swap.state").fetchone()[0]
@@ -231,13 +231,13 @@ def add_key(session: Session, *, action: str) -> None:
     """The filled shadow's primary key, one bulk build (ACCESS EXCLUSIVE on the shadow only). An id it finds
     twice is deleted, logged and built again: the replay copies it once. Done already: nothing."""
     if session.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p')",
-                       (STANDBY,)).fetchone()[0]:
+                       (SHADOW,)).fetchone()[0]:
         return
     started = time.monotonic()
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
-        key = standby.primary_key(session)
-        take(session, {STANDBY: AE}, action=f"{action}: building the shadow's primary key",
+        key = shadow.primary_key(session)
+        take(session, {SHADOW: AE}, action=f"{action}: building the shadow's primary key",
              restore_lock_timeout=session_setting("lock_timeout"))
         try:
             with session.savepoint():
@@ -259,25 +259,25 @@ def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, acti
     EXCLUSIVE on the shadow only (the application writes only the log meanwhile). When the guard refuses the
     rows (on the way down: allocations the old guard forbids), they are looked for then, listed, and nothing
     is built: one scan for the pairs only when there are some. Done already: nothing."""
-    target = standby.for_direction(direction, new_guard)
+    target = shadow.for_direction(direction, new_guard)
     if session.execute("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s)",
-                       (STANDBY, target.guard.name)).fetchone()[0]:
+                       (SHADOW, target.guard.name)).fetchone()[0]:
         return
     started = time.monotonic()
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
-        after_fill = standby.statements(session, target).after_fill
-        take(session, {STANDBY: AE}, action=f"{action}: building the shadow's guard",
+        after_fill = shadow.statements(session, target).after_fill
+        take(session, {SHADOW: AE}, action=f"{action}: building the shadow's guard",
              restore_lock_timeout=session_setting("lock_timeout"))
         for statement in after_fill:
             session.execute(statement)
         try:
             with session.savepoint():
-                session.execute(f"ALTER TABLE {STANDBY} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
+                session.execute(f"ALTER TABLE {SHADOW} ADD CONSTRAINT {target.guard.name} {target.guard.definition}")
         except Exception as exc:
             if failures.sqlstate(exc) != "23P01":
                 raise
-            found = [f"{a} & {b}" for a, b in session.execute(target.guard.violations_sql(table=STANDBY)).fetchall()]
+            found = [f"{a} & {b}" for a, b in session.execute(target.guard.violations_sql(table=SHADOW)).fetchall()]
             raise CommandError(
                 f"{action}: allocations written since break {target.guard.name}: {', '.join(found)}. Nothing "
                 "more was built; resolve these allocations and run it again, or `reserve swap abort`.") from None
@@ -290,24 +290,24 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
     and the tables they reference, as adding any foreign key takes), then validated in one pass that blocks
     nobody. What a failed run already added is not added again."""
     with session.transaction():
-        wanted = standby.foreign_keys(session)
+        wanted = shadow.foreign_keys(session)
         have = dict(session.execute("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = %s::regclass "
-                                    "AND contype = 'f'", (STANDBY,)).fetchall())
+                                    "AND contype = 'f'", (SHADOW,)).fetchall())
         missing = [(name, definition) for name, definition in wanted if name not in have]
         if missing:
             referenced = [row[0] for row in session.execute(
                 "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint WHERE conrelid = %s::regclass "
                 "AND contype = 'f'", (LIVE,)).fetchall()]
-            take(session, {STANDBY: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the shadow's keys",
+            take(session, {SHADOW: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the shadow's keys",
                  restore_lock_timeout=session_setting("lock_timeout"))
             for name, definition in missing:
-                session.execute(f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition} NOT VALID')
+                session.execute(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition} NOT VALID')
     for name, _ in wanted:
         if not have.get(name):
             with session.transaction():
-                take(session, {STANDBY: "SHARE UPDATE EXCLUSIVE"}, action=f"{action}: validating {name}",
+                take(session, {SHADOW: "SHARE UPDATE EXCLUSIVE"}, action=f"{action}: validating {name}",
                      restore_lock_timeout=session_setting("lock_timeout"))
-                session.execute(f'ALTER TABLE {STANDBY} VALIDATE CONSTRAINT "{name}"')
+                session.execute(f'ALTER TABLE {SHADOW} VALIDATE CONSTRAINT "{name}"')
 
 
 def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, bool]:
@@ -336,7 +336,7 @@ def _next_pages(session: Session, pages: int, action: str) -> tuple[int, int]:
     if end_page is not None:
         log.warning("%s: public.allocations was rewritten during the copy: copying again from its first page "
                     "into an empty shadow", action)
-        session.execute(f"TRUNCATE {STANDBY}")
+        session.execute(f"TRUNCATE {SHADOW}")
     session.execute("UPDATE reserve_swap.state SET backfill_next_page = 0, backfill_end_page = %s, "
                     "source_filenode = %s, rows_copied = 0", (size, current))
     return 0, size

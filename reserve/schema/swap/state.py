@@ -15,7 +15,7 @@ from alembic.util import CommandError
 
 SCHEMA = "reserve_swap"
 LIVE = "public.allocations"
-STANDBY = "reserve_swap.allocations"
+SHADOW = "reserve_swap.allocations"
 LOG = "reserve_swap.log"
 CONFLICTS = "reserve_swap.conflicts"
 STATE = "reserve_swap.state"
@@ -149,7 +149,7 @@ class SwapState:
 
     @property
     def exchanged(self) -> bool:
-        """The standby and the live table have traded places (the guard in force is the new one)."""
+        """The shadow and the live table have traded places (the guard in force is the new one)."""
         return self.phase in (SWAPPED, WINDOW, DETACHED, RETIRED)
 
 
@@ -169,7 +169,7 @@ def read(session: Any) -> SwapState | None:
 
 
 def conflicts(session: Any, limit: int = 20) -> list[tuple[str, str, str]]:
-    """(allocation id, SQLSTATE, detail) of the rows the standby could not take, oldest first."""
+    """(allocation id, SQLSTATE, detail) of the rows the shadow could not take, oldest first."""
     return [tuple(row) for row in session.execute(
         "SELECT allocation_id::text, sqlstate, detail FROM reserve_swap.conflicts ORDER BY recorded_at, allocation_id "
         "LIMIT %s", (limit,)).fetchall()]
@@ -184,7 +184,7 @@ def refuse_other_revisions(session: Any, action: str) -> None:
     if found.phase in DROPPABLE["drop"]:
         left_by = "the rollback of allocations replaced" if found.phase == RETIRED else "the closed window left"
         raise CommandError(
-            f"{action}: the table {left_by} is still in {STANDBY} (its foreign keys need a brief ACCESS "
+            f"{action}: the table {left_by} is still in {SHADOW} (its foreign keys need a brief ACCESS "
             "EXCLUSIVE on bookings and restaurants to drop): run `reserve swap finish` when nothing holds them, "
             "then this again. Nothing was changed.")
     if found.phase == WINDOW:

@@ -30,7 +30,7 @@ from reserve.schema.swap.state import (
     LIVE,
     LOG,
     RETIRED,
-    STANDBY,
+    SHADOW,
     SWAPPED,
     WINDOW,
     advance,
@@ -42,8 +42,8 @@ from reserve.schema.swap.state import (
 log = logging.getLogger("reserve.schema.swap")
 
 AE = "ACCESS EXCLUSIVE"
-MACHINERY_TABLES = (STANDBY, LOG, "reserve_swap.conflicts", "reserve_swap.state")
-# Dropping the standby removes its foreign keys' triggers from the tables they reference.
+MACHINERY_TABLES = (SHADOW, LOG, "reserve_swap.conflicts", "reserve_swap.state")
+# Dropping the shadow removes its foreign keys' triggers from the tables they reference.
 DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "public.restaurants": AE}
 
 
@@ -67,13 +67,13 @@ def retire(session: Session, *, action: str) -> str:
         emptied = "emptied" if exists_empty(session) else "not emptied yet (something held it)"
         log.warning("%s: the table that left is %s, not dropped (%s); `reserve swap finish` drops it", action,
                     emptied, exc)
-        return (f"{action}: exchanged; the table that left is {emptied} in {STANDBY}, to be dropped by "
+        return (f"{action}: exchanged; the table that left is {emptied} in {SHADOW}, to be dropped by "
                 "`reserve swap finish` when nothing holds bookings or restaurants for a moment")
     return f"{action}: exchanged; the table that left and the swap's machinery are dropped"
 
 
 def exists_empty(session: Session) -> bool:
-    return session.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {STANDBY})").fetchone()[0]
+    return session.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {SHADOW})").fetchone()[0]
 
 
 def detach(session: Session, *, action: str) -> None:
@@ -81,7 +81,7 @@ def detach(session: Session, *, action: str) -> None:
     ACCESS EXCLUSIVE on allocations for catalog work only. From here the previous table is out of step (the
     rollback is a rebuild) and nothing public touches it."""
     with session.transaction():
-        take(session, {LIVE: AE, STANDBY: AE, LOG: AE}, action=f"{action}: detaching the capture",
+        take(session, {LIVE: AE, SHADOW: AE, LOG: AE}, action=f"{action}: detaching the capture",
              restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         ensure_phase_check(session)
@@ -96,18 +96,18 @@ def drop_retired(session: Session, *, action: str, policy: LockPolicy | None = N
     lock, so that the drop that follows holds bookings and restaurants for catalog work only, not while its
     files go."""
     with session.transaction():
-        take(session, {STANDBY: AE, LOG: AE}, action=f"{action}: emptying the table that left", policy=policy,
+        take(session, {SHADOW: AE, LOG: AE}, action=f"{action}: emptying the table that left", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
         expect(session, DROPPABLE["drop"], doing=action)
-        session.execute(f"TRUNCATE {STANDBY}, {LOG}")
+        session.execute(f"TRUNCATE {SHADOW}, {LOG}")
     close(session, DROPPABLE["drop"], action=action, policy=policy)
 
 
 def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: LockPolicy | None = None) -> None:
-    """Drop the capture from the live table and the whole machinery (the standby with it), in one transaction
+    """Drop the capture from the live table and the whole machinery (the shadow with it), in one transaction
     with bounded lock attempts, when the swap is in one of the ``allowed`` phases under those locks:
     interrupted, given up (LockGiveUp) or refused (StateMoved), it has changed nothing, so a window is never
-    left open without its capture. Cheap under its locks only when the standby is empty or small
+    left open without its capture. Cheap under its locks only when the shadow is empty or small
     (drop_retired empties it first; an abort drops what the backfill copied so far)."""
     captured = changelog.installed_on(session, LIVE)
     with session.transaction():
@@ -134,14 +134,14 @@ def finish(session: Session, *, action: str = "reserve swap finish") -> str:
         raise CommandError(f"{action}: no swap window is open: nothing to finish")
     if found.phase in DROPPABLE["drop"]:
         drop_retired(session, action=action)
-        return f"{action}: the table left in {STANDBY} is dropped, with the swap's machinery"
+        return f"{action}: the table left in {SHADOW} is dropped, with the swap's machinery"
     if found.phase != WINDOW:
         raise CommandError(f"{action}: the online {found.direction} is still in flight (phase: {found.phase}); "
                            "finish it first, or `reserve swap abort` before its exchange")
     changelog.replay_until(session)  # conflicts and figures up to date to the last moment of the window
     detach(session, action=action)
     drop_retired(session, action=action)
-    return f"{action}: the window is closed; {STANDBY} and the capture are dropped"
+    return f"{action}: the window is closed; {SHADOW} and the capture are dropped"
 
 
 def abort(session: Session, *, action: str = "reserve swap abort") -> str:

@@ -1,6 +1,6 @@
 """reserve.schema.swap.exchange and .dependents: everything that points at allocations by identity follows it
 through the exchange (foreign keys, other tables' policies, views, publications, triggers, grants), nothing is
-left depending on the table that left, and an exchange the standby's guard cannot take is refused with ids."""
+left depending on the table that left, and an exchange the shadow's guard cannot take is refused with ids."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _oid(conn, table: str) -> int:
 
 def test_after_the_online_upgrade_nothing_outside_the_previous_table_points_at_it(head_db: Database):
     with head_db.connect() as conn:
-        assert _depending_on(conn, swap_state.STANDBY) == []
+        assert _depending_on(conn, swap_state.SHADOW) == []
         live = _oid(conn, swap_state.LIVE)
         policies = conn.execute(
             "SELECT DISTINCT p.polrelid::regclass::text FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid "
@@ -81,7 +81,7 @@ def test_a_view_a_publication_a_trigger_and_column_grants_follow_the_table(pre_s
         assert conn.execute("SELECT obj_description('public.allocations'::regclass, 'pg_class')").fetchone()[0] == \
             "the venues' ledger"
         if not then_back:
-            assert _depending_on(conn, swap_state.STANDBY) == []
+            assert _depending_on(conn, swap_state.SHADOW) == []
 
 
 def test_a_dependent_the_swap_cannot_repoint_stops_it_before_anything_is_built(pre_swap_db: Database):
@@ -223,7 +223,7 @@ def test_a_view_created_while_the_exchange_waits_for_its_lock_follows_the_table(
         app.commit()
         exchanging.result(timeout_s=60)
     with pre_swap_db.connect() as conn:
-        assert _depending_on(conn, swap_state.STANDBY) == []
+        assert _depending_on(conn, swap_state.SHADOW) == []
         assert conn.execute("SELECT count(*) FROM public.allocation_days").fetchone()[0] == 1
         (reads,) = conn.execute("SELECT DISTINCT d.refobjid::regclass::text FROM pg_rewrite r JOIN pg_depend d "
                                 "ON d.objid = r.oid WHERE r.ev_class = 'public.allocation_days'::regclass "

@@ -5,7 +5,7 @@ the catalog is exactly what the in-place method leaves: the same columns
 (order, types, defaults, NOT NULL), the same CHECK and key constraints under the same names (its foreign keys
 once it is filled), the same indexes under the same names
 (minus what the swap drops, plus what it adds), RLS flags, policies, grants,
-storage options, replica identity and owner. Because the standby lives in
+storage options, replica identity and owner. Because the shadow lives in
 its own schema, its indexes carry their final names from the start: the
 exchange moves tables between schemas and renames nothing.
 """
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from reserve.schema import guards
-from reserve.schema.swap.state import LIVE, STANDBY
+from reserve.schema.swap.state import LIVE, SHADOW
 
 
 @dataclass(frozen=True)
 class Target:
-    """What the standby carries instead of the live table's guard: the guard it adds, the constraint and
+    """What the shadow carries instead of the live table's guard: the guard it adds, the constraint and
     indexes of the live table it leaves out, and the indexes it adds (as CREATE INDEX for ``{table}``)."""
 
     guard: guards.Guard
@@ -40,7 +40,7 @@ def for_direction(direction: str, new_guard: guards.Guard) -> Target:
 
 
 class UnsupportedTable(Exception):
-    """The live table has something the standby cannot reproduce exactly; the swap does not start."""
+    """The live table has something the shadow cannot reproduce exactly; the swap does not start."""
 
 
 def _qualified(session: Any) -> None:
@@ -64,9 +64,9 @@ def statements(session: Any, target: Target) -> Definition:
     """The DDL that creates the shadow (in the current transaction: it sets a local search_path)."""
     _qualified(session)
     refuse_unsupported(session)
-    table = [f"CREATE TABLE {STANDBY} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
+    table = [f"CREATE TABLE {SHADOW} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
              "INCLUDING COMMENTS)"]
-    after_fill = [f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
+    after_fill = [f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = %s::regclass AND contype IN ('u', 'x') ORDER BY conname", (LIVE,)).fetchall()
         if name not in target.drop_constraints]
@@ -76,8 +76,8 @@ def statements(session: Any, target: Target) -> Definition:
             "  (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
             "ORDER BY 1", (LIVE,)).fetchall():
         if name not in target.drop_indexes:
-            after_fill.append(definition.replace(f" ON {LIVE} ", f" ON {STANDBY} ", 1))
-    after_fill += [index.format(table=STANDBY) for index in target.add_indexes]
+            after_fill.append(definition.replace(f" ON {LIVE} ", f" ON {SHADOW} ", 1))
+    after_fill += [index.format(table=SHADOW) for index in target.add_indexes]
     settings, identity = _table_settings(session)
     table += settings
     table += _policies(session)
@@ -87,15 +87,15 @@ def statements(session: Any, target: Target) -> Definition:
 def primary_key(session: Any) -> list[str]:
     """The statement that builds the live table's primary key on the shadow (the swap neither drops nor adds one)."""
     _qualified(session)
-    return [f'ALTER TABLE {STANDBY} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
+    return [f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
         (LIVE,)).fetchall()]
 
 
 def foreign_keys(session: Any) -> list[tuple[str, str]]:
-    """(name, definition) of the live table's own foreign keys, which the standby gets after its backfill (added
+    """(name, definition) of the live table's own foreign keys, which the shadow gets after its backfill (added
     NOT VALID, then validated in one pass): checked row by row during the copy they would cost a quarter of it,
-    and every row the standby holds is a committed row of the live table, whose keys hold."""
+    and every row the shadow holds is a committed row of the live table, whose keys hold."""
     _qualified(session)
     return [tuple(row) for row in session.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f' "
@@ -103,9 +103,9 @@ def foreign_keys(session: Any) -> list[tuple[str, str]]:
 
 
 def grants(session: Any) -> list[str]:
-    """The live table's grants on the standby, exactly: after the standby exists (default privileges may have
+    """The live table's grants on the shadow, exactly: after the shadow exists (default privileges may have
     granted it more), revoke every grant it has, then grant what the live table grants."""
-    return [f"REVOKE ALL ON {STANDBY} FROM PUBLIC", *revoke_inherited_grants(session), *_grants(session)]
+    return [f"REVOKE ALL ON {SHADOW} FROM PUBLIC", *revoke_inherited_grants(session), *_grants(session)]
 
 
 def _table_settings(session: Any) -> tuple[list[str], list[str]]:
@@ -115,24 +115,24 @@ def _table_settings(session: Any) -> tuple[list[str], list[str]]:
         "quote_literal(obj_description(oid, 'pg_class')) FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
     out, identity_sql = [], []
     if rls:
-        out.append(f"ALTER TABLE {STANDBY} ENABLE ROW LEVEL SECURITY")
+        out.append(f"ALTER TABLE {SHADOW} ENABLE ROW LEVEL SECURITY")
     if force:
-        out.append(f"ALTER TABLE {STANDBY} FORCE ROW LEVEL SECURITY")
+        out.append(f"ALTER TABLE {SHADOW} FORCE ROW LEVEL SECURITY")
     if options:
-        out.append(f"ALTER TABLE {STANDBY} SET ({', '.join(options)})")
+        out.append(f"ALTER TABLE {SHADOW} SET ({', '.join(options)})")
     if identity == "f":
-        out.append(f"ALTER TABLE {STANDBY} REPLICA IDENTITY FULL")
+        out.append(f"ALTER TABLE {SHADOW} REPLICA IDENTITY FULL")
     elif identity == "n":
-        out.append(f"ALTER TABLE {STANDBY} REPLICA IDENTITY NOTHING")
+        out.append(f"ALTER TABLE {SHADOW} REPLICA IDENTITY NOTHING")
     elif identity == "i":
         index = session.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                                 "WHERE i.indrelid = %s::regclass AND i.indisreplident", (LIVE,)).fetchone()[0]
-        identity_sql.append(f'ALTER TABLE {STANDBY} REPLICA IDENTITY USING INDEX "{index}"')
+        identity_sql.append(f'ALTER TABLE {SHADOW} REPLICA IDENTITY USING INDEX "{index}"')
     if comment is not None:
-        out.append(f"COMMENT ON TABLE {STANDBY} IS {comment}")  # quoted by quote_literal
+        out.append(f"COMMENT ON TABLE {SHADOW} IS {comment}")  # quoted by quote_literal
     current = session.execute("SELECT current_user::regrole::text").fetchone()[0]
     if owner != current:
-        out.append(f"ALTER TABLE {STANDBY} OWNER TO {owner}")
+        out.append(f"ALTER TABLE {SHADOW} OWNER TO {owner}")
     return out, identity_sql
 
 
@@ -146,7 +146,7 @@ def _policies(session: Any) -> list[str]:
             "FROM pg_policy WHERE polrelid = %s::regclass ORDER BY polname", (LIVE,)).fetchall():
         verb = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}[command]
         clauses = (f" USING ({using})" if using else "") + (f" WITH CHECK ({check})" if check else "")
-        out.append(f'CREATE POLICY "{name}" ON {STANDBY} AS {"PERMISSIVE" if permissive else "RESTRICTIVE"} '
+        out.append(f'CREATE POLICY "{name}" ON {SHADOW} AS {"PERMISSIVE" if permissive else "RESTRICTIVE"} '
                    f"FOR {verb} TO {', '.join(roles)}{clauses}")
     return out
 
@@ -161,24 +161,24 @@ def _grants(session: Any) -> list[str]:
             f"SELECT {_GRANTEE}, a.privilege_type, a.is_grantable "
             "FROM pg_class c, aclexplode(COALESCE(c.relacl, acldefault('r', c.relowner))) a "
             "WHERE c.oid = %s::regclass AND a.grantee <> c.relowner ORDER BY 1, 2", (LIVE,)).fetchall():
-        out.append(f"GRANT {privilege} ON {STANDBY} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}")
+        out.append(f"GRANT {privilege} ON {SHADOW} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}")
     for column, grantee, privilege in session.execute(
             f"SELECT quote_ident(t.attname), {_GRANTEE}, a.privilege_type "
             "FROM pg_attribute t, aclexplode(t.attacl) a WHERE t.attrelid = %s::regclass AND t.attacl IS NOT NULL "
             "ORDER BY 1, 2, 3", (LIVE,)).fetchall():
-        out.append(f"GRANT {privilege} ({column}) ON {STANDBY} TO {grantee}")
+        out.append(f"GRANT {privilege} ({column}) ON {SHADOW} TO {grantee}")
     return out
 
 
 def revoke_inherited_grants(session: Any) -> list[str]:
-    """REVOKE statements for every non-owner grantee the new standby got from default privileges."""
-    return [f"REVOKE ALL ON {STANDBY} FROM {grantee}" for (grantee,) in session.execute(
+    """REVOKE statements for every non-owner grantee the new shadow got from default privileges."""
+    return [f"REVOKE ALL ON {SHADOW} FROM {grantee}" for (grantee,) in session.execute(
         "SELECT DISTINCT quote_ident(a.grantee::regrole::text) FROM pg_class c, aclexplode(c.relacl) a "
-        "WHERE c.oid = %s::regclass AND a.grantee NOT IN (0, c.relowner)", (STANDBY,)).fetchall()]
+        "WHERE c.oid = %s::regclass AND a.grantee NOT IN (0, c.relowner)", (SHADOW,)).fetchall()]
 
 
 def refuse_unsupported(session: Any) -> None:
-    """Stop before anything is built when the live table has what the standby cannot reproduce exactly."""
+    """Stop before anything is built when the live table has what the shadow cannot reproduce exactly."""
     found: list[str] = []
     for column, detail in session.execute(
             "SELECT a.attname, CASE WHEN a.attidentity <> '' THEN 'an identity column' "
@@ -209,6 +209,6 @@ def columns(session: Any, table: str) -> list[tuple[str, str]]:
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()]
 
 
-def same_columns(session: Any, tables: Sequence[str] = (LIVE, STANDBY)) -> bool:
+def same_columns(session: Any, tables: Sequence[str] = (LIVE, SHADOW)) -> bool:
     first, *others = (columns(session, table) for table in tables)
     return all(other == first for other in others)
