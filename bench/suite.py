@@ -101,7 +101,7 @@ def measure_main(result: dict[str, Any], url: URL, guard: Guard, options: Option
     result["environment"] = environment(url)
     progress("the locked method (-x swap_method=locked) and its floors")
     series = swap_series(url, guard, options, progress, main=True)
-    progress("the online method (the default)")
+    progress("the online method (-x swap_method=online)")
     online_measured = online.online_series(url, guard, options, progress, pgbench=pgbench)
     result["swap"] = summarize_swap(series, result["dataset"]["counts"]["allocations"], guard.key)
     result["swap"]["key_source"] = key_source(guard)

@@ -18,6 +18,10 @@ class DatabaseUrlError(UsageError):
     """DATABASE_URL is missing or not a PostgreSQL URL. The message never holds the password."""
 
 
+# The PostgreSQL major version this package is tested on (the throw-away servers, preflight's server check).
+REFERENCE_MAJOR = 15
+
+
 def sqlalchemy_url(raw: str | None = None) -> URL:
     """Parse a ``postgresql://`` or ``postgresql+psycopg://`` URL, driven by psycopg 3."""
     raw = raw if raw is not None else os.environ.get(ENV_VAR)

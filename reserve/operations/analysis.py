@@ -66,13 +66,9 @@ RECOMMENDATION = (
 )
 
 
-def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",)).fetchone()[0]
-
-
 def analyze(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The numbers, as a dict (ids and counts only). Run as the table owner: RLS would show one venue."""
-    result: dict[str, Any] = {"evidence_table": _exists(conn, "booking_confirmation_results")}
+    result: dict[str, Any] = {"evidence_table": db.table_exists(conn, "public.booking_confirmation_results")}
     if result["evidence_table"]:
         groups = {why: (bookings, rows, most, sample)
                   for why, bookings, rows, most, sample in conn.execute(_PER_BOOKING, {"sample": SAMPLE})}
@@ -86,7 +82,7 @@ def analyze(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "why": {why: {"bookings": g[0], "rows": g[1], "sample_booking_ids": list(g[3] or [])}
                     for why, g in multi.items()},
         })
-    result["cache_table"] = _exists(conn, "confirmation_cache_events")
+    result["cache_table"] = db.table_exists(conn, "public.confirmation_cache_events")
     if result["cache_table"]:
         hits_7d, misses_7d, hits, misses, since = conn.execute(_CACHE).fetchone()
         result["cache"] = {

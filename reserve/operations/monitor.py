@@ -116,10 +116,6 @@ class Reading:
         return quantile(self.probe_ms, q) if self.probe_ms else None
 
 
-def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",)).fetchone()[0]
-
-
 def read(conn: psycopg.Connection[Any], *, probe_runs: int = 5, always_scan: bool = False) -> Reading:
     """Run the monitoring queries on ``conn`` (autocommit, read-only)."""
     present = conn.execute(
@@ -132,7 +128,7 @@ def read(conn: psycopg.Connection[Any], *, probe_runs: int = 5, always_scan: boo
         pairs = guards.find_violations(conn, GUARD, limit=OVERLAP_SCAN_LIMIT)
         reading.overlapping_pairs, reading.overlap_sample = len(pairs), pairs[:5]
 
-    if _exists(conn, "booking_confirmation_results"):
+    if db.table_exists(conn, "public.booking_confirmation_results"):
         rows, last_hour, oldest = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE checked_at > now() - interval '1 hour'), "
             "extract(epoch FROM now() - min(checked_at))::float8 FROM public.booking_confirmation_results"
@@ -146,7 +142,7 @@ def read(conn: psycopg.Connection[Any], *, probe_runs: int = 5, always_scan: boo
             " AND r.checked_at < (days.day + 1)::timestamp AT TIME ZONE 'UTC' "
             "GROUP BY 1 ORDER BY 1"
         )]
-    if _exists(conn, "confirmation_cache_events"):
+    if db.table_exists(conn, "public.confirmation_cache_events"):
         (reading.cache_hits_24h, reading.cache_misses_24h,
          reading.cache_hits_7d, reading.cache_misses_7d) = conn.execute(
             "SELECT count(*) FILTER (WHERE outcome = 'hit' AND recorded_at > now() - interval '24 hours'), "

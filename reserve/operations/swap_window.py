@@ -27,7 +27,7 @@ from reserve.schema.swap import state as swap_state
 
 PROBE_WRITES = 200
 MOVERS_WAIT_S = 30.0  # how long finish and abort wait for another run's migration lock (--wait)
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 
 
 def status(url: URL, *, probe_writes: int = PROBE_WRITES) -> Report:

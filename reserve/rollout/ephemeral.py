@@ -28,9 +28,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from reserve import db
+
 SUPERUSER = "postgres"
 SERVER_USER_WHEN_ROOT = "postgres"
-REFERENCE_MAJOR = 15
 
 
 class ServerError(RuntimeError):
@@ -40,7 +41,7 @@ class ServerError(RuntimeError):
 def find_bindir() -> Path:
     """PostgreSQL server binaries: $PG_BINDIR, else the reference major version, else PATH."""
     candidates = [os.environ.get("PG_BINDIR", "")]
-    candidates.append(f"/usr/lib/postgresql/{REFERENCE_MAJOR}/bin")
+    candidates.append(f"/usr/lib/postgresql/{db.REFERENCE_MAJOR}/bin")
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     on_path = shutil.which("initdb")
     if on_path:

@@ -25,9 +25,8 @@ from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import dependents
 from reserve.schema.swap import state as swap_state
 
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 REQUIRED_EXTENSIONS = ("btree_gist", "pgcrypto")
-REFERENCE_MAJOR = 15
 
 
 REPLICA_LAG_S = 30.0  # a replica further behind replays the swap that much later than the primary
@@ -80,10 +79,10 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
 
 def check_server(conn: psycopg.Connection[Any], report: Report) -> None:
     major = conn.info.server_version // 10000
-    if major == REFERENCE_MAJOR:
+    if major == db.REFERENCE_MAJOR:
         report.add("server", OK, f"PostgreSQL {major}, the tested version")
     else:
-        report.add("server", WARN, f"PostgreSQL {major}; this package is tested on {REFERENCE_MAJOR}")
+        report.add("server", WARN, f"PostgreSQL {major}; this package is tested on {db.REFERENCE_MAJOR}")
 
 
 def check_extensions(conn: psycopg.Connection[Any], report: Report) -> None:

@@ -21,7 +21,7 @@ import psycopg
 
 from reserve.schema import catalog, revisions
 
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 COMPARED_SECTIONS = ("types", "tables", "columns", "constraints", "indexes", "functions", "policies", "triggers")
 _EXPECTED = resources.files("reserve.schema") / "expected"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from reserve.schema import revisions
 from reserve.schema.options import DEFAULT_SWAP_METHOD
 
 # The session-level pg_advisory_lock every migration run holds (alembic/env.py). Arbitrary, fixed forever.
@@ -176,7 +177,7 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
         "upgrade": StepLocks({}),
         "downgrade": StepLocks({}),
     },
-    "0004_allocations_no_overlap": {
+    revisions.SWAP_REVISION: {
         # The locked method (-x swap_method=locked): drop one exclusion constraint and add the other, in place,
         # under the one lock (then, down, SHARE UPDATE EXCLUSIVE for the index build after the commit).
         "upgrade": StepLocks({"public.allocations": AE}),
@@ -213,7 +214,7 @@ def online_swap(direction: str, repointed: Iterable[str] = REPOINTED_AT_HEAD) ->
                       "public.restaurants": parents})
 
 
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 
 
 def declared(revision: str, direction: str, method: str = DEFAULT_SWAP_METHOD,

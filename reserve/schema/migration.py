@@ -17,14 +17,14 @@ from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
 from reserve import sql
-from reserve.schema import guards, locks
+from reserve.schema import guards, locks, revisions
 from reserve.schema.index_build import build_index_after_commit  # noqa: F401 (for the revisions)
 from reserve.schema.options import LockPolicy, SwapOptions, effective_swap_method, session_setting, x_option
 from reserve.schema.session import AlembicSession, LockGiveUp, take  # noqa: F401 (LockGiveUp: for callers)
 from reserve.schema.swap import online, teardown
 from reserve.schema.swap import state as swap_state
 
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 
 log = logging.getLogger("reserve.schema.migration")
 

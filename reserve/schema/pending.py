@@ -23,7 +23,7 @@ from reserve.schema import catalog, expectations, revisions
 from reserve.schema.guards import OLD_GUARD, REDUNDANT_INDEX
 from reserve.schema.swap.state import BACKFILLED, BUILDING, DROPPABLE, SWAPPED, WINDOW, SwapState
 
-SWAP_REVISION = "0004_allocations_no_overlap"
+SWAP_REVISION = revisions.SWAP_REVISION
 
 
 @dataclass(frozen=True)

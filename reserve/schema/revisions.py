@@ -22,6 +22,10 @@ from sqlalchemy.engine import URL
 
 from reserve.report import UsageError
 
+# The revision that swaps allocations' guard: the one step with two methods (locked, online) and the online
+# swap's machinery. Named once; every module that treats it apart reads it from here.
+SWAP_REVISION = "0004_allocations_no_overlap"
+
 _PACKAGE = Path(__file__).resolve().parent.parent
 # An installed wheel's copy first, then a checkout's (an editable install, or the source tree on sys.path).
 _CANDIDATES = (_PACKAGE / "_chain" / "alembic.ini", _PACKAGE.parent / "alembic.ini")
