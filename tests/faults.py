@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +29,13 @@ from reserve import db
 from reserve.rollout import alembic_runner
 from reserve.schema import catalog, expectations, revisions
 from reserve.schema.swap import state as swap_state
+from tests.support import WaitedTooLong, wait_until  # noqa: F401 (wait_until: for the fault tests)
 
 MIGRATION_APPLICATION = "reserve-migrations"
 
 
-class FaultTimeout(AssertionError):
-    """The moment to inject the fault never came (the migration finished first, or hung elsewhere)."""
+# The moment to inject the fault never came (the migration finished first, or hung elsewhere).
+FaultTimeout = WaitedTooLong
 
 
 def start_alembic(url: URL, *args: str) -> subprocess.Popen[str]:
@@ -214,16 +215,3 @@ def assert_one_ran_and_the_other_waited(results: list[tuple[int, str]], ran: str
     outputs = [output for _, output in results]
     assert sum(ran in output for output in outputs) == 1, outputs
     assert sum("another migration run is in progress" in output for output in outputs) == 1, outputs
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 60, procs: Sequence[subprocess.Popen[str]] = ()) -> None:
-    """Poll ``condition()`` until true; FaultTimeout when time runs out or one of ``procs`` ends first."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        ended = [p for p in procs if p.poll() is not None]
-        if ended:
-            output = (ended[0].communicate()[0] or "")[-3000:]
-            raise FaultTimeout(f"an alembic run ended ({ended[0].returncode}) before {what}:\n{output}")
-        if time.monotonic() > deadline:
-            raise FaultTimeout(f"gave up waiting for {what}")
-        time.sleep(0.02)

@@ -1,20 +1,26 @@
-"""What tests share: running Alembic against a test database, and building booking data.
+"""What tests share: running Alembic and the `reserve` command against a test database, waiting for a moment
+another connection reaches, and building booking data.
 
 Kept out of conftest.py so that test modules can import it by name.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 
 from reserve import db
+from reserve.cli import main
 from reserve.operations import swap_window
 from reserve.report import OK
 from reserve.rollout import alembic_runner
@@ -27,6 +33,33 @@ ROOT = Path(__file__).resolve().parents[1]
 ONLINE = ["swap_method=online"]
 # The chain, oldest first, as Alembic walks it (reserve.schema.revisions is the one place that knows).
 REVISIONS = revisions.chain()
+
+
+class WaitedTooLong(AssertionError):
+    """The moment a test waited for never came (what it waited for finished first, or hung elsewhere)."""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60,
+               procs: Sequence[subprocess.Popen[str]] = ()) -> float:
+    """Synchronization only: poll ``condition()`` until it holds (the timeout only stops a hung test); the
+    seconds it took. WaitedTooLong when time runs out, or when one of ``procs`` (an Alembic run) ends first."""
+    started = time.monotonic()
+    while not condition():
+        ended = [p for p in procs if p.poll() is not None]
+        if ended:
+            output = (ended[0].communicate()[0] or "")[-3000:]
+            raise WaitedTooLong(f"a run ended ({ended[0].returncode}) before {what}:\n{output}")
+        if time.monotonic() - started > timeout_s:
+            raise WaitedTooLong(f"gave up waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def reserve_cli(url: URL | None, *args: str, catch_exceptions: bool = False) -> Result:
+    """``reserve <args>`` in-process, with DATABASE_URL set to ``url`` (None: as the environment has it); not thread-safe (click's
+    runner swaps sys.stdout): from threads, call the library function the command wraps."""
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False)} if url is not None else {}
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=catch_exceptions)
 
 
 @dataclass

@@ -9,7 +9,6 @@ same moment, and then look.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -22,7 +21,7 @@ from reserve.schema.options import SwapOptions
 from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import changelog, exchange, online
 from reserve.schema.swap import state as swap_state
-from tests.support import Database, Venue
+from tests.support import Database, Venue, wait_until  # noqa: F401 (wait_until: for the swap tests)
 
 ACTION = "test swap"
 OPTIONS = SwapOptions(method="online", snapshot_wait_s=5.0)
@@ -132,13 +131,6 @@ class InThread:
         if self._error is not None:
             raise self._error
         return self._value
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.01)
 
 
 def spread_over_pages(conn: psycopg.Connection[Any]) -> None:

@@ -8,12 +8,11 @@ from click.testing import CliRunner
 
 from reserve import __version__
 from reserve.cli import main
-from tests.support import Database
+from tests.support import Database, reserve_cli
 
 
 def run(url, *args: str):
-    env = {"DATABASE_URL": url.render_as_string(hide_password=False)} if url is not None else {}
-    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return reserve_cli(url, *args)
 
 
 def test_help_and_version():

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +21,7 @@ from sqlalchemy.engine import Engine
 from reserve import db
 from reserve.rollout import alembic_runner
 from reserve.schema import locks
-from tests.support import REVISIONS, Database
+from tests.support import REVISIONS, Database, wait_until
 
 HEAD = REVISIONS[-1]
 
@@ -53,15 +52,6 @@ def version_rows(db_: Database) -> list[str]:
         if not conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()[0]:
             return []
         return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
-
-
-def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 60) -> None:
-    """Synchronization only: poll until ``condition`` holds (the deadline only stops a hung test)."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -208,7 +198,7 @@ def test_two_concurrent_upgrades_serialize_and_apply_head_once(empty_db: Databas
     try:
         with migration_lock_held(empty_db) as holder:
             runs = [start_alembic(empty_db, "-x", "swap_method=online", "upgrade", "head") for _ in range(2)]
-            wait_for(lambda: sessions_waiting_for_migration_lock(holder) == 2 or any(r.poll() is not None for r in runs),
+            wait_until(lambda: sessions_waiting_for_migration_lock(holder) == 2 or any(r.poll() is not None for r in runs),
                      "both alembic runs to queue for the migration lock")
             assert all(r.poll() is None for r in runs), "an alembic run ended while the migration lock was held"
         outcomes = [r.communicate(timeout=300) for r in runs]

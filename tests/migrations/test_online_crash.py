@@ -12,17 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from reserve import db
-from reserve.cli import main
 from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.verify import verify
 from reserve.schema import guards
 from reserve.schema.swap import state as swap_state
 from tests import faults, swapping
-from tests.support import REVISIONS, Database
+from tests.support import REVISIONS, Database, reserve_cli
 
 ROWS = 20_000
 ONLINE = ["-x", "swap_method=online"]
@@ -161,8 +159,7 @@ def test_a_crash_inside_the_window_keeps_it_and_the_rollback_is_still_an_exchang
 
 
 def _swap_finish(db_: Database) -> Any:
-    env = {"DATABASE_URL": db_.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["swap", "finish", "--json"], env=env, catch_exceptions=False)
+    return reserve_cli(db_.url, "swap", "finish", "--json")
 
 
 def test_a_crash_while_finish_waits_to_drop_the_previous_table_leaves_it_detached_for_a_rerun(crash_server, below):

@@ -26,7 +26,7 @@ from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir
 from reserve.schema import catalog, guards, locks, revisions
 from tests import faults
 from tests.datasets import LOCKED
-from tests.support import REVISIONS, Database
+from tests.support import REVISIONS, Database, wait_until
 
 HEAD, BELOW_SWAP = REVISIONS[-1], REVISIONS[-2]
 SMALL = dataset.Shape(restaurants=4, tables_per_restaurant=10, windows_per_table=20)
@@ -36,17 +36,6 @@ PROMPTLY_S = 30  # "well under a minute": the guard is back long before the repo
 def _with_data(db_: Database) -> None:
     with db_.connect(autocommit=True) as conn:
         dataset.generate(conn, SMALL)
-
-
-def _wait_until(condition: Any, what: str, timeout_s: float = 60, proc: subprocess.Popen[str] | None = None) -> float:
-    started = time.monotonic()
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"alembic ended ({proc.returncode}) before {what}: {proc.communicate()[0]}")
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def _old_guard_back(conn: psycopg.Connection[Any]) -> bool:
@@ -106,7 +95,7 @@ def test_the_locked_rollback_restores_the_guard_promptly_while_a_report_and_a_re
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT count(*) FROM restaurants")
         proc = faults.start_alembic(head_db.url, *LOCKED, "downgrade", "-1")
-        restored_after = _wait_until(lambda: _old_guard_back(dba), "the old guard to be restored", proc=proc)
+        restored_after = wait_until(lambda: _old_guard_back(dba), "the old guard to be restored", procs=[proc])
         assert restored_after < PROMPTLY_S
 
         # Then the redundant index build waits for both of them, and blocks nobody meanwhile.
@@ -145,7 +134,7 @@ def test_the_rollback_does_not_wait_for_autovacuum():
             conn.execute("DELETE FROM allocations WHERE id IN (SELECT id FROM allocations ORDER BY id LIMIT 500)")
             vacuuming = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' " \
                         "AND datname = current_database() AND query LIKE '%allocations%'"
-            _wait_until(lambda: conn.execute(vacuuming).fetchone()[0] > 0, "autovacuum to work on allocations")
+            wait_until(lambda: conn.execute(vacuuming).fetchone()[0] > 0, "autovacuum to work on allocations")
             started = time.monotonic()
             done = alembic_runner.run_cli(url, "downgrade", "-1", timeout=120)
             took = time.monotonic() - started
@@ -170,7 +159,7 @@ def test_preflight_for_the_rollback_names_a_running_pg_dump_by_pid_and_applicati
             def dumping() -> list[locks.Holder]:
                 return [h for h in locks.holders(watcher, {guards.TABLE: "ACCESS EXCLUSIVE"})
                         if h.application == "pg_dump" and h.granted]
-            _wait_until(lambda: bool(dumping()), "pg_dump to lock allocations")
+            wait_until(lambda: bool(dumping()), "pg_dump to lock allocations")
             dump_pid = dumping()[0].pid
             result = CliRunner().invoke(main, ["preflight", "--target", "-1", "--json"],
                                         env={"DATABASE_URL": url.render_as_string(hide_password=False)})
@@ -199,7 +188,7 @@ def test_a_locked_rollback_stopped_during_its_index_build_is_named_by_verify_and
         snapshot_holder.rollback()
     # The orphaned backend finishes its statement, finds its client gone and ends; then the state is stable.
     with head_db.connect(autocommit=True) as dba:
-        _wait_until(lambda: not faults.migration_backends(dba), "the orphaned backend to end")
+        wait_until(lambda: not faults.migration_backends(dba), "the orphaned backend to end")
     verified = CliRunner().invoke(main, ["verify", "--json"],
                                   env={"DATABASE_URL": head_db.url.render_as_string(hide_password=False)})
     check = next(c for c in json.loads(verified.output)["checks"] if c["name"] == "catalog")

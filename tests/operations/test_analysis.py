@@ -12,12 +12,11 @@ from click.testing import CliRunner
 
 from reserve.cli import main
 from reserve.operations import analysis
-from tests.support import Database, Venue, confirm, slot
+from tests.support import Database, Venue, confirm, reserve_cli, slot
 
 
 def run(db: Database, *args: str):
-    env = {"DATABASE_URL": db.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["analyze", "confirmations", *args], env=env, catch_exceptions=False)
+    return reserve_cli(db.url, "analyze", "confirmations", *args)
 
 
 def _confirm(conn: psycopg.Connection, venue: Venue, booking: uuid.UUID, tables: list[uuid.UUID], hours: float,

@@ -24,7 +24,7 @@ from reserve.operations import monitor
 from reserve.schema.guards import NEW_GUARD
 from tests import swapping
 from tests.ops_support import with_aged_evidence
-from tests.support import ROOT, Database, Venue, slot
+from tests.support import ROOT, Database, Venue, reserve_cli, slot
 
 OPS = ROOT / "ops"
 RULES = OPS / "prometheus" / "reserve-alerts.yml"
@@ -38,8 +38,7 @@ needs_promtool = pytest.mark.skipif(
 
 
 def run(db: Database, *args: str):
-    env = {"DATABASE_URL": db.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["monitor", *args], env=env, catch_exceptions=False)
+    return reserve_cli(db.url, "monitor", *args)
 
 
 @pytest.fixture

@@ -12,12 +12,11 @@ from click.testing import CliRunner
 from reserve.cli import main
 from reserve.operations import retention
 from tests.ops_support import with_aged_evidence
-from tests.support import Database, scalar
+from tests.support import Database, reserve_cli, scalar
 
 
 def run(db: Database, *args: str):
-    env = {"DATABASE_URL": db.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["retention", *args], env=env, catch_exceptions=False)
+    return reserve_cli(db.url, "retention", *args)
 
 
 def _counts(db: Database) -> tuple[int, int]:

@@ -9,14 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from reserve import db
-from reserve.cli import main
 from reserve.operations import retention_schedule
 from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir, pg_cron_settings
 from tests.ops_support import with_aged_evidence
-from tests.support import Database
+from tests.support import Database, reserve_cli
 
 CRON_DB = "reserve_cron"
 
@@ -46,8 +44,7 @@ def _admin(server: EphemeralPostgres):
 
 
 def run(target: Database, *args: str):
-    env = {"DATABASE_URL": target.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["retention", *args, "--json"], env=env)
+    return reserve_cli(target.url, "retention", *args, "--json", catch_exceptions=True)
 
 
 def _evidence(target: Database) -> tuple[int, int]:

@@ -15,12 +15,11 @@ from reserve.schema import catalog, expectations, locks
 from reserve.schema.swap import state as swap_state
 from reserve.schema.swap import teardown
 from tests import faults, swapping
-from tests.support import REVISIONS, Database, slot
+from tests.support import REVISIONS, Database, reserve_cli, slot
 
 
 def swap(db_: Database, *args: str):
-    env = {"DATABASE_URL": db_.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["swap", *args, "--json"], env=env, catch_exceptions=False)
+    return reserve_cli(db_.url, "swap", *args, "--json")
 
 
 def checks(result) -> dict[str, dict]:

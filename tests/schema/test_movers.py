@@ -6,22 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from click.testing import CliRunner
-
-from reserve.cli import main
 from reserve.operations import swap_window
 from reserve.rollout import alembic_runner
 from reserve.schema import guards, locks
 from reserve.schema.swap import state as swap_state
 from tests import swapping
-from tests.support import REVISIONS, Database, slot
+from tests.support import REVISIONS, Database, reserve_cli, slot
 
 HOLDER = "deploy job: alembic downgrade -1"
 
 
 def _swap(db_: Database, *args: str):
-    env = {"DATABASE_URL": db_.url.render_as_string(hide_password=False)}
-    return CliRunner().invoke(main, ["swap", *args, "--json"], env=env, catch_exceptions=False)
+    return reserve_cli(db_.url, "swap", *args, "--json")
 
 
 def _hold_migration_lock(conn) -> None:
