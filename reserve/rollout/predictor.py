@@ -73,17 +73,15 @@ class Prediction:
 
 
 # The online method (reserve.schema.swap), measured by `make bench` (docs/BENCHMARKS.md, "The online
-# method"): the exchange's ACCESS EXCLUSIVE hold is catalog work, the same at any size (the longest of
-# its holds at 100k..1M rows, rounded up); the background copy into a table that has the guard from the
-# start costs about this many times the locked method's build; the open window makes a confirm this much
-# slower (p95). bench/results/20261201T132104Z.json, measured with the synchronous mirror this change log
-# replaced (one GiST insertion per copied row, a row lock per source row, two subtransactions per write):
-# holds 10-19 ms at 100k-1M; background 2.26x/1.67x/1.87x the locked build at 100k/300k/1M; confirm p95
-# 1.55x (1 client) and 1.22x (4 clients). The bulk copy with the guard built afterwards, and a capture that
-# only appends an id, cost less; these stay the (pessimistic) figures until `make bench` measures them.
-ONLINE_HOLD_S = 0.05
-ONLINE_BACKGROUND_OVER_BUILD = 2.0
-ONLINE_CONFIRM_P95_RATIO = 1.55
+# method"; bench/results/20261203T090544Z.json, the change log and the bulk copy): the exchange's ACCESS
+# EXCLUSIVE hold is catalog work plus the log's last rows, the same at any size (7-13 ms at 100k-1M, 21 ms up
+# and 57 ms for the rollback with 4 clients writing as fast as they can: the longest, rounded up); the
+# background (copy, key, guard, compare, exchange) costs 1.34x/1.23x/1.15x the locked method's build at
+# 100k/300k/1M (the worst, rounded up); a confirm's p95 with the capture on is within the noise of the same
+# table with it off (0.96x at 1 client, 0.95x at 4: 1.0).
+ONLINE_HOLD_S = 0.06
+ONLINE_BACKGROUND_OVER_BUILD = 1.4
+ONLINE_CONFIRM_P95_RATIO = 1.0
 
 
 @dataclass(frozen=True)
