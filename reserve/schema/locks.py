@@ -194,24 +194,64 @@ SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.log", "reserve_swap.
 REPOINTED_AT_HEAD = ("public.booking_assignment_idempotency", "public.booking_table_assignments")
 
 
+_LIVE, _SHADOW, _LOG = "public.allocations", "reserve_swap.allocations", "reserve_swap.log"
+_PARENTS = ("public.bookings", "public.restaurants")  # what allocations' own foreign keys reference
+
+
 def online_exchange(repointed: Iterable[str]) -> dict[str, str]:
-    """What the online swap's exchange locks, declared once (taken by reserve.schema.swap.exchange, checked by
-    preflight, allowed by the lock trace): allocations, the shadow and the change log, and every table whose
-    foreign keys or policies it re-points. ACCESS EXCLUSIVE for catalog work only (milliseconds)."""
-    return {"public.allocations": AE, "reserve_swap.allocations": AE, "reserve_swap.log": AE,
-            **dict.fromkeys(repointed, AE)}
+    """What the online swap's exchange locks: allocations, the shadow and the change log, and every table whose
+    foreign keys or policies it re-points (``repointed``, read from the catalog: dependents.find). ACCESS
+    EXCLUSIVE for catalog work only (milliseconds)."""
+    return {_LIVE: AE, _SHADOW: AE, _LOG: AE, **dict.fromkeys(repointed, AE)}
+
+
+def online_phase(step: str, *, repointed: Iterable[str] = REPOINTED_AT_HEAD, parents: Iterable[str] = _PARENTS,
+                 captured: bool = True) -> dict[str, str]:
+    """What each step of the online swap locks, declared once: taken by reserve.schema.swap (take()), and,
+    through online_swap, checked by preflight and allowed by the lock trace.
+
+    - build: the capture's triggers go on allocations (SHARE ROW EXCLUSIVE waits for the writers in flight);
+    - key, guard: the shadow's bulk builds (ACCESS EXCLUSIVE on the shadow only);
+    - foreign keys: the shadow's keys added NOT VALID (SHARE ROW EXCLUSIVE on it and on ``parents``);
+    - validate shadow: one VALIDATE on the shadow (SHARE UPDATE EXCLUSIVE: nobody waits);
+    - exchange: online_exchange;
+    - validate repointed: each re-pointed key of ``repointed`` (SHARE UPDATE EXCLUSIVE; ROW SHARE on allocations);
+    - detach: the capture off allocations (`reserve swap finish`, catalog work only);
+    - empty: the table that left truncated under its own lock;
+    - drop: the machinery dropped, its foreign keys' triggers off ``parents`` (and the capture off allocations
+      when ``captured``)."""
+    steps: dict[str, dict[str, str]] = {
+        "build": {_LIVE: SRE},
+        "key": {_SHADOW: AE},
+        "guard": {_SHADOW: AE},
+        "foreign keys": {_SHADOW: SRE, **dict.fromkeys(parents, SRE)},
+        "validate shadow": {_SHADOW: SUE},
+        "exchange": online_exchange(repointed),
+        "validate repointed": {**dict.fromkeys(repointed, SUE), _LIVE: "ROW SHARE"},
+        "detach": {_LIVE: AE, _SHADOW: AE, _LOG: AE},
+        "empty": {_SHADOW: AE, _LOG: AE},
+        "drop": {**({_LIVE: AE} if captured else {}), **dict.fromkeys(SWAP_MACHINERY, AE),
+                 **dict.fromkeys(parents, AE)},
+    }
+    return steps[step]
+
+
+ONLINE_STEPS = {"upgrade": ("build", "key", "guard", "foreign keys", "validate shadow", "exchange",
+                            "validate repointed"),
+                "downgrade": ("build", "key", "guard", "foreign keys", "validate shadow", "exchange",
+                              "validate repointed", "empty", "drop")}
 
 
 def online_swap(direction: str, repointed: Iterable[str] = REPOINTED_AT_HEAD) -> StepLocks:
-    """The online method of the swap (reserve.schema.swap), opted into with -x swap_method=online: the exchange
-    (online_exchange); the machinery's own tables when an earlier run left them; ACCESS SHARE on table_inventory
-    (deparsing the re-pointed policies opens the tables they read, as a query does); SHARE ROW EXCLUSIVE on
-    bookings and restaurants while the shadow's foreign keys are added (up), ACCESS EXCLUSIVE on them when the
-    shadow is dropped with its foreign keys (down, and `reserve swap finish`)."""
-    parents = SRE if direction == "upgrade" else AE
-    return StepLocks({**dict.fromkeys(SWAP_MACHINERY, AE), **online_exchange(repointed),
-                      "public.table_inventory": "ACCESS SHARE", "public.bookings": parents,
-                      "public.restaurants": parents})
+    """The online method of the swap (-x swap_method=online) as one step for preflight and the lock trace: the
+    strongest lock per table over every step ``direction`` runs (online_phase), plus the machinery's own tables
+    when an earlier run left them and ACCESS SHARE on table_inventory (deparsing the re-pointed policies opens
+    the tables they read, as a query does)."""
+    tables: dict[str, str] = {**dict.fromkeys(SWAP_MACHINERY, AE), "public.table_inventory": "ACCESS SHARE"}
+    for step in ONLINE_STEPS[direction]:
+        for table, mode in online_phase(step, repointed=repointed).items():
+            tables[table] = strongest([mode, tables[table]]) if table in tables else mode
+    return StepLocks(tables)
 
 
 SWAP_REVISION = revisions.SWAP_REVISION

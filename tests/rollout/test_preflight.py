@@ -29,7 +29,7 @@ def test_baseline_with_valid_old_guard_is_go_without_a_table_scan(baseline_db: D
     background = next(c for c in report.checks if c.name == "background")
     assert background.data["predicted_s"] > 0 and "built allocations_no_overlap on a sample" in background.detail
     assert report.facts["predicted_extra_disk_bytes"] > 0 and "swap finish" in _detail(report, "extra disk")
-    assert report.facts["predicted_confirm_p95_ratio"] > 1
+    assert report.facts["predicted_confirm_p95_ratio"] >= 1  # the capture never makes a confirm cheaper
 
 
 def _detail(report, name: str) -> str:

@@ -30,7 +30,7 @@ from alembic.util import CommandError
 from reserve.schema import guards, locks
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
-from reserve.schema.swap import changelog, dependents, teardown
+from reserve.schema.swap import changelog, dependents, shadow, teardown
 from reserve.schema.swap.holds import log_hold
 from reserve.schema.swap.state import (
     BACKFILLED,
@@ -152,6 +152,7 @@ def _refuse_if_not_capturing(session: Session, action: str) -> None:
 def catch_up(session: Session, options: SwapOptions, *, action: str) -> None:
     """Before the lock: replay down to the tail, compare the tables row by row and replay what differs."""
     _refuse_if_not_capturing(session, action)
+    shadow.refuse_if_reshaped(session, action)
     started = time.monotonic()
     replayed = changelog.replay_until(session, options.tail_rows)
     queued = changelog.queue_differences(session)
@@ -240,7 +241,7 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
             "WHERE k.confrelid = %s::regclass AND k.contype = 'f' AND NOT k.convalidated ORDER BY 1, 2",
             (LIVE,)).fetchall():
         with session.transaction():
-            take(session, {table: "SHARE UPDATE EXCLUSIVE", LIVE: "ROW SHARE"}, action=f"{action}: validating {name}",
+            take(session, locks.online_phase("validate repointed", repointed=[table]), action=f"{action}: validating {name}",
                  restore_lock_timeout=session_setting("lock_timeout"))
             session.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
     if found.direction == "upgrade":

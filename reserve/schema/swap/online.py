@@ -51,7 +51,7 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import failures, guards
+from reserve.schema import failures, guards, locks
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
 from reserve.schema.swap import changelog, dependents, exchange, shadow, teardown
@@ -71,12 +71,7 @@ from reserve.schema.swap.state import (
 
 log = logging.getLogger("reserve.schema.swap")
 
-SRE = "SHARE ROW EXCLUSIVE"
-AE = "ACCESS EXCLUSIVE"
-# The capture's triggers go on the live table: SHARE ROW EXCLUSIVE, briefly, to build (it waits for the writers in
-# flight: every later write is logged). The shadow's foreign keys, which put their triggers on the tables they
-# reference, come after the fill.
-BUILD_LOCKS = {LIVE: SRE}
+# What each step locks is declared once, in reserve.schema.locks.online_phase.
 # A batch: a range of the live table's pages (a TID range scan), appended as they are to a shadow with no index
 # (kept up row by row, its primary key alone cost the copy three times its own work). In physical order, so
 # that the shadow's heap keeps the live one's order (rows loaded by restaurant and time stay together: the
@@ -155,7 +150,7 @@ def build(session: Session, direction: str, new_guard: guards.Guard, *, action: 
         except shadow.UnsupportedTable as exc:
             raise CommandError(f"{action}: the online swap cannot copy public.allocations exactly ({exc}); nothing "
                                "was changed. Use -x swap_method=locked.") from None
-        take(session, BUILD_LOCKS, action=f"{action}: building the shadow",
+        take(session, locks.online_phase("build"), action=f"{action}: building the shadow",
              restore_lock_timeout=session_setting("lock_timeout"))
         session.execute(changelog.machinery_sql())
         for function in changelog.function_sql():
@@ -237,7 +232,7 @@ def add_key(session: Session, *, action: str) -> None:
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
         key = shadow.primary_key(session)
-        take(session, {SHADOW: AE}, action=f"{action}: building the shadow's primary key",
+        take(session, locks.online_phase("key"), action=f"{action}: building the shadow's primary key",
              restore_lock_timeout=session_setting("lock_timeout"))
         try:
             with session.savepoint():
@@ -267,7 +262,7 @@ def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, acti
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
         after_fill = shadow.statements(session, target).after_fill
-        take(session, {SHADOW: AE}, action=f"{action}: building the shadow's guard",
+        take(session, locks.online_phase("guard"), action=f"{action}: building the shadow's guard",
              restore_lock_timeout=session_setting("lock_timeout"))
         for statement in after_fill:
             session.execute(statement)
@@ -298,14 +293,14 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
             referenced = [row[0] for row in session.execute(
                 "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint WHERE conrelid = %s::regclass "
                 "AND contype = 'f'", (LIVE,)).fetchall()]
-            take(session, {SHADOW: SRE, **dict.fromkeys(referenced, SRE)}, action=f"{action}: the shadow's keys",
+            take(session, locks.online_phase("foreign keys", parents=referenced), action=f"{action}: the shadow's keys",
                  restore_lock_timeout=session_setting("lock_timeout"))
             for name, definition in missing:
                 session.execute(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition} NOT VALID')
     for name, _ in wanted:
         if not have.get(name):
             with session.transaction():
-                take(session, {SHADOW: "SHARE UPDATE EXCLUSIVE"}, action=f"{action}: validating {name}",
+                take(session, locks.online_phase("validate shadow"), action=f"{action}: validating {name}",
                      restore_lock_timeout=session_setting("lock_timeout"))
                 session.execute(f'ALTER TABLE {SHADOW} VALIDATE CONSTRAINT "{name}"')
 
@@ -316,6 +311,8 @@ def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, 
     the replay of that write's log row, which never runs beside a copy batch."""
     with session.transaction():
         session.execute(changelog.replay_lock_sql())
+        session.execute(f"LOCK TABLE {LIVE} IN ACCESS SHARE MODE")  # its shape holds until this batch commits
+        shadow.refuse_if_reshaped(session, action)
         first, end = _next_pages(session, pages, action)
         if first >= end:
             return 0, False

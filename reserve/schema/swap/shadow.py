@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alembic.util import CommandError
+
 from reserve.schema import guards
 from reserve.schema.swap.state import LIVE, SHADOW
 
@@ -212,3 +214,14 @@ def columns(session: Any, table: str) -> list[tuple[str, str]]:
 def same_columns(session: Any, tables: Sequence[str] = (LIVE, SHADOW)) -> bool:
     first, *others = (columns(session, table) for table in tables)
     return all(other == first for other in others)
+
+
+def refuse_if_reshaped(session: Any, action: str) -> None:
+    """Stop when allocations' columns no longer match the shadow's (a column added, dropped or retyped since the
+    build): rows copied or replayed by position would land in the wrong columns, or silently lose one."""
+    if not same_columns(session):
+        raise CommandError(
+            f"{action}: public.allocations' columns changed since its shadow was built (a column added, dropped or "
+            "retyped): the shadow cannot follow. Nothing more was done; run `reserve swap abort` before the "
+            "exchange, or `reserve swap finish` in the window (the rollback is then a rebuild), then the same "
+            "command again.")

@@ -20,6 +20,7 @@ import time
 
 from alembic.util import CommandError
 
+from reserve.schema import locks
 from reserve.schema.options import LockPolicy, session_setting
 from reserve.schema.session import LockGiveUp, Session, take
 from reserve.schema.swap import changelog
@@ -41,10 +42,6 @@ from reserve.schema.swap.state import (
 
 log = logging.getLogger("reserve.schema.swap")
 
-AE = "ACCESS EXCLUSIVE"
-MACHINERY_TABLES = (SHADOW, LOG, "reserve_swap.conflicts", "reserve_swap.state")
-# Dropping the shadow removes its foreign keys' triggers from the tables they reference.
-DROP_LOCKS = {**dict.fromkeys(MACHINERY_TABLES, AE), "public.bookings": AE, "public.restaurants": AE}
 
 
 def retire(session: Session, *, action: str) -> str:
@@ -81,7 +78,7 @@ def detach(session: Session, *, action: str) -> None:
     ACCESS EXCLUSIVE on allocations for catalog work only. From here the previous table is out of step (the
     rollback is a rebuild) and nothing public touches it."""
     with session.transaction():
-        take(session, {LIVE: AE, SHADOW: AE, LOG: AE}, action=f"{action}: detaching the capture",
+        take(session, locks.online_phase("detach"), action=f"{action}: detaching the capture",
              restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         ensure_phase_check(session)
@@ -96,7 +93,7 @@ def drop_retired(session: Session, *, action: str, policy: LockPolicy | None = N
     lock, so that the drop that follows holds bookings and restaurants for catalog work only, not while its
     files go."""
     with session.transaction():
-        take(session, {SHADOW: AE, LOG: AE}, action=f"{action}: emptying the table that left", policy=policy,
+        take(session, locks.online_phase("empty"), action=f"{action}: emptying the table that left", policy=policy,
              restore_lock_timeout=session_setting("lock_timeout"))
         expect(session, DROPPABLE["drop"], doing=action)
         session.execute(f"TRUNCATE {SHADOW}, {LOG}")
@@ -111,9 +108,9 @@ def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: Lo
     (drop_retired empties it first; an abort drops what the backfill copied so far)."""
     captured = changelog.installed_on(session, LIVE)
     with session.transaction():
-        wanted = {**({LIVE: AE} if captured else {}), **DROP_LOCKS}
-        take(session, wanted, action=f"{action}: dropping the shadow and the capture", policy=policy,
-             restore_lock_timeout=session_setting("lock_timeout"))
+        # Dropping the shadow removes its foreign keys' triggers from the tables they reference.
+        take(session, locks.online_phase("drop", captured=captured), policy=policy,
+             action=f"{action}: dropping the shadow and the capture", restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         expect(session, allowed, doing=action)
         if changelog.installed_on(session, LIVE) and not captured:  # installed since it looked: not locked

@@ -10,6 +10,7 @@ import pytest
 from alembic.util import CommandError
 
 from reserve.schema.swap import state as swap_state
+from reserve.schema.swap import teardown
 from tests import swapping
 from tests.support import Database, slot
 
@@ -165,3 +166,20 @@ def test_rows_inserted_behind_and_ahead_of_the_backfill_are_each_copied_once(wit
         assert swapping.differences(look) == (set(), set())
         live = look.execute("SELECT count(*) FROM allocations").fetchone()[0]
         assert look.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == live > 30
+
+
+@pytest.mark.parametrize("ddl", ["ALTER TABLE allocations ADD COLUMN note text",
+                                 "ALTER TABLE allocations DROP COLUMN created_by"], ids=["added", "dropped"])
+def test_a_column_changed_during_the_copy_stops_it_with_nothing_more_copied_and_abort_undoes_it(
+        with_rows: Database, ddl: str):
+    """Rows move by position (SELECT *): a dropped column would silently shift or lose values, an added one would
+    fail every batch. The copy stops, naming the way out, and the live table is untouched."""
+    with with_rows.connect(autocommit=True) as conn:
+        copied = swapping.copy_batch(conn, BATCH)
+        conn.execute(ddl)
+        with pytest.raises(CommandError, match="columns changed since its shadow was built.*reserve swap abort"):
+            swapping.backfill_rest(conn, BATCH)
+        found = swap_state.read(conn)
+        assert found.phase == swap_state.BUILDING and found.rows_copied == copied
+        teardown.abort(swapping.session(conn), action="test abort")
+        assert swap_state.read(conn) is None
