@@ -36,9 +36,11 @@ postgres:
 	    util-linux prometheus; \
 	fi
 
-## The whole test suite, on a throw-away PostgreSQL that it starts itself.
+## The whole test suite, on throw-away PostgreSQL servers it starts itself: one per pytest-xdist worker
+## (a worker per core; TEST_WORKERS=0 runs in one process), the 15 slowest tests listed at the end.
+TEST_WORKERS ?= auto
 test: venv postgres
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
 
 ## The main job: rehearse the rollout on a throw-away database and write the evidence bundle (with its
 ## timeline plot: matplotlib, the bench extra). STANDBY=1 adds a hot standby and what its readers saw.

@@ -64,6 +64,7 @@ def writing(url: URL, clients: int = WRITERS) -> Iterator[Writers]:
     every one of them is a write the capture logs and the exchange must carry."""
     with connect(url) as conn:
         ids = [row[0] for row in conn.execute("SELECT id FROM public.allocations TABLESAMPLE SYSTEM (5) LIMIT 20000")]
+        ids = ids or [row[0] for row in conn.execute("SELECT id FROM public.allocations LIMIT 20000")]  # a small table
     done, out = threading.Event(), Writers()
 
     def write(seed: int) -> None:
@@ -81,6 +82,9 @@ def writing(url: URL, clients: int = WRITERS) -> Iterator[Writers]:
     threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(clients)]
     for thread in threads:
         thread.start()
+    started = time.monotonic()  # every writer under way before the measured runs start
+    while out.writes < clients and not out.errors and time.monotonic() - started < 30:
+        time.sleep(0.01)
     try:
         yield out
     finally:
