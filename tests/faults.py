@@ -178,7 +178,7 @@ def boundary(conn: psycopg.Connection[Any]) -> Boundary:
     matching = [rev for rev in expectations.shipped() if not expectations.differences(rev, live)]
     differences: list[str] = []
     if recorded in expectations.shipped():
-        differences = expectations.summarize(expectations.differences(recorded, live))
+        differences = expectations.reasons(expectations.differences(recorded, live))
     return Boundary(recorded, matching, catalog.pending_indexes(conn), differences, swap_state.read(conn))
 
 

@@ -11,7 +11,7 @@ object and role, sorted, so that two matrices diff line by line.
 ``widened(before, after)`` lists every way ``after`` allows more than
 ``before``: a privilege added, RLS disabled or no longer forced, a permissive
 policy that now applies, a restrictive one that no longer does. The chain's
-own widenings are declared in ``DECLARED`` with their reason, and only there:
+own widenings are declared in ``DECLARED_WIDENINGS`` with their reason, and only there:
 the rehearsal is a no-go on any other.
 """
 
@@ -73,7 +73,7 @@ _0002 = "0002 creates booking_confirmation_results with the tenant policy and gr
 _0003A = "0003a creates confirmation_cache_events like the evidence table (tenant policy, service_role grants)"
 # The chain's widenings, from 0001_baseline to head, each with its reason: the rehearsal accepts these and no
 # other. Keys: (object, role, what), as `widened` prints them; * matches anything.
-DECLARED: dict[tuple[str, str, str], str] = {
+DECLARED_WIDENINGS: dict[tuple[str, str, str], str] = {
     ("public.booking_confirmation_results", "service_role", "*"): _0002,
     ("public.confirmation_cache_events", "service_role", "*"): _0003A,
     ("public.feature_flag_overrides", "service_role", 'policy * "Tenant service role can * feature flag overrides" '
@@ -166,7 +166,7 @@ def _matches(pattern: str, value: str) -> bool:
     return re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), value) is not None
 
 
-def undeclared(found: list[Widening], declared: dict[tuple[str, str, str], str] = DECLARED) -> list[Widening]:
+def undeclared(found: list[Widening], declared: dict[tuple[str, str, str], str] = DECLARED_WIDENINGS) -> list[Widening]:
     """The widenings no entry of ``declared`` accounts for."""
     return [w for w in found if not any(all(_matches(p, v) for p, v in zip(key, w.key, strict=True))
                                         for key in declared)]

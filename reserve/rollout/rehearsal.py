@@ -338,7 +338,7 @@ def _wal_since(url: URL, before: str | None) -> int | None:
 
 def check_access(out: Path) -> str:
     """access-diff.txt from the two matrices; a no-go on any widened access not declared in
-    reserve.rollout.access.DECLARED."""
+    reserve.rollout.access.DECLARED_WIDENINGS."""
     before = (out / "access-before.txt").read_text(encoding="utf-8")
     after = (out / "access-after.txt").read_text(encoding="utf-8")
     text = snapshots.diff(before, after, "access-before.txt", "access-after.txt")
@@ -346,6 +346,6 @@ def check_access(out: Path) -> str:
     found = access.widened(before, after)
     beyond = access.undeclared(found)
     if beyond:
-        raise StepFailed(f"{len(beyond)} widened access(es) not declared in reserve/rollout/access.py DECLARED: "
+        raise StepFailed(f"{len(beyond)} widened access(es) not declared in reserve/rollout/access.py DECLARED_WIDENINGS: "
                          + "; ".join(map(str, beyond[:5])))
     return f"{len(found)} widened access(es), each declared with its reason"

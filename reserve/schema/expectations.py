@@ -154,6 +154,6 @@ def drift(conn: psycopg.Connection[Any], revision: str) -> list[Difference]:
     return differences(revision, catalog.snapshot(conn))
 
 
-def summarize(differences: list[Difference]) -> list[str]:
+def reasons(differences: list[Difference]) -> list[str]:
     """Readable reasons naming the objects, e.g. 'constraint allocations_no_overlap is missing'."""
     return [str(d) for d in differences]

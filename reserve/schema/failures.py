@@ -126,7 +126,8 @@ def failed_statement(exc: BaseException) -> str | None:
     return statement if isinstance(statement, str) else None
 
 
-def summarize(statement: str | None, limit: int = 100) -> str:
+def one_line(statement: str | None, limit: int = 100) -> str:
+    """A statement on one line, cut to ``limit`` characters: for messages and traces."""
     flat = " ".join((statement or "").split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
@@ -163,7 +164,7 @@ def message(action: str, exc: BaseException, *, wanted: Mapping[str, str] | None
     if tables:
         parts.append(f"table: {', '.join(tables)}")
     if statement:
-        parts.append(f"statement: {summarize(statement)}")
+        parts.append(f"statement: {one_line(statement)}")
     if failure.contended and diagnose is not None:
         locked = dict(wanted or {})
         for table in tables:

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from reserve.schema import locks
+from reserve.schema import failures, locks
 from reserve.schema.options import DEFAULT_SWAP_METHOD
 
 VERSION_TABLE = "public.alembic_version"
@@ -94,11 +94,6 @@ class TracedStep:
                 "strongest": self.strongest(),
                 "trace": [{"statement": s.statement, "added": [asdict(lock) for lock in s.added]}
                           for s in self.statements]}
-
-
-def summarize(statement: str, limit: int = 160) -> str:
-    flat = " ".join(statement.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class LockTrace:
@@ -190,7 +185,7 @@ class LockTrace:
             if (oid, mode) not in self._held:
                 added.append(lock)
         self._held = now
-        self._open.statements.append(TracedStatement(summarize(statement), held, added))
+        self._open.statements.append(TracedStatement(failures.one_line(statement, 160), held, added))
 
     # -------------------------------------------------------------- reading
 

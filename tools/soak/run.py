@@ -67,7 +67,7 @@ def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str],
         except subprocess.TimeoutExpired:
             returncode, output = -1, f"timed out after {timeout_s}s"
     lines = [line for line in output.splitlines() if line.strip()]
-    reported = holds.reported_holds(lines)  # the online swap's own (a poll can miss milliseconds)
+    reported = holds.read_from_output(lines)  # the online swap's own (a poll can miss milliseconds)
     return Step(
         name=name, ok=returncode == 0, seconds=round(time.monotonic() - started, 3),
         detail="" if returncode == 0 else (lines[-1] if lines else f"exit {returncode}")[:300],
@@ -161,7 +161,7 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
     with db.connect(url, autocommit=True) as conn:
         invariants = check_invariants(conn, confirmed, run_tag, allocations_before)
         final_revision = revisions.current_revision(conn)
-        drift = expectations.summarize(expectations.drift(conn, revisions.head()))
+        drift = expectations.reasons(expectations.drift(conn, revisions.head()))
 
     # Workers leave the start barrier with this process and may finish a call before it reads the clock.
     timeline = tile(ends, min([t_start, *(start for start, _, _ in calls)]))

@@ -19,7 +19,7 @@ log = logging.getLogger("reserve.schema.swap")
 HOLD_LINE = re.compile(r"held ACCESS EXCLUSIVE on (?P<tables>.+?) for (?P<ms>[\d.]+) ms \(lock granted to commit\)")
 
 
-def reported_holds(lines: list[str], table: str = LIVE) -> list[float]:
+def read_from_output(lines: list[str], table: str = LIVE) -> list[float]:
     """Seconds of each hold covering ``table`` that an Alembic run's output reports."""
     return [float(m["ms"]) / 1000 for m in map(HOLD_LINE.search, lines) if m and table in m["tables"]]
 

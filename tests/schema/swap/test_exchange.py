@@ -235,6 +235,6 @@ def test_the_hold_line_the_swap_logs_is_what_a_reader_of_its_output_parses_back(
     caplog.set_level("INFO", logger="reserve.schema.swap")
     holds.log_hold("test", "exchange", time.perf_counter() - 0.012, "public.allocations and its dependents")
     holds.log_hold("test", "dropping the machinery", time.perf_counter() - 0.5, "public.bookings, public.restaurants")
-    on_allocations = holds.reported_holds(caplog.messages)
+    on_allocations = holds.read_from_output(caplog.messages)
     assert len(on_allocations) == 1 and 0.012 <= on_allocations[0] < 0.4  # the hold on bookings is not on allocations
-    assert holds.reported_holds(caplog.messages, "public.bookings")[0] >= 0.5
+    assert holds.read_from_output(caplog.messages, "public.bookings")[0] >= 0.5
