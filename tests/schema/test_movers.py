@@ -90,15 +90,15 @@ def _detail(report) -> str:
     return " ".join(check.detail for check in report.checks)
 
 
-def _closing_twice(db_: Database, command: str) -> tuple[Any, Any]:
-    """Two `reserve swap <command>` at once, the first held up by a report on bookings (its drop of the machinery
-    waits): the second waits for the first's lock, then reads what the first left."""
+def _closing_twice(db_: Database, command: str, report_reads: str) -> tuple[Any, Any]:
+    """Two `reserve swap <command>` at once, the first held up by a report on ``report_reads`` (its drop of the
+    machinery waits): the second waits for the first's lock, then reads what the first left."""
     with db_.connect() as report, db_.connect(autocommit=True) as dba:
-        report.execute("SELECT count(*) FROM bookings")
+        report.execute(f"SELECT count(*) FROM {report_reads}")
         move = getattr(swap_window, command)
         first = swapping.InThread(lambda: move(db_.url, wait_s=60))
         swapping.wait_until(lambda: _someone_waits(dba, "a.wait_event_type = 'Lock' AND a.query LIKE 'LOCK TABLE%'"),
-                            f"the first {command} to wait for bookings")
+                            f"the first {command} to wait for {report_reads}")
         second = swapping.InThread(lambda: move(db_.url, wait_s=60))
         swapping.wait_until(lambda: _someone_waits(dba, locks.WAITING_FOR_MIGRATION_LOCK_SQL.format(pid="a.pid")),
                             f"the second {command} to wait for the first")
@@ -111,7 +111,7 @@ def test_two_finishes_at_once_close_the_window_once_and_the_second_finds_nothing
     with head_db.connect() as conn:
         kept = swapping.insert(conn, a.id, a.tables[0], slot(3))
         conn.commit()
-    first, second = _closing_twice(head_db, "finish")
+    first, second = _closing_twice(head_db, "finish", "bookings")
     assert first.exit_code == 0 and "the window is closed" in _detail(first)
     assert second.exit_code == 0 and "nothing to finish" in _detail(second)
     with head_db.connect() as conn:
@@ -123,7 +123,8 @@ def test_two_aborts_at_once_drop_the_swap_once_and_the_second_finds_nothing_to_a
     with pre_swap_db.connect(autocommit=True) as conn:
         swapping.build(conn)
     before = pre_swap_db.snapshot()
-    first, second = _closing_twice(pre_swap_db, "abort")
+    # Before the backfill the shadow has no foreign keys: the drop locks allocations (the capture), not bookings.
+    first, second = _closing_twice(pre_swap_db, "abort", "allocations")
     assert first.exit_code == 0 and "is as it was" in _detail(first)
     assert second.exit_code == 1 and "nothing to abort" in _detail(second)
     with pre_swap_db.connect() as conn:

@@ -108,8 +108,10 @@ def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: Lo
     (drop_retired empties it first; an abort drops what the backfill copied so far)."""
     captured = changelog.installed_on(session, LIVE)
     with session.transaction():
-        # Dropping the shadow removes its foreign keys' triggers from the tables they reference.
-        take(session, locks.online_phase("drop", captured=captured), policy=policy,
+        # Dropping the shadow removes its foreign keys' triggers from the tables they reference (none yet before
+        # the backfill adds them: an abort during the copy locks no public table but allocations).
+        parents = referenced_by_shadow(session)
+        take(session, locks.online_phase("drop", captured=captured, parents=parents), policy=policy,
              action=f"{action}: dropping the shadow and the capture", restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
         expect(session, allowed, doing=action)
@@ -120,8 +122,14 @@ def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: Lo
             session.execute(statement)
         changelog.unschedule_replay(session)
         session.execute("DROP SCHEMA reserve_swap CASCADE")
-    log_hold(action, "dropping the machinery", locked,
-             ", ".join([LIVE] * captured + ["public.bookings", "public.restaurants"]))
+    log_hold(action, "dropping the machinery", locked, ", ".join([LIVE] * captured + parents))
+
+
+def referenced_by_shadow(session: Session) -> list[str]:
+    return [row[0] for row in session.execute(
+        "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_constraint k "
+        "JOIN pg_class c ON c.oid = k.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (SHADOW,)).fetchall()]
 
 
 def finish(session: Session, *, action: str = "reserve swap finish") -> str:
