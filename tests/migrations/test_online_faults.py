@@ -236,6 +236,26 @@ def test_statement_timeout_in_a_backfill_batch_stops_it_and_a_rerun_resumes(belo
     _resumes_and_keeps_every_write(below_swap, found)
 
 
+def test_statement_timeout_in_the_guard_build_keeps_the_copy_and_a_rerun_builds_it_without_copying_again(below_swap):
+    """The guard is the longest statement of the backfill (one bulk build on the filled shadow): a statement_timeout
+    shorter than it rolls back the build alone; the copy and the key stay, and the rerun goes on from there."""
+    code, output = faults.run_alembic(below_swap.url, *ONLINE, "-x", "statement_timeout=300ms", "upgrade", "head")
+    assert code != 0 and "canceling statement due to statement timeout" in output, output
+    found = swap_found(below_swap)
+    assert found is not None and found.phase == swap_state.BUILDING and found.copied_at is not None, found
+    with below_swap.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'reserve_swap.allocations'::regclass "
+                            "AND contype = 'x'").fetchone()[0] == 0  # the guard's build rolled back whole
+    assert_named_by_verify(below_swap, "alembic upgrade head")
+    assert_application_writes_go_through(below_swap)
+    before = live_rows(below_swap)
+    output = rerun(below_swap, "upgrade", "head")
+    assert "copy done" not in output and "resuming the copy" not in output, output
+    assert_at(below_swap, HEAD, window=True)
+    assert live_rows(below_swap) == before  # the rows written while it was stopped included
+    assert_window_in_step(below_swap)
+
+
 # ---------------------------------------------------------------- the exchange: waiting, and holding the table
 
 
