@@ -81,7 +81,7 @@ def test_the_locked_method_is_rehearsed_by_default(pg_server, templates, tmp_pat
     assert steps["upgrade 0004_allocations_no_overlap"]["reported_holds"] == []  # no exchange: the build holds it
     assert "background" not in steps["preflight"]["detail"]
     trace = (result.out / "locks.txt").read_text()
-    assert "DROP CONSTRAINT allocations_resource_window_excl" in trace or "ADD CONSTRAINT allocations_no_overlap" in trace
+    assert "DROP CONSTRAINT allocations_resource_window_excl" in trace and "ADD CONSTRAINT allocations_no_overlap" in trace
 
 
 def test_the_summary_links_the_timeline_or_says_why_there_is_none(bundle):
