@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pytest
 
 from reserve import db
 from reserve.rollout.verify import verify
@@ -413,10 +414,25 @@ def test_two_online_upgrades_at_once_one_swaps_and_the_other_finds_head(below_sw
 # ---------------------------------------------------------------- the rollback: in the window, and after it
 
 
-def test_terminated_while_the_exchange_back_waits_stays_at_head_with_the_window_open(in_window):
-    code, output = faults.terminated_while_waiting(in_window.url, ("allocations", "ACCESS SHARE"),
-                                                   "ACCESS EXCLUSIVE MODE", *ONLINE, *WAIT_FOR_BLOCKER, "downgrade", "-1")
+@pytest.mark.parametrize("fault", ["terminate", "kill", "statement_timeout"])
+def test_a_fault_while_the_exchange_back_waits_stays_at_head_with_the_window_open(in_window, fault: str):
+    """The rollback inside the window, waiting behind a reader of allocations, is terminated, its client SIGKILLed,
+    or its lock wait cut by statement_timeout: the window is whole and in step, and a rerun exchanges back."""
+    extra = ["-x", "statement_timeout=2s"] if fault == "statement_timeout" else []
+    with faults.holding_lock(in_window.url, "allocations", "ACCESS SHARE"), \
+            in_window.connect(autocommit=True) as dba:
+        proc = faults.start_alembic(in_window.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "downgrade", "-1")
+        backend = wait_for_exchange_lock(dba, proc)
+        if fault == "terminate":
+            assert faults.terminate(dba, backend.pid)
+        elif fault == "kill":
+            faults.kill_client(proc)
+        code, output = faults.finish(proc, in_window.url)
     assert code != 0, output
+    if fault == "statement_timeout":
+        assert "canceling statement due to statement timeout" in output, output
+    with in_window.connect(autocommit=True) as dba:
+        faults.wait_gone(dba, backend.pid)  # a SIGKILLed client's backend ends once its lock wait does
     assert_at(in_window, HEAD, window=True)
     assert_application_writes_go_through(in_window)
     assert_window_in_step(in_window)
