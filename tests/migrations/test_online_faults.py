@@ -318,12 +318,12 @@ def _holds(dba: psycopg.Connection[Any], table: str) -> bool:
 
 
 def stop_the_exchange_at_the_queue(db_: Database, dba: psycopg.Connection[Any], first: psycopg.Connection[Any],
-                                   gate: psycopg.Connection[Any]) -> Any:
-    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents, at the
-    end of its catalog work: ``gate`` holds the swap's state row, which the exchange updates last; the Alembic
-    process."""
+                                   gate: psycopg.Connection[Any], *extra: str) -> Any:
+    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents:
+    ``gate`` holds the swap's state row, whose compare-and-set is the first thing the exchange does once its
+    locks are granted; the Alembic process."""
     first.execute("LOCK TABLE allocations IN ACCESS SHARE MODE")
-    proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, "upgrade", "head")
+    proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "upgrade", "head")
     wait_for_exchange_lock(dba, proc)  # the build and the backfill are done
     gate.execute(f"SELECT 1 FROM {swap_state.STATE} FOR UPDATE")
     first.rollback()
@@ -351,8 +351,9 @@ def _stopped_in_validation(db_: Database, fault: str) -> tuple[int, str]:
     """The exchange commits; a session queued behind it on booking_table_assignments is granted SHARE right
     after, and the validation of that table's re-pointed foreign key waits for it: the fault comes there."""
     table = "public.booking_table_assignments"
+    extra = ["-x", "statement_timeout=8s"] if fault == "statement_timeout" else []
     with db_.connect(autocommit=True) as dba, db_.connect() as first, db_.connect() as gate:
-        proc = stop_the_exchange_at_the_queue(db_, dba, first, gate)
+        proc = stop_the_exchange_at_the_queue(db_, dba, first, gate, *extra)
         with queued_behind_the_exchange(db_.url, table, "SHARE") as granted:
             faults.wait_until(lambda: lock_waiters(dba, table) > 0, "a session to queue behind the exchange",
                               procs=[proc])
@@ -363,6 +364,8 @@ def _stopped_in_validation(db_: Database, fault: str) -> tuple[int, str]:
             assert swap_found(db_).phase == swap_state.SWAPPED
             if fault == "terminate":
                 assert faults.terminate(dba, backend.pid)
+                return faults.finish(proc, db_.url)
+            if fault == "statement_timeout":
                 return faults.finish(proc, db_.url)
             faults.kill_client(proc)
             proc.wait(timeout=10)
@@ -390,6 +393,12 @@ def _validation_resumed(db_: Database) -> None:
 def test_terminated_while_validating_the_repointed_foreign_keys_a_rerun_validates_them(below_swap):
     code, output = _stopped_in_validation(below_swap, "terminate")
     assert code != 0 and "terminating connection due to administrator command" in output, output
+    _validation_resumed(below_swap)
+
+
+def test_statement_timeout_while_validating_the_repointed_foreign_keys_a_rerun_validates_them(below_swap):
+    code, output = _stopped_in_validation(below_swap, "statement_timeout")
+    assert code != 0 and "canceling statement due to statement timeout" in output, output
     _validation_resumed(below_swap)
 
 
