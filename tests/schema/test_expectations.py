@@ -43,11 +43,6 @@ def test_an_open_window_is_not_drift_at_head_but_a_changed_one_is(head_db: Datab
     assert [(d.section, d.kind) for d in found] == [("triggers", "missing")], found
 
 
-def test_a_fresh_head_has_no_drift(head_db: Database):
-    with head_db.connect() as conn:
-        assert expectations.drift(conn, REVISIONS[-1]) == []
-
-
 def test_a_hand_dropped_constraint_is_reported_by_name(head_db: Database):
     with head_db.connect() as conn:
         conn.execute("ALTER TABLE allocations DROP CONSTRAINT allocations_no_overlap")
