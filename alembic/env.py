@@ -35,13 +35,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from reserve import db
-from reserve.schema import failures, locks, locktrace, movers, options, revisions
+from reserve.schema import events, failures, locks, locktrace, movers, options, revisions
 from reserve.schema.swap import state as swap_state
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 log = logging.getLogger("reserve.env")
+events.write_from_env(logging.getLogger("reserve"))  # RESERVE_EVENTS_FILE: holds and retries as JSON lines
 
 MIGRATION_LOCK_KEY = locks.MIGRATION_LOCK_KEY
 VERSIONS = Path(__file__).resolve().parent / "versions"

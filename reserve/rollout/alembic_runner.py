@@ -24,28 +24,31 @@ from reserve import db
 from reserve.schema.revisions import alembic_ini, config
 
 
-def _cli(url: URL | str | None, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+def _cli(url: URL | str | None, args: tuple[str, ...],
+         extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """argv and environment of an ``alembic`` child. DATABASE_URL is ``url`` (a URL, rendered with its
-    password, or a raw string passed exactly as given), or absent when ``url`` is None."""
-    env = {k: v for k, v in os.environ.items() if k != db.ENV_VAR}
+    password, or a raw string passed exactly as given), or absent when ``url`` is None; ``extra_env`` adds
+    variables (RESERVE_EVENTS_FILE: reserve.schema.events)."""
+    env = {**{k: v for k, v in os.environ.items() if k != db.ENV_VAR}, **(extra_env or {})}
     if url is not None:
         env[db.ENV_VAR] = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     return [sys.executable, "-m", "alembic", "-c", str(alembic_ini()), *args], env
 
 
-def start_cli(url: URL | str | None, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_cli(url: URL | str | None, *args: str, cwd: Path | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start ``alembic <args>`` against ``url`` (in ``cwd``, else the chain's directory); stdout and stderr merged,
     to be read by the caller."""
-    argv, env = _cli(url, args)
+    argv, env = _cli(url, args, extra_env)
     return subprocess.Popen(argv, cwd=cwd or alembic_ini().parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
-def run_cli(url: URL | str | None, *args: str, timeout: float = 300,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(url: URL | str | None, *args: str, timeout: float = 300, cwd: Path | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``alembic <args>`` against ``url`` (in ``cwd``, else the chain's directory) to the end;
     subprocess.TimeoutExpired after ``timeout``."""
-    argv, env = _cli(url, args)
+    argv, env = _cli(url, args, extra_env)
     return subprocess.run(argv, cwd=cwd or alembic_ini().parent, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -12,7 +12,6 @@ locks with a short wait per attempt and bounded retries.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from alembic import op
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from reserve.schema import failures, locks
+from reserve.schema import events, failures, locks
 from reserve.schema.options import LockPolicy
 
 log = logging.getLogger("reserve.schema.session")
@@ -105,8 +104,6 @@ class LockGiveUp(CommandError):
 # A lock attempt that timed out, or that PostgreSQL cancelled to break a deadlock (an application
 # transaction that holds one of the tables and waits for another): released whole, and tried again.
 RETRIED = ("55P03", "40P01")
-# The line take() logs for each attempt it gives up and retries, for a reader of an Alembic run's output.
-RETRY_LINE = re.compile(r"locks on .+ (?:not granted within|given up to break a deadlock)")
 
 
 def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: LockPolicy | None = None,
@@ -145,7 +142,8 @@ def take(session: Session, wanted: Mapping[str, str], *, action: str, policy: Lo
             why = (f"not granted within {policy.lock_timeout}" if state == "55P03" else
                    "given up to break a deadlock with a transaction locking them in another order")
             log.warning("locks on %s %s (attempt %d/%d): %s", names, why, attempt, policy.attempts,
-                        "; ".join(h.describe() for h in in_the_way) or "the holder has gone")
+                        "; ".join(h.describe() for h in in_the_way) or "the holder has gone",
+                        extra=events.lock_retry(names, attempt, why))
             if attempt < policy.attempts:
                 time.sleep(policy.pause_s)
             continue

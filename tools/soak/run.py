@@ -12,10 +12,12 @@ import multiprocessing as mp
 import queue
 import secrets
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -25,9 +27,8 @@ from reserve.report import UsageError
 from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.evidence import Step
 from reserve.rollout.lockwatch import LockWatch
-from reserve.schema import expectations, revisions
-from reserve.schema.session import RETRY_LINE
-from reserve.schema.swap import holds
+from reserve.schema import events, expectations, revisions
+from reserve.schema.swap import state as swap_state
 from tools.soak.checks import check_invariants, live_allocations
 from tools.soak.result import SoakResult
 from tools.soak.timeline import longest_stall, phase, phase_stats, tile
@@ -60,19 +61,24 @@ def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str],
     """
     args = [*[a for x in alembic_x for a in ("-x", x)], *argv]
     started = time.monotonic()
-    with LockWatch(url, interval_s=0.01) as watch:
-        try:
-            proc = alembic_runner.run_cli(url, *args, timeout=timeout_s)
-            returncode, output = proc.returncode, db.scrub(proc.stdout + proc.stderr, url)
-        except subprocess.TimeoutExpired:
-            returncode, output = -1, f"timed out after {timeout_s}s"
+    with tempfile.TemporaryDirectory(prefix="reserve-soak-") as scratch:
+        events_file = Path(scratch) / "events.jsonl"
+        with LockWatch(url, interval_s=0.01) as watch:
+            try:
+                proc = alembic_runner.run_cli(url, *args, timeout=timeout_s,
+                                              extra_env={events.EVENTS_ENV: str(events_file)})
+                returncode, output = proc.returncode, db.scrub(proc.stdout + proc.stderr, url)
+            except subprocess.TimeoutExpired:
+                returncode, output = -1, f"timed out after {timeout_s}s"
+        reported = events.read(events_file)
     lines = [line for line in output.splitlines() if line.strip()]
-    reported = holds.read_from_output(lines)  # the online swap's own (a poll can miss milliseconds)
+    # The online swap's own holds (a poll can miss milliseconds), and the lock attempts it retried.
+    held = [e["seconds"] for e in reported if e["event"] == events.HOLD and swap_state.LIVE in e["tables"]]
     return Step(
         name=name, ok=returncode == 0, seconds=round(time.monotonic() - started, 3),
         detail="" if returncode == 0 else (lines[-1] if lines else f"exit {returncode}")[:300],
-        lock_hold_s=round(max([watch.longest_s, *reported]), 4),
-        lock_retries=sum(bool(RETRY_LINE.search(line)) for line in lines),
+        lock_hold_s=round(max([watch.longest_s, *held]), 4),
+        lock_retries=sum(e["event"] == events.LOCK_RETRY for e in reported),
     )
 
 

@@ -5,7 +5,6 @@ left depending on the table that left, and an exchange the shadow's guard cannot
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from alembic.util import CommandError
@@ -13,7 +12,7 @@ from alembic.util import CommandError
 from reserve.schema import guards
 from reserve.schema.options import LockPolicy
 from reserve.schema.session import PsycopgSession, take
-from reserve.schema.swap import dependents, exchange, holds, teardown
+from reserve.schema.swap import dependents, exchange, teardown
 from reserve.schema.swap import state as swap_state
 from tests import swapping
 from tests.support import ONLINE, REVISIONS, Database, slot
@@ -229,12 +228,3 @@ def test_a_view_created_while_the_exchange_waits_for_its_lock_follows_the_table(
                                 "ON d.objid = r.oid WHERE r.ev_class = 'public.allocation_days'::regclass "
                                 "AND d.refobjid <> r.ev_class AND d.refclassid = 'pg_class'::regclass").fetchone()
         assert reads == "allocations"
-
-
-def test_the_hold_line_the_swap_logs_is_what_a_reader_of_its_output_parses_back(caplog):
-    caplog.set_level("INFO", logger="reserve.schema.swap")
-    holds.log_hold("test", "exchange", time.perf_counter() - 0.012, "public.allocations and its dependents")
-    holds.log_hold("test", "dropping the machinery", time.perf_counter() - 0.5, "public.bookings, public.restaurants")
-    on_allocations = holds.read_from_output(caplog.messages)
-    assert len(on_allocations) == 1 and 0.012 <= on_allocations[0] < 0.4  # the hold on bookings is not on allocations
-    assert holds.read_from_output(caplog.messages, "public.bookings")[0] >= 0.5
