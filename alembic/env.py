@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from logging.config import fileConfig
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -45,7 +44,6 @@ log = logging.getLogger("reserve.env")
 events.write_from_env(logging.getLogger("reserve"))  # RESERVE_EVENTS_FILE: holds and retries as JSON lines
 
 MIGRATION_LOCK_KEY = locks.MIGRATION_LOCK_KEY
-VERSIONS = Path(__file__).resolve().parent / "versions"
 session_setting = options.session_setting
 
 
@@ -129,24 +127,15 @@ def _take_migration_lock(connection) -> None:
     connection.commit()
 
 
-def _failing_step(tb: TracebackType | None) -> tuple[str | None, str | None]:
-    """(revision, direction) of the step a traceback went through, innermost first.
-
-    A revision's own frame names it (every revision module defines ``revision``);
-    an error in Alembic's bookkeeping after the revision's code (the version
-    table update) is found by Alembic's step in progress.
-    """
-    found: tuple[str | None, str | None] = (None, None)
-    while tb is not None:
-        frame = tb.tb_frame
-        if Path(frame.f_code.co_filename).parent == VERSIONS and frame.f_code.co_name in ("upgrade", "downgrade"):
-            found = (frame.f_globals.get("revision"), frame.f_code.co_name)
-        elif found == (None, None) and frame.f_code.co_name == "run_migrations":
-            info = getattr(frame.f_locals.get("step"), "info", None)
-            if info is not None and hasattr(info, "is_upgrade"):
-                found = (getattr(info, "up_revision_id", None), "upgrade" if info.is_upgrade else "downgrade")
-        tb = tb.tb_next
-    return found
+def _failing_step(url: URL, start: str | None) -> tuple[str | None, str | None]:
+    """(revision, direction) of the step a failed run stopped in: the first step of its plan (from ``start`` to
+    Alembic's revision argument) that alembic_version, read again, does not reflect."""
+    try:
+        target = revisions.resolve(context.get_revision_argument() or "head", start)
+    except revisions.UnknownRevision:
+        return None, None
+    now = failures.diagnoser(url)(revisions.current_revision)
+    return revisions.failing_step(start, target, now)
 
 
 def _where_now(url: URL) -> str:
@@ -196,11 +185,13 @@ def run_migrations_online() -> None:
         pid: int | None = connection.connection.driver_connection.info.backend_pid
         _take_migration_lock(connection)
         callbacks: list[Any] = []
+        start: str | None = None
         if trace is not None:
             trace.attach(connection)
             callbacks.append(trace.on_version_apply)
         try:
             context.configure(connection=connection, transaction_per_migration=True, on_version_apply=callbacks)
+            start = context.get_context().get_current_revision()
             with context.begin_transaction():
                 context.run_migrations()
         except (SQLAlchemyError, psycopg.Error, KeyboardInterrupt) as exc:
@@ -214,7 +205,7 @@ def run_migrations_online() -> None:
                     connection.rollback()  # release the step's locks before looking at who else holds some
                 except SQLAlchemyError:
                     pass
-            revision, direction = _failing_step(exc.__traceback__)
+            revision, direction = _failing_step(url, start)
             if isinstance(error, KeyboardInterrupt):
                 raise CommandError(f"{direction or 'the run'} {revision or ''} interrupted (Ctrl-C). "
                                    f"{_where_now(url)}") from None

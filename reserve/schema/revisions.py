@@ -112,6 +112,19 @@ def steps(current: str | None, target: str | None) -> tuple[str, list[str]]:
     return "none", []
 
 
+def failing_step(start: str | None, target: str | None, now: str | None) -> tuple[str | None, str]:
+    """(the revision a failed run stopped in, direction), from where it started, where it was going and what
+    alembic_version records now: each step commits on its own, so the first step not reflected there is the one
+    that failed (its own code, its version-table update or its commit). (None, direction) when ``now`` is not on
+    the way (the database moved meanwhile)."""
+    direction, moving = steps(start, target)
+    order = [None, *chain()]
+    after = [start, *(step if direction == "upgrade" else order[order.index(step) - 1] for step in moving)]
+    if now not in after or after.index(now) >= len(moving):
+        return None, direction
+    return moving[after.index(now)], direction
+
+
 def current_revision(conn) -> str | None:
     """The revision recorded in alembic_version, or None when the table is absent or empty."""
     if not conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]:
