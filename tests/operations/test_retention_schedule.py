@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from reserve import db
 from reserve.operations import retention_schedule
-from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir, pg_cron_settings
-from tests.ops_support import with_aged_evidence
+from tests.ops_support import pg_cron_database, with_aged_evidence
 from tests.support import Database, reserve_cli
 
 CRON_DB = "reserve_cron"
 
 
-def _pg_cron_installed() -> bool:
-    return (Path("/usr/share/postgresql") / find_bindir().parent.name / "extension" / "pg_cron.control").exists()
-
-
 @pytest.fixture(scope="module")
 def cron_db() -> Iterator[Database]:
     """A server of its own that loads pg_cron; a database at head with pg_cron, old and recent evidence."""
-    if not _pg_cron_installed():
-        assert not os.environ.get("CI"), "pg_cron is required in CI: `make test` installs postgresql-15-cron"
-        pytest.skip("pg_cron is not installed (Debian postgresql-15-cron; make installs it)")
-    with EphemeralPostgres(settings=pg_cron_settings(CRON_DB)) as server:
-        target = Database(CRON_DB, server.url(CRON_DB))
-        with _admin(server) as admin:
-            admin.execute(f"CREATE DATABASE {CRON_DB}")
-        target.upgrade("head")
-        with target.connect(autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pg_cron")
+    with pg_cron_database(CRON_DB, "head") as target:
         yield with_aged_evidence(target, old=3, recent=2)
-
-
-def _admin(server: EphemeralPostgres):
-    return db.connect(server.url(), autocommit=True)
 
 
 def run(target: Database, *args: str):

@@ -3,43 +3,32 @@ machinery), `reserve swap follow` where it is not. On a throw-away server that l
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from reserve import db
 from reserve.operations import swap_window
-from reserve.rollout.ephemeral import EphemeralPostgres, pg_cron_settings
 from reserve.schema.swap import changelog
 from tests import swapping
-from tests.operations.test_retention_schedule import _pg_cron_installed
+from tests.ops_support import pg_cron_database
 from tests.support import ONLINE, REVISIONS, Database, slot
 
 CRON_DB = "reserve_swap_cron"
 
 
 @pytest.fixture(scope="module")
-def cron_server() -> Iterator[EphemeralPostgres]:
-    if not _pg_cron_installed():
-        assert not os.environ.get("CI"), "pg_cron is required in CI: `make test` installs postgresql-15-cron"
-        pytest.skip("pg_cron is not installed (Debian postgresql-15-cron; make installs it)")
-    with EphemeralPostgres(settings=pg_cron_settings(CRON_DB)) as server:
-        with db.connect(server.url(), autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {CRON_DB}")
-        target = Database(CRON_DB, server.url(CRON_DB))
-        target.upgrade(REVISIONS[-2])
-        with target.connect(autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pg_cron")
-        yield server
+def cron_db() -> Iterator[Database]:
+    """A server of its own that loads pg_cron; its database below the swap, with the extension."""
+    with pg_cron_database(CRON_DB, REVISIONS[-2]) as target:
+        yield target
 
 
 def _job(conn) -> tuple | None:
     return conn.execute("SELECT schedule, command FROM cron.job WHERE jobname = %s", (changelog.CRON_JOB,)).fetchone()
 
 
-def test_the_window_opens_with_a_pg_cron_job_that_replays_the_log_and_finish_removes_it(cron_server):
-    target = Database(CRON_DB, cron_server.url(CRON_DB))
+def test_the_window_opens_with_a_pg_cron_job_that_replays_the_log_and_finish_removes_it(cron_db: Database):
+    target = cron_db
     target.upgrade("head", x=ONLINE)
     (venue, _) = swapping.two_venues(target)
     with target.connect(autocommit=True) as conn:
