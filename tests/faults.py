@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,3 +216,69 @@ def assert_one_ran_and_the_other_waited(results: list[tuple[int, str]], ran: str
     outputs = [output for _, output in results]
     assert sum(ran in output for output in outputs) == 1, outputs
     assert sum("another migration run is in progress" in output for output in outputs) == 1, outputs
+
+
+# ---------------------------------------------------------------- moments of the online exchange
+
+
+def wait_for_exchange_lock(dba: psycopg.Connection[Any], proc: Any) -> Backend:
+    """The online exchange waiting for its ACCESS EXCLUSIVE lock (the build and the backfill are done)."""
+    return wait_for_backend(dba, query_contains="ACCESS EXCLUSIVE MODE", waiting_on_lock=True, proc=proc, timeout_s=90)
+
+
+@contextmanager
+def queued_behind_the_exchange(url: Any, table: str, mode: str) -> Iterator[threading.Event]:
+    """A session that asks for ``mode`` on ``table`` while the exchange holds it: granted right after the
+    exchange commits (the lock queue is first come, first served), then held until the block ends, so that
+    whatever the swap does next on ``table`` waits for it. Yields an event set once it is granted."""
+    granted, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = db.connect(url, options="")
+        try:
+            conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
+            granted.set()
+            release.wait(120)
+        except psycopg.OperationalError:
+            pass  # the server went away (the crash tests): nothing is held any more
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield granted
+    finally:
+        release.set()
+        thread.join(timeout=30)
+
+
+def lock_waiters(dba: psycopg.Connection[Any], table: str) -> int:
+    return dba.execute("SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted "
+                       "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                       (table,)).fetchone()[0]
+
+
+def holds_access_exclusive(dba: psycopg.Connection[Any], table: str) -> bool:
+    """Does the migrating session hold ACCESS EXCLUSIVE on ``table``?"""
+    return dba.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = %s::regclass "
+        "AND l.granted AND l.mode = 'AccessExclusiveLock' AND a.application_name = %s",
+        (table, MIGRATION_APPLICATION)).fetchone()[0] > 0
+
+
+def stop_the_exchange_at_the_queue(db_: Any, dba: psycopg.Connection[Any], first: psycopg.Connection[Any],
+                                   gate: psycopg.Connection[Any], *extra: str) -> Any:
+    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents:
+    ``gate`` holds the swap's state row, whose compare-and-set is the first thing the exchange does once its
+    locks are granted; the Alembic process."""
+    first.execute("LOCK TABLE allocations IN ACCESS SHARE MODE")
+    proc = start_alembic(db_.url, "-x", "swap_method=online", "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1",
+                         *extra, "upgrade", "head")
+    wait_for_exchange_lock(dba, proc)  # the build and the backfill are done
+    gate.execute(f"SELECT 1 FROM {swap_state.STATE} FOR UPDATE")
+    first.rollback()
+    wait_until(lambda: holds_access_exclusive(dba, "public.allocations") and any(
+        b.wait_event_type == "Lock" for b in migration_backends(dba)),
+        "the exchange to hold allocations and wait for the state row", procs=[proc])
+    return proc

@@ -221,3 +221,50 @@ def test_a_crash_with_a_rollbacks_table_left_retired_keeps_it_for_finish(crash_s
     _application_writes(below)
     assert _swap_finish(below).exit_code == 0
     assert _phase(below) is None and _rows(below) == before and below.current() == REVISIONS[-2]
+
+
+def test_a_crash_while_the_exchange_holds_its_lock_rolls_it_back_whole_and_a_rerun_exchanges(crash_server, below):
+    before = _rows(below)
+    dba, first, gate = below.connect(autocommit=True), below.connect(), below.connect()  # all end in the crash
+    try:
+        proc = faults.stop_the_exchange_at_the_queue(below, dba, first, gate)
+        crash_server.crash_and_restart()
+        proc.communicate(timeout=60)
+    finally:
+        for conn in (dba, first, gate):
+            conn.close()
+    assert proc.returncode != 0
+    assert _phase(below) == swap_state.BACKFILLED  # the exchange is one transaction: none of it survived
+    with below.connect() as conn:
+        assert guards.is_in_place(conn, guards.OLD_GUARD)
+    _application_writes(below)
+    code, output = faults.run_alembic(below.url, *ONLINE, "upgrade", "head")
+    assert code == 0, output
+    assert _rows(below) == before and _phase(below) == swap_state.WINDOW
+
+
+def test_a_crash_while_the_repointed_keys_are_validated_keeps_the_exchange_and_a_rerun_validates(crash_server, below):
+    table = "public.booking_table_assignments"
+    before = _rows(below)
+    dba, first, gate = below.connect(autocommit=True), below.connect(), below.connect()  # all end in the crash
+    try:
+        proc = faults.stop_the_exchange_at_the_queue(below, dba, first, gate)
+        with faults.queued_behind_the_exchange(below.url, table, "SHARE") as granted:
+            faults.wait_until(lambda: faults.lock_waiters(dba, table) > 0, "a session to queue behind the exchange",
+                              procs=[proc])
+            gate.rollback()  # the exchange commits; the validation then waits for the queued session
+            assert granted.wait(30)
+            faults.wait_for_backend(dba, query_contains="SHARE UPDATE EXCLUSIVE MODE", waiting_on_lock=True, proc=proc)
+            assert _phase(below) == swap_state.SWAPPED
+            crash_server.crash_and_restart()
+        proc.communicate(timeout=60)
+    finally:
+        for conn in (dba, first, gate):
+            conn.close()
+    assert _phase(below) == swap_state.SWAPPED and "validating the re-pointed foreign keys" in _verify_names(below)
+    with below.connect() as conn:
+        assert guards.is_in_place(conn, guards.NEW_GUARD)  # the exchange committed: the new guard is in force
+    _application_writes(below)
+    code, output = faults.run_alembic(below.url, *ONLINE, "upgrade", "head")
+    assert code == 0, output
+    assert _rows(below) == before and _phase(below) == swap_state.WINDOW

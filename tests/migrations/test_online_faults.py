@@ -12,16 +12,12 @@ already copied is not copied again) and ends with the live table exactly as the 
 from __future__ import annotations
 
 import re
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 
-from reserve import db
 from reserve.rollout.verify import verify
 from reserve.schema import catalog, expectations
 from reserve.schema.session import PsycopgSession
@@ -115,40 +111,6 @@ def wait_for_backfill(dba: psycopg.Connection[Any], proc: Any, rows: int = ROWS 
         found = swap_state.read(dba)
         return found is not None and found.phase == swap_state.BUILDING and found.rows_copied >= rows
     faults.wait_until(copied, f"the backfill to copy {rows} rows", procs=[proc])
-
-
-def wait_for_exchange_lock(dba: psycopg.Connection[Any], proc: Any) -> faults.Backend:
-    return faults.wait_for_backend(dba, query_contains="ACCESS EXCLUSIVE MODE", waiting_on_lock=True, proc=proc,
-                                   timeout_s=90)
-
-
-@contextmanager
-def queued_behind_the_exchange(url: Any, table: str, mode: str) -> Iterator[threading.Event]:
-    """A session that asks for ``mode`` on ``table`` while the exchange holds it: granted right after the
-    exchange commits (the lock queue is first come, first served), then held until the block ends, so that
-    whatever the swap does next on ``table`` waits for it. Yields an event set once it is granted."""
-    granted, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with db.connect(url, options="") as conn:
-            conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
-            granted.set()
-            release.wait(120)
-            conn.rollback()
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    try:
-        yield granted
-    finally:
-        release.set()
-        thread.join(timeout=30)
-
-
-def lock_waiters(dba: psycopg.Connection[Any], table: str) -> int:
-    return dba.execute("SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted "
-                       "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                       (table,)).fetchone()[0]
 
 
 # ---------------------------------------------------------------- the build
@@ -265,7 +227,7 @@ def _backfilled_then_waiting(db_: Database, blocker_table: str, fault: str, *ext
     waits; then the fault."""
     with faults.holding_lock(db_.url, blocker_table, "ACCESS SHARE"), db_.connect(autocommit=True) as dba:
         proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "upgrade", "head")
-        backend = wait_for_exchange_lock(dba, proc)
+        backend = faults.wait_for_exchange_lock(dba, proc)
         if fault == "terminate":
             assert faults.terminate(dba, backend.pid)
             return faults.finish(proc, db_.url)
@@ -309,33 +271,9 @@ def test_statement_timeout_while_the_exchange_waits_keeps_the_copy(below_swap):
     _resumes_without_copying_again(below_swap)
 
 
-def _holds(dba: psycopg.Connection[Any], table: str) -> bool:
-    """Does the migrating session hold ACCESS EXCLUSIVE on ``table``?"""
-    return dba.execute(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.relation = %s::regclass "
-        "AND l.granted AND l.mode = 'AccessExclusiveLock' AND a.application_name = %s",
-        (table, faults.MIGRATION_APPLICATION)).fetchone()[0] > 0
-
-
-def stop_the_exchange_at_the_queue(db_: Database, dba: psycopg.Connection[Any], first: psycopg.Connection[Any],
-                                   gate: psycopg.Connection[Any], *extra: str) -> Any:
-    """Start the upgrade and stop its exchange holding ACCESS EXCLUSIVE on allocations and its dependents:
-    ``gate`` holds the swap's state row, whose compare-and-set is the first thing the exchange does once its
-    locks are granted; the Alembic process."""
-    first.execute("LOCK TABLE allocations IN ACCESS SHARE MODE")
-    proc = faults.start_alembic(db_.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "upgrade", "head")
-    wait_for_exchange_lock(dba, proc)  # the build and the backfill are done
-    gate.execute(f"SELECT 1 FROM {swap_state.STATE} FOR UPDATE")
-    first.rollback()
-    faults.wait_until(lambda: _holds(dba, "public.allocations") and any(
-        b.wait_event_type == "Lock" for b in faults.migration_backends(dba)),
-        "the exchange to hold allocations and wait for the state row", procs=[proc])
-    return proc
-
-
 def test_terminated_while_the_exchange_holds_allocations_rolls_the_exchange_back_whole(below_swap):
     with below_swap.connect(autocommit=True) as dba, below_swap.connect() as first, below_swap.connect() as gate:
-        proc = stop_the_exchange_at_the_queue(below_swap, dba, first, gate)
+        proc = faults.stop_the_exchange_at_the_queue(below_swap, dba, first, gate)
         assert faults.terminate(dba, faults.migration_backends(dba)[0].pid)
         code, output = faults.finish(proc, below_swap.url)
         gate.rollback()
@@ -353,9 +291,9 @@ def _stopped_in_validation(db_: Database, fault: str) -> tuple[int, str]:
     table = "public.booking_table_assignments"
     extra = ["-x", "statement_timeout=8s"] if fault == "statement_timeout" else []
     with db_.connect(autocommit=True) as dba, db_.connect() as first, db_.connect() as gate:
-        proc = stop_the_exchange_at_the_queue(db_, dba, first, gate, *extra)
-        with queued_behind_the_exchange(db_.url, table, "SHARE") as granted:
-            faults.wait_until(lambda: lock_waiters(dba, table) > 0, "a session to queue behind the exchange",
+        proc = faults.stop_the_exchange_at_the_queue(db_, dba, first, gate, *extra)
+        with faults.queued_behind_the_exchange(db_.url, table, "SHARE") as granted:
+            faults.wait_until(lambda: faults.lock_waiters(dba, table) > 0, "a session to queue behind the exchange",
                               procs=[proc])
             gate.rollback()  # the exchange updates the state row and commits
             assert granted.wait(30)
@@ -431,7 +369,7 @@ def test_a_fault_while_the_exchange_back_waits_stays_at_head_with_the_window_ope
     with faults.holding_lock(in_window.url, "allocations", "ACCESS SHARE"), \
             in_window.connect(autocommit=True) as dba:
         proc = faults.start_alembic(in_window.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "downgrade", "-1")
-        backend = wait_for_exchange_lock(dba, proc)
+        backend = faults.wait_for_exchange_lock(dba, proc)
         if fault == "terminate":
             assert faults.terminate(dba, backend.pid)
         elif fault == "kill":
