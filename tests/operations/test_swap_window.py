@@ -4,6 +4,9 @@ on both states at head. Interrupted, `finish` changes nothing, and a rerun compl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -188,3 +191,29 @@ def test_status_names_every_phase_and_takes_no_lock_a_mover_would_wait_for(pre_s
             result = swap(pre_swap_db, "status", "--probe-writes", "0")
             seen[name] = (result.exit_code, json.loads(result.output)["facts"]["window"])
     assert seen == {name: (0, name) for name, _ in steps}
+
+
+def test_finish_killed_while_it_waits_to_drop_the_previous_table_leaves_it_detached_and_a_rerun_drops_it(
+        head_db: Database):
+    """`reserve swap finish` as an operator runs it, SIGKILLed while its drop waits for a report on bookings: the
+    server rolls the drop back when it notices; the previous table is detached and empty, and a rerun drops it."""
+    env = {**os.environ, "DATABASE_URL": head_db.url.render_as_string(hide_password=False)}
+    with faults.holding_lock(head_db.url, "bookings", "ACCESS SHARE"), head_db.connect(autocommit=True) as dba:
+        proc = subprocess.Popen([sys.executable, "-c", "from reserve.cli import main; main()", "swap", "finish"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            swapping.wait_until(lambda: any(b.wait_event_type == "Lock" for b in _reserve_backends(dba)),
+                                "finish to wait for bookings", procs=[proc])
+            pid = _reserve_backends(dba)[0].pid
+            faults.kill_client(proc)
+            proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    with head_db.connect(autocommit=True) as dba:
+        faults.wait_gone(dba, pid)
+    with head_db.connect() as conn:
+        assert swap_state.read(conn).phase == swap_state.DETACHED
+        assert conn.execute("SELECT count(*) FROM reserve_swap.allocations").fetchone()[0] == 0
+    assert swap(head_db, "finish").exit_code == 0
+    with head_db.connect() as conn:
+        assert swap_state.read(conn) is None
