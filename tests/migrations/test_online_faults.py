@@ -202,7 +202,9 @@ def test_statement_timeout_in_a_backfill_batch_stops_it_and_a_rerun_resumes(belo
 def test_statement_timeout_in_the_guard_build_keeps_the_copy_and_a_rerun_builds_it_without_copying_again(below_swap):
     """The guard is the longest statement of the backfill (one bulk build on the filled shadow): a statement_timeout
     shorter than it rolls back the build alone; the copy and the key stay, and the rerun goes on from there."""
-    code, output = faults.run_alembic(below_swap.url, *ONLINE, "-x", "statement_timeout=300ms", "upgrade", "head")
+    # Small batches (each a few ms even on a loaded machine), a timeout well under the guard's build (~1.5 s here).
+    code, output = faults.run_alembic(below_swap.url, *ONLINE, "-x", "swap_batch_rows=2000", "-x",
+                                      "statement_timeout=500ms", "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     found = swap_found(below_swap)
     assert found is not None and found.phase == swap_state.BUILDING and found.copied_at is not None, found
@@ -264,7 +266,8 @@ def test_client_killed_while_the_exchange_waits_keeps_the_copy(below_swap):
 
 def test_statement_timeout_while_the_exchange_waits_keeps_the_copy(below_swap):
     with faults.holding_lock(below_swap.url, "allocations", "ACCESS SHARE"):
-        code, output = faults.run_alembic(below_swap.url, *ONLINE, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=2s",
+        # Longer than the guard's build, even with the suite's other worker on the same cores.
+        code, output = faults.run_alembic(below_swap.url, *ONLINE, *WAIT_FOR_BLOCKER, "-x", "statement_timeout=8s",
                                           "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     assert "LOCK TABLE public.booking_assignment_idempotency" in output.split("statement timeout", 1)[1], output
@@ -365,7 +368,7 @@ def test_two_online_upgrades_at_once_one_swaps_and_the_other_finds_head(below_sw
 def test_a_fault_while_the_exchange_back_waits_stays_at_head_with_the_window_open(in_window, fault: str):
     """The rollback inside the window, waiting behind a reader of allocations, is terminated, its client SIGKILLed,
     or its lock wait cut by statement_timeout: the window is whole and in step, and a rerun exchanges back."""
-    extra = ["-x", "statement_timeout=2s"] if fault == "statement_timeout" else []
+    extra = ["-x", "statement_timeout=5s"] if fault == "statement_timeout" else []
     with faults.holding_lock(in_window.url, "allocations", "ACCESS SHARE"), \
             in_window.connect(autocommit=True) as dba:
         proc = faults.start_alembic(in_window.url, *ONLINE, *WAIT_FOR_BLOCKER, *extra, "downgrade", "-1")
