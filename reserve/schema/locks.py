@@ -23,6 +23,11 @@ import psycopg
 
 from reserve.schema import revisions
 from reserve.schema.options import DEFAULT_SWAP_METHOD
+from reserve.schema.swap.state import CONFLICTS as _CONFLICTS_TABLE
+from reserve.schema.swap.state import LIVE as _LIVE
+from reserve.schema.swap.state import LOG as _LOG
+from reserve.schema.swap.state import SHADOW as _SHADOW
+from reserve.schema.swap.state import STATE as _STATE
 
 # The session-level pg_advisory_lock every migration run holds (alembic/env.py). Arbitrary, fixed forever.
 MIGRATION_LOCK_KEY = 7_265_736_572_766_501
@@ -186,7 +191,7 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
 }
 
 
-SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.log", "reserve_swap.conflicts", "reserve_swap.state")
+SWAP_MACHINERY = (_SHADOW, _LOG, _CONFLICTS_TABLE, _STATE)
 # The tables whose foreign keys and policies point at allocations at head (0003b), which the exchange re-points:
 # what is declared when nobody says otherwise. The exchange itself and preflight read the live catalog instead
 # (reserve.schema.swap.dependents.find(...).tables): a table that starts pointing at allocations is locked by
@@ -194,7 +199,6 @@ SWAP_MACHINERY = ("reserve_swap.allocations", "reserve_swap.log", "reserve_swap.
 REPOINTED_AT_HEAD = ("public.booking_assignment_idempotency", "public.booking_table_assignments")
 
 
-_LIVE, _SHADOW, _LOG = "public.allocations", "reserve_swap.allocations", "reserve_swap.log"
 _PARENTS = ("public.bookings", "public.restaurants")  # what allocations' own foreign keys reference
 
 

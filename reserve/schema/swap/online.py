@@ -290,9 +290,7 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
                                     "AND contype = 'f'", (SHADOW,)).fetchall())
         missing = [(name, definition) for name, definition in wanted if name not in have]
         if missing:
-            referenced = [row[0] for row in session.execute(
-                "SELECT DISTINCT confrelid::regclass::text FROM pg_constraint WHERE conrelid = %s::regclass "
-                "AND contype = 'f'", (LIVE,)).fetchall()]
+            referenced = shadow.referenced_tables(session, LIVE)
             take(session, locks.online_phase("foreign keys", parents=referenced), action=f"{action}: the shadow's keys",
                  restore_lock_timeout=session_setting("lock_timeout"))
             for name, definition in missing:

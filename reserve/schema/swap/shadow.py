@@ -94,6 +94,14 @@ def primary_key(session: Any) -> list[str]:
         (LIVE,)).fetchall()]
 
 
+def referenced_tables(session: Any, table: str) -> list[str]:
+    """The tables ``table``'s foreign keys reference, schema-qualified: what adding or dropping those keys locks."""
+    return [row[0] for row in session.execute(
+        "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_constraint k "
+        "JOIN pg_class c ON c.oid = k.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (table,)).fetchall()]
+
+
 def foreign_keys(session: Any) -> list[tuple[str, str]]:
     """(name, definition) of the live table's own foreign keys, which the shadow gets after its backfill (added
     NOT VALID, then validated in one pass): checked row by row during the copy they would cost a quarter of it,

@@ -23,7 +23,7 @@ from alembic.util import CommandError
 from reserve.schema import locks
 from reserve.schema.options import LockPolicy, session_setting
 from reserve.schema.session import LockGiveUp, Session, take
-from reserve.schema.swap import changelog
+from reserve.schema.swap import changelog, shadow
 from reserve.schema.swap.holds import log_hold
 from reserve.schema.swap.state import (
     DETACHED,
@@ -110,7 +110,7 @@ def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: Lo
     with session.transaction():
         # Dropping the shadow removes its foreign keys' triggers from the tables they reference (none yet before
         # the backfill adds them: an abort during the copy locks no public table but allocations).
-        parents = referenced_by_shadow(session)
+        parents = shadow.referenced_tables(session, SHADOW)
         take(session, locks.online_phase("drop", captured=captured, parents=parents), policy=policy,
              action=f"{action}: dropping the shadow and the capture", restore_lock_timeout=session_setting("lock_timeout"))
         locked = time.perf_counter()
@@ -123,13 +123,6 @@ def close(session: Session, allowed: tuple[str, ...], *, action: str, policy: Lo
         changelog.unschedule_replay(session)
         session.execute("DROP SCHEMA reserve_swap CASCADE")
     log_hold(action, "dropping the machinery", locked, ", ".join([LIVE] * captured + parents))
-
-
-def referenced_by_shadow(session: Session) -> list[str]:
-    return [row[0] for row in session.execute(
-        "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_constraint k "
-        "JOIN pg_class c ON c.oid = k.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (SHADOW,)).fetchall()]
 
 
 def finish(session: Session, *, action: str = "reserve swap finish") -> str:
