@@ -10,9 +10,10 @@ managed by pytest-postgresql's DatabaseJanitor, so the suite stays fast as it gr
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -83,6 +84,25 @@ def _clone(pg_server: EphemeralPostgres | ExternalServer, template: str) -> Iter
     name = f"reserve_test_{os.getpid()}_{next(_clone_numbers)}"
     with _janitor(pg_server, name, template_dbname=template):
         yield Database(name, pg_server.url(name))
+
+
+@pytest.fixture(scope="session")
+def make_template(pg_server, templates) -> Iterator[Callable[[str, Callable[[Database], None]], str]]:
+    """``make_template(state, prepare)``: a template database cloned from ``templates[state]`` and prepared by
+    ``prepare(database)`` (a test module's own starting point, built once per session); its name."""
+    with contextlib.ExitStack() as stack:
+        def make(state: str, prepare: Callable[[Database], None]) -> str:
+            database = stack.enter_context(contextlib.contextmanager(_clone)(pg_server, templates[state]))
+            prepare(database)
+            return database.name
+        yield make
+
+
+@pytest.fixture
+def clone(pg_server) -> Iterator[Callable[[str], Database]]:
+    """``clone(template)``: a fresh database made from the template database ``template``, dropped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda template: stack.enter_context(contextlib.contextmanager(_clone)(pg_server, template))
 
 
 @pytest.fixture

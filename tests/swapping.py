@@ -21,7 +21,7 @@ from reserve.schema.options import SwapOptions
 from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import changelog, exchange, online
 from reserve.schema.swap import state as swap_state
-from tests.support import Database, Venue, wait_until  # noqa: F401 (wait_until: for the swap tests)
+from tests.support import Database, Venue, slot, wait_until  # noqa: F401 (wait_until: for the swap tests)
 
 ACTION = "test swap"
 OPTIONS = SwapOptions(method="online", snapshot_wait_s=5.0)
@@ -150,3 +150,23 @@ def two_venues(db_: Database) -> tuple[Any, Any]:
         venues = Venue(conn, "A"), Venue(conn, "B")
         conn.commit()
     return venues
+
+
+def exchange_with_ddl_queued(db_: Database, ddl: str) -> None:
+    """A backfilled swap of one allocation exchanged while an application write holds allocations, with ``ddl``
+    queued behind the exchange's lock request by another session (so made as soon as that attempt gives up,
+    before its retry): what the exchange then finds under its lock. Raises what the exchange raised."""
+    a, _ = two_venues(db_)
+    with db_.connect() as conn:
+        insert(conn, a.id, a.tables[0], slot(3))
+        conn.commit()
+    with db_.connect(autocommit=True) as conn:
+        build(conn)
+        backfill_rest(conn)
+    with db_.connect() as app, db_.connect(autocommit=True) as ops, db_.connect(autocommit=True) as dba:
+        app.execute("LOCK TABLE allocations IN ROW EXCLUSIVE MODE")  # as an allocation write in flight does
+        exchanging = InThread(lambda: exchange_forward(ops))
+        wait_until(lambda: waiting_for_a_lock(dba, ops.info.backend_pid), "the exchange to wait for allocations")
+        dba.execute(ddl)
+        app.commit()
+        exchanging.result(timeout_s=60)

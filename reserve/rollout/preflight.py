@@ -22,7 +22,7 @@ from reserve.report import FAIL, OK, WARN, Report
 from reserve.schema import expectations, guards, locks, revisions, tenancy
 from reserve.schema.options import DEFAULT_SWAP_METHOD, SWAP_METHODS, effective_swap_method
 from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import dependents
+from reserve.schema.swap import dependents, refusals
 from reserve.schema.swap import state as swap_state
 
 SWAP_REVISION = revisions.SWAP_REVISION
@@ -69,6 +69,8 @@ def preflight(url: URL, target: str = "head", *, backup_confirmed: bool = False,
         check_tenant_references(conn, report, direction == "upgrade" and tenancy.REVISION in moving)
         steps = [(revision, direction) for revision in moving]
         repointed = repointed_tables(conn) if crosses_swap and swap_method == "online" else locks.REPOINTED_AT_HEAD
+        if crosses_swap and swap_method == "online":
+            check_online_carry(conn, report)
         check_activity(conn, report, steps, long_transaction_s, swap_method, repointed)
         check_size_and_hold(conn, report, direction if crosses_swap else "none", swap_method)
         check_replicas(conn, report,
@@ -155,9 +157,39 @@ def check_tenant_references(conn: psycopg.Connection[Any], report: Report, appli
                rows={f.reference: {"count": f.count, "ids": f.ids} for f in found})
 
 
+def check_online_carry(conn: psycopg.Connection[Any], report: Report) -> None:
+    """What the online method will carry to the new table, and what would make it refuse (before it builds
+    anything: reserve.schema.swap.refusals), read from the live catalog as the swap reads it."""
+    if not db.table_exists(conn, guards.TABLE):
+        return  # an unadopted database: drift says so
+    with conn.transaction():
+        session = PsycopgSession(conn)
+        refused = refusals.find(session)
+        found = dependents.find(session)
+    if refused:
+        report.add("online carry", FAIL, f"the online method would refuse, changing nothing; use "
+                   f"{refusals.FALLBACK}: " + "; ".join(refused), refused=refused)
+        return
+    carried = {
+        "foreign keys of other tables": [f"{fk.table}.{fk.name}" + ("" if fk.validated else " (NOT VALID, kept so)")
+                                         for fk in found.foreign_keys],
+        "policies of other tables": [f"{policy.table}.{policy.name}" for policy in found.policies],
+        "views": [view.name + (f" ({', '.join(view.options)})" if view.options else "") for view in found.views],
+        "publications": [m.publication + (" (column list)" if m.columns else "") + (" (row filter)" if m.row_filter
+                                                                                   else "") for m in found.publications],
+        "triggers": [trigger.name for trigger in found.triggers],
+    }
+    listed = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in carried.items() if names)
+    report.add("online carry", OK, "the online method re-points " + (listed or "nothing outside allocations")
+               + "; the table's own settings, grants, policies, comments and indexes are copied to the new table",
+               carried=carried)
+
+
 def repointed_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """The tables the online exchange will lock besides allocations, read from the live catalog as the exchange
     reads it (a table that started pointing at allocations since the release is checked too)."""
+    if not db.table_exists(conn, guards.TABLE):
+        return list(locks.REPOINTED_AT_HEAD)  # an unadopted database: drift says so
     with conn.transaction():
         return dependents.find(PsycopgSession(conn)).tables
 

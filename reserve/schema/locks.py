@@ -24,6 +24,7 @@ import psycopg
 from reserve.schema import revisions
 from reserve.schema.options import DEFAULT_SWAP_METHOD
 from reserve.schema.swap.state import CONFLICTS as _CONFLICTS_TABLE
+from reserve.schema.swap.state import KEYS_TO_VALIDATE as _KEYS_TO_VALIDATE
 from reserve.schema.swap.state import LIVE as _LIVE
 from reserve.schema.swap.state import LOG as _LOG
 from reserve.schema.swap.state import SHADOW as _SHADOW
@@ -191,7 +192,7 @@ DECLARED: dict[str, dict[str, StepLocks]] = {
 }
 
 
-SWAP_MACHINERY = (_SHADOW, _LOG, _CONFLICTS_TABLE, _STATE)
+SWAP_MACHINERY = (_SHADOW, _LOG, _CONFLICTS_TABLE, _STATE, _KEYS_TO_VALIDATE)
 # The tables whose foreign keys and policies point at allocations at head (0003b), which the exchange re-points:
 # what is declared when nobody says otherwise. The exchange itself and preflight read the live catalog instead
 # (reserve.schema.swap.dependents.find(...).tables): a table that starts pointing at allocations is locked by
@@ -205,8 +206,8 @@ _PARENTS = ("public.bookings", "public.restaurants")  # what allocations' own fo
 def online_exchange(repointed: Iterable[str]) -> dict[str, str]:
     """What the online swap's exchange locks: allocations, the shadow and the change log, and every table whose
     foreign keys or policies it re-points (``repointed``, read from the catalog: dependents.find). ACCESS
-    EXCLUSIVE for catalog work only (milliseconds)."""
-    return {_LIVE: AE, _SHADOW: AE, _LOG: AE, **dict.fromkeys(repointed, AE)}
+    EXCLUSIVE for catalog work only (milliseconds); ROW EXCLUSIVE on the list of keys it leaves to validate."""
+    return {_LIVE: AE, _SHADOW: AE, _LOG: AE, **dict.fromkeys(repointed, AE), _KEYS_TO_VALIDATE: "ROW EXCLUSIVE"}
 
 
 def online_phase(step: str, *, repointed: Iterable[str] = REPOINTED_AT_HEAD, parents: Iterable[str] = _PARENTS,
@@ -219,7 +220,8 @@ def online_phase(step: str, *, repointed: Iterable[str] = REPOINTED_AT_HEAD, par
     - foreign keys: the shadow's keys added NOT VALID (SHARE ROW EXCLUSIVE on it and on ``parents``);
     - validate shadow: one VALIDATE on the shadow (SHARE UPDATE EXCLUSIVE: nobody waits);
     - exchange: online_exchange;
-    - validate repointed: each re-pointed key of ``repointed`` (SHARE UPDATE EXCLUSIVE; ROW SHARE on allocations);
+    - validate repointed: each re-pointed key of ``repointed`` (SHARE UPDATE EXCLUSIVE; ROW SHARE on allocations),
+      crossed off the list the exchange left;
     - detach: the capture off allocations (`reserve swap finish`, catalog work only);
     - empty: the table that left truncated under its own lock;
     - drop: the machinery dropped, its foreign keys' triggers off ``parents`` (and the capture off allocations
@@ -231,7 +233,7 @@ def online_phase(step: str, *, repointed: Iterable[str] = REPOINTED_AT_HEAD, par
         "foreign keys": {_SHADOW: SRE, **dict.fromkeys(parents, SRE)},
         "validate shadow": {_SHADOW: SUE},
         "exchange": online_exchange(repointed),
-        "validate repointed": {**dict.fromkeys(repointed, SUE), _LIVE: "ROW SHARE"},
+        "validate repointed": {**dict.fromkeys(repointed, SUE), _LIVE: "ROW SHARE", _KEYS_TO_VALIDATE: "ROW EXCLUSIVE"},
         "detach": {_LIVE: AE, _SHADOW: AE, _LOG: AE},
         "empty": {_SHADOW: AE, _LOG: AE},
         "drop": {**({_LIVE: AE} if captured else {}), **dict.fromkeys(SWAP_MACHINERY, AE),

@@ -30,7 +30,7 @@ from alembic.util import CommandError
 from reserve.schema import guards, locks
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
-from reserve.schema.swap import changelog, dependents, shadow, teardown
+from reserve.schema.swap import changelog, dependents, likeness, refusals, shadow, teardown
 from reserve.schema.swap.holds import log_hold
 from reserve.schema.swap.state import (
     BACKFILLED,
@@ -79,7 +79,7 @@ class _DependentsChanged(Exception):
 
 
 def _exchange(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
-              direction: str) -> None:
+              direction: str, guard_names: frozenset[str]) -> None:
     """The one short lock: the log's tail replayed, live and shadow trade places, dependents follow, the
     capture moves to the new live table when a window opens; the state moves from ``from_phase`` to swapped.
     The dependents are read once to know what to lock (in the order the application locks them) and again
@@ -88,7 +88,7 @@ def _exchange(session: Session, *, action: str, from_phase: str, open_window: bo
     for attempt in range(1, DEPENDENTS_ATTEMPTS + 1):
         try:
             _exchange_once(session, action=action, from_phase=from_phase, open_window=open_window,
-                           standby_guard_after=standby_guard_after, direction=direction)
+                           standby_guard_after=standby_guard_after, direction=direction, guard_names=guard_names)
             return
         except _DependentsChanged as changed:
             log.warning("%s: %s began to depend on %s while the exchange waited for its locks (attempt %d/%d): "
@@ -98,7 +98,7 @@ def _exchange(session: Session, *, action: str, from_phase: str, open_window: bo
 
 
 def _exchange_once(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
-                   direction: str) -> None:
+                   direction: str, guard_names: frozenset[str]) -> None:
     with session.transaction():
         session.execute(changelog.replay_lock_sql())  # no replayer (pg_cron, `swap follow`) is left to wait for
         expected = dependents.find(session)
@@ -109,9 +109,8 @@ def _exchange_once(session: Session, *, action: str, from_phase: str, open_windo
         missed = sorted(set(deps.tables) - set(expected.tables))
         if missed:
             raise _DependentsChanged(", ".join(missed))
-        if deps.unsupported:
-            raise CommandError(f"{action}: the online swap cannot re-point {', '.join(deps.unsupported)}, which "
-                               "depend on public.allocations; nothing was changed")
+        refusals.refuse(session, action)  # catalog reads: nothing can start depending on it any more
+        likeness.refuse_if_different(session, guard_names, action)
         advance(session, from_phase, SWAPPED, direction=direction, standby_guard=standby_guard_after)
         tail = changelog.replay_in(session)
         if changelog.not_capturing(session, LIVE):
@@ -193,9 +192,16 @@ def wait_for_old_snapshots(session: Session, options: SwapOptions, *, action: st
 
 def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, options: SwapOptions, *,
                       action: str, from_phase: str, open_window: bool, standby_guard_after: str,
-                      direction: str) -> None:
-    """Catch up, refuse when conflicts remain (before the lock, or when one appears under it) or the capture
-    was changed, wait for old snapshots, exchange."""
+                      direction: str, guard_names: frozenset[str]) -> None:
+    """Catch up, refuse when conflicts remain (before the lock, or when one appears under it), when the capture
+    was changed or the two tables' definitions differ beyond their guards (checked again under the lock), wait
+    for old snapshots, exchange."""
+    with session.transaction():
+        session.execute(dependents.KEYS_TO_VALIDATE_SQL)  # machinery an older release built lacks it
+        # Grants and table options set since the build are carried, not refused (SHARE UPDATE EXCLUSIVE on the shadow).
+        for statement in shadow.grants(session) + shadow.options_to_carry(session):
+            session.execute(statement)
+        likeness.refuse_if_different(session, guard_names, action)
     catch_up(session, options, action=action)
     if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
         _refuse_conflicts(session, action, guard)
@@ -203,13 +209,18 @@ def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, o
     changelog.replay_until(session, options.tail_rows)  # what was logged while it waited, then at once the lock
     try:
         _exchange(session, action=action, from_phase=from_phase, open_window=open_window,
-                  standby_guard_after=standby_guard_after, direction=direction)
+                  standby_guard_after=standby_guard_after, direction=direction, guard_names=guard_names)
     except _ConflictsAppeared:
         _refuse_conflicts(session, action, guard)
     except _CaptureChanged:
         _refuse_if_not_capturing(session, action)
         raise CommandError(f"{action}: the capture changed while the exchange waited for its lock; nothing was "
                            "changed: run it again") from None
+
+
+def _guard_names(new_guard: guards.Guard) -> frozenset[str]:
+    """What the two tables may differ by: the guards and the index the old guard's table has besides."""
+    return frozenset({guards.OLD_GUARD.name, new_guard.name, guards.REDUNDANT_INDEX})
 
 
 def forward(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
@@ -219,14 +230,15 @@ def forward(session: Session, found: SwapState, new_guard: guards.Guard, options
     previous = guards.OLD_GUARD.name if found.direction == "upgrade" else new_guard.name
     _checked_exchange(session, found, guard, options, action=action, from_phase=BACKFILLED,
                       open_window=found.direction == "upgrade", standby_guard_after=previous,
-                      direction=found.direction)
+                      direction=found.direction, guard_names=_guard_names(new_guard))
 
 
 def back(session: Session, found: SwapState, new_guard: guards.Guard, options: SwapOptions, *,
          action: str) -> str:
     """Inside the window, the rollback: the previous table, kept in step by the replay, becomes live again."""
     _checked_exchange(session, found, guards.OLD_GUARD, options, action=action, from_phase=WINDOW,
-                      open_window=False, standby_guard_after=new_guard.name, direction="downgrade")
+                      open_window=False, standby_guard_after=new_guard.name, direction="downgrade",
+                      guard_names=_guard_names(new_guard))
     return settle(session, read(session), action=action)
 
 
@@ -235,15 +247,13 @@ def settle(session: Session, found: SwapState | None, *, action: str) -> str:
     if found is None or found.phase != SWAPPED:
         raise StateMoved(f"{action}: the online swap is {found.phase if found else 'gone'}, not swapped (another "
                          "run moved it); nothing was changed")
-    for table, name in session.execute(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), k.conname FROM pg_constraint k "
-            "JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE k.confrelid = %s::regclass AND k.contype = 'f' AND NOT k.convalidated ORDER BY 1, 2",
-            (LIVE,)).fetchall():
+    for table, name in dependents.keys_to_validate(session):  # those NOT VALID before the exchange stay so
         with session.transaction():
             take(session, locks.online_phase("validate repointed", repointed=[table]), action=f"{action}: validating {name}",
                  restore_lock_timeout=session_setting("lock_timeout"))
             session.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
+            session.execute(f"DELETE FROM {dependents.KEYS_TO_VALIDATE} WHERE table_name = %s AND constraint_name = %s",
+                            (table, name))
     if found.direction == "upgrade":
         with session.transaction():
             advance(session, SWAPPED, WINDOW)

@@ -54,7 +54,7 @@ from alembic.util import CommandError
 from reserve.schema import failures, guards, locks
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
-from reserve.schema.swap import changelog, dependents, exchange, shadow, teardown
+from reserve.schema.swap import changelog, dependents, exchange, refusals, shadow, teardown
 from reserve.schema.swap.state import (
     BACKFILLED,
     BUILDING,
@@ -141,18 +141,12 @@ def build(session: Session, direction: str, new_guard: guards.Guard, *, action: 
     """The shadow, its machinery and the capture, in one transaction: all of it or nothing."""
     target = shadow.for_direction(direction, new_guard)
     with session.transaction():
-        found = dependents.find(session)
-        if found.unsupported:
-            raise CommandError(f"{action}: the online swap cannot re-point {', '.join(found.unsupported)}, which "
-                               "depend on public.allocations; nothing was changed. Use -x swap_method=locked.")
-        try:
-            definition = shadow.statements(session, target)
-        except shadow.UnsupportedTable as exc:
-            raise CommandError(f"{action}: the online swap cannot copy public.allocations exactly ({exc}); nothing "
-                               "was changed. Use -x swap_method=locked.") from None
+        refusals.refuse(session, action)
+        definition = shadow.statements(session, target)
         take(session, locks.online_phase("build"), action=f"{action}: building the shadow",
              restore_lock_timeout=session_setting("lock_timeout"))
         session.execute(changelog.machinery_sql())
+        session.execute(dependents.KEYS_TO_VALIDATE_SQL)
         for function in changelog.function_sql():
             session.execute(function)
         for statement in definition.table:
@@ -182,6 +176,8 @@ def backfill(session: Session, found: SwapState, new_guard: guards.Guard, option
     add_foreign_keys(session, action=action)
     session.execute(f"ANALYZE {SHADOW}")
     with session.transaction():
+        for statement in shadow.comments(session):  # SHARE UPDATE EXCLUSIVE on the shadow only
+            session.execute(statement)
         advance(session, BUILDING, BACKFILLED)
     copied = session.execute("SELECT rows_copied FROM reserve_swap.state").fetchone()[0]
     log.info("%s: shadow filled (%d rows copied), its guard built, the log replayed, foreign keys validated, "
@@ -288,15 +284,15 @@ def add_foreign_keys(session: Session, *, action: str) -> None:
         wanted = shadow.foreign_keys(session)
         have = dict(session.execute("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = %s::regclass "
                                     "AND contype = 'f'", (SHADOW,)).fetchall())
-        missing = [(name, definition) for name, definition in wanted if name not in have]
+        missing = [(name, definition) for name, definition, _ in wanted if name not in have]
         if missing:
             referenced = shadow.referenced_tables(session, LIVE)
             take(session, locks.online_phase("foreign keys", parents=referenced), action=f"{action}: the shadow's keys",
                  restore_lock_timeout=session_setting("lock_timeout"))
             for name, definition in missing:
                 session.execute(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition} NOT VALID')
-    for name, _ in wanted:
-        if not have.get(name):
+    for name, _, validated in wanted:
+        if validated and not have.get(name):
             with session.transaction():
                 take(session, locks.online_phase("validate shadow"), action=f"{action}: validating {name}",
                      restore_lock_timeout=session_setting("lock_timeout"))

@@ -1,13 +1,18 @@
 """The shadow: a copy of allocations' definition in schema reserve_swap, with the target guard once it is filled.
 
 Everything is read from the live table's catalog, so that after the exchange
-the catalog is exactly what the in-place method leaves: the same columns
-(order, types, defaults, NOT NULL), the same CHECK and key constraints under the same names (its foreign keys
-once it is filled), the same indexes under the same names
-(minus what the swap drops, plus what it adds), RLS flags, policies, grants,
-storage options, replica identity and owner. Because the shadow lives in
-its own schema, its indexes carry their final names from the start: the
-exchange moves tables between schemas and renames nothing.
+pg_dump prints what the in-place method leaves: the same columns (order,
+types, defaults, NOT NULL, collation, storage, compression, statistics
+targets, options, comments, grants), the same CHECK and key constraints under
+the same names (NOT VALID ones left not valid; its foreign keys once it is
+filled), the same indexes under the same names and tablespaces (minus what
+the swap drops, plus what it adds), the index it is clustered on, RLS flags,
+policies, grants, table and TOAST options, tablespace, replica identity,
+owner and every comment. Because the shadow lives in its own schema, its
+indexes carry their final names from the start: the exchange moves tables
+between schemas and renames nothing. What it cannot copy makes the swap
+refuse first (reserve.schema.swap.refusals); what changes on either table
+afterwards stops the exchange (reserve.schema.swap.likeness).
 """
 
 from __future__ import annotations
@@ -41,10 +46,6 @@ def for_direction(direction: str, new_guard: guards.Guard) -> Target:
     return Target(guards.OLD_GUARD, (new_guard.name,), (), (redundant,))
 
 
-class UnsupportedTable(Exception):
-    """The live table has something the shadow cannot reproduce exactly; the swap does not start."""
-
-
 def _qualified(session: Any) -> None:
     """Deparse every name with its schema (definitions are replayed on another table, in another schema)."""
     session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
@@ -65,33 +66,71 @@ class Definition:
 def statements(session: Any, target: Target) -> Definition:
     """The DDL that creates the shadow (in the current transaction: it sets a local search_path)."""
     _qualified(session)
-    refuse_unsupported(session)
+    tablespace = _tablespace(session, LIVE)
     table = [f"CREATE TABLE {SHADOW} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
-             "INCLUDING COMMENTS)"]
-    after_fill = [f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = %s::regclass AND contype IN ('u', 'x') ORDER BY conname", (LIVE,)).fetchall()
-        if name not in target.drop_constraints]
-    for name, definition in session.execute(
-            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+             f"INCLUDING COMPRESSION INCLUDING COMMENTS){f' TABLESPACE {tablespace}' if tablespace else ''}"]
+    # A NOT VALID check is enforced on every row inserted: the legacy rows it lets stay would stop the copy.
+    # It is added again once the shadow is filled, NOT VALID, as the live table has it.
+    not_valid = session.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+        "AND contype = 'c' AND NOT convalidated ORDER BY conname", (LIVE,)).fetchall()
+    table += [f'ALTER TABLE {SHADOW} DROP CONSTRAINT "{name}"' for name, _ in not_valid]
+    after_fill = [f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition} NOT VALID'
+                  for name, definition in not_valid]
+    for name, definition, space in session.execute(
+            "SELECT conname, pg_get_constraintdef(oid), "
+            "       (SELECT spcname FROM pg_class i JOIN pg_tablespace s ON s.oid = i.reltablespace "
+            "        WHERE i.oid = conindid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype IN ('u', 'x') ORDER BY conname", (LIVE,)).fetchall():
+        if name not in target.drop_constraints:
+            after_fill += _in_tablespace(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}', space)
+    for name, definition, space in session.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid), s.spcname FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace "
             "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
             "  (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
             "ORDER BY 1", (LIVE,)).fetchall():
         if name not in target.drop_indexes:
-            after_fill.append(definition.replace(f" ON {LIVE} ", f" ON {SHADOW} ", 1))
+            after_fill += _in_tablespace(definition.replace(f" ON {LIVE} ", f" ON {SHADOW} ", 1), space)
+    after_fill.append(f"SELECT set_config('default_tablespace', {_literal(_setting(session))}, true)")
     after_fill += [index.format(table=SHADOW) for index in target.add_indexes]
     settings, identity = _table_settings(session)
-    table += settings
+    table += settings + _column_settings(session)
     table += _policies(session)
-    return Definition(table, after_fill + identity)
+    return Definition(table, after_fill + identity + _cluster(session, target))
 
 
 def primary_key(session: Any) -> list[str]:
-    """The statement that builds the live table's primary key on the shadow (the swap neither drops nor adds one)."""
+    """The statement that builds the live table's primary key on the shadow (the swap neither drops nor adds one),
+    in the tablespace the live one's index is in."""
     _qualified(session)
-    return [f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}' for name, definition in session.execute(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
-        (LIVE,)).fetchall()]
+    out = []
+    for name, definition, space in session.execute(
+            "SELECT conname, pg_get_constraintdef(k.oid), s.spcname FROM pg_constraint k "
+            "JOIN pg_class i ON i.oid = k.conindid LEFT JOIN pg_tablespace s ON s.oid = i.reltablespace "
+            "WHERE conrelid = %s::regclass AND contype = 'p'", (LIVE,)).fetchall():
+        out += _in_tablespace(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}', space)
+    return out + [f"SELECT set_config('default_tablespace', {_literal(_setting(session))}, true)"]
+
+
+def comments(session: Any) -> list[str]:
+    """COMMENT statements for the live table's constraints, indexes and policies that the shadow has too (its
+    table and column comments come with it: LIKE … INCLUDING COMMENTS): run once it is filled and keyed."""
+    _qualified(session)
+    return [f"COMMENT ON {kind} {name} IS {comment}" for kind, name, comment in session.execute(
+        "SELECT 'CONSTRAINT', quote_ident(k.conname) || ' ON ' || %(s)s, quote_literal(d.description) "
+        "FROM pg_constraint k JOIN pg_description d ON d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass "
+        "WHERE k.conrelid = %(l)s::regclass "
+        "  AND EXISTS (SELECT 1 FROM pg_constraint o WHERE o.conrelid = %(s)s::regclass AND o.conname = k.conname) "
+        "UNION ALL SELECT 'INDEX', %(schema)s || '.' || quote_ident(c.relname), quote_literal(d.description) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0 "
+        "WHERE i.indrelid = %(l)s::regclass AND EXISTS (SELECT 1 FROM pg_index o JOIN pg_class oc "
+        "  ON oc.oid = o.indexrelid WHERE o.indrelid = %(s)s::regclass AND oc.relname = c.relname) "
+        "UNION ALL SELECT 'POLICY', quote_ident(p.polname) || ' ON ' || %(s)s, quote_literal(d.description) "
+        "FROM pg_policy p JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_policy'::regclass "
+        "WHERE p.polrelid = %(l)s::regclass ORDER BY 1, 2",
+        {"l": LIVE, "s": SHADOW, "schema": SHADOW.split(".")[0]}).fetchall()]
 
 
 def referenced_tables(session: Any, table: str) -> list[str]:
@@ -102,27 +141,30 @@ def referenced_tables(session: Any, table: str) -> list[str]:
         "WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (table,)).fetchall()]
 
 
-def foreign_keys(session: Any) -> list[tuple[str, str]]:
-    """(name, definition) of the live table's own foreign keys, which the shadow gets after its backfill (added
-    NOT VALID, then validated in one pass): checked row by row during the copy they would cost a quarter of it,
-    and every row the shadow holds is a committed row of the live table, whose keys hold."""
+def foreign_keys(session: Any) -> list[tuple[str, str, bool]]:
+    """(name, definition, validated) of the live table's own foreign keys, which the shadow gets after its
+    backfill (added NOT VALID, then validated in one pass, unless the live one is NOT VALID): checked row by row
+    during the copy they would cost a quarter of it, and every row the shadow holds is a committed row of the
+    live table, whose keys hold."""
     _qualified(session)
     return [tuple(row) for row in session.execute(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f' "
-        "ORDER BY conname", (LIVE,)).fetchall()]
+        "SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint WHERE conrelid = %s::regclass "
+        "AND contype = 'f' ORDER BY conname", (LIVE,)).fetchall()]
 
 
 def grants(session: Any) -> list[str]:
     """The live table's grants on the shadow, exactly: after the shadow exists (default privileges may have
-    granted it more), revoke every grant it has, then grant what the live table grants."""
+    granted it more), and again before each exchange (a grant made since the build is carried, as the in-place
+    method keeps it), revoke every grant it has, then grant what the live table grants."""
     return [f"REVOKE ALL ON {SHADOW} FROM PUBLIC", *revoke_inherited_grants(session), *_grants(session)]
 
 
 def _table_settings(session: Any) -> tuple[list[str], list[str]]:
     """(what the shadow gets when it is created, its replica identity: after its indexes, one of which it may name)."""
-    rls, force, options, identity, owner, comment = session.execute(
-        "SELECT relrowsecurity, relforcerowsecurity, reloptions, relreplident, relowner::regrole::text, "
+    rls, force, identity, owner, comment = session.execute(
+        "SELECT relrowsecurity, relforcerowsecurity, relreplident, relowner::regrole::text, "
         "quote_literal(obj_description(oid, 'pg_class')) FROM pg_class WHERE oid = %s::regclass", (LIVE,)).fetchone()
+    options = _options(session, LIVE)
     out, identity_sql = [], []
     if rls:
         out.append(f"ALTER TABLE {SHADOW} ENABLE ROW LEVEL SECURITY")
@@ -144,6 +186,75 @@ def _table_settings(session: Any) -> tuple[list[str], list[str]]:
     if owner != current:
         out.append(f"ALTER TABLE {SHADOW} OWNER TO {owner}")
     return out, identity_sql
+
+
+def column_options(attribute: str) -> str:
+    """SQL for a column's options (n_distinct…) as an array, in order, but pg_attver, which a server build stamps
+    on every column by itself (setting it is ignored, pg_dump does not print it). For a query with parameters."""
+    return (f"ARRAY(SELECT o FROM unnest({attribute}.attoptions) o WHERE o NOT LIKE 'pg\\_attver=%%' "
+            "ORDER BY o)")
+
+
+def _options(session: Any, table: str) -> list[str]:
+    """The table's storage options and its TOAST table's (``toast.`` prefixed), in order."""
+    return session.execute(
+        "SELECT ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o) "
+        "    || ARRAY(SELECT 'toast.' || o FROM unnest(t.reloptions) o ORDER BY o) "
+        "FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = %s::regclass",
+        (table,)).fetchone()[0]
+
+
+def options_to_carry(session: Any) -> list[str]:
+    """The live table's options on the shadow, when they differ (autovacuum tuned in the window, say): set again
+    before each exchange, as the in-place method keeps them."""
+    live, shadow = _options(session, LIVE), _options(session, SHADOW)
+    if live == shadow:
+        return []
+    names = [option.split("=", 1)[0] for option in shadow]
+    return ([f"ALTER TABLE {SHADOW} RESET ({', '.join(names)})"] if names else []) + (
+        [f"ALTER TABLE {SHADOW} SET ({', '.join(live)})"] if live else [])
+
+
+def _column_settings(session: Any) -> list[str]:
+    """Statistics targets and column options (n_distinct…), which LIKE does not copy."""
+    out = []
+    for column, target, options in session.execute(
+            f"SELECT quote_ident(a.attname), NULLIF(a.attstattarget, -1), {column_options('a')} FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (LIVE,)).fetchall():
+        if target is not None:
+            out.append(f"ALTER TABLE {SHADOW} ALTER COLUMN {column} SET STATISTICS {target}")
+        if options:
+            out.append(f"ALTER TABLE {SHADOW} ALTER COLUMN {column} SET ({', '.join(options)})")
+    return out
+
+
+def _cluster(session: Any, target: Target) -> list[str]:
+    """CLUSTER ON the index the live table is marked clustered on, when the shadow keeps it."""
+    return [f'ALTER TABLE {SHADOW} CLUSTER ON "{name}"' for (name,) in session.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = %s::regclass AND i.indisclustered", (LIVE,)).fetchall()
+        if name not in target.drop_indexes + target.drop_constraints]
+
+
+def _tablespace(session: Any, table: str) -> str | None:
+    (name,) = session.execute("SELECT quote_ident(s.spcname) FROM pg_class c JOIN pg_tablespace s "
+                              "ON s.oid = c.reltablespace WHERE c.oid = %s::regclass", (table,)).fetchone() or (None,)
+    return name
+
+
+def _setting(session: Any) -> str:
+    return session.execute("SELECT current_setting('default_tablespace')").fetchone()[0]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _in_tablespace(statement: str, tablespace: str | None) -> list[str]:
+    """``statement`` building an index in ``tablespace`` (None: the database's default), as pg_dump does it:
+    default_tablespace set for the transaction (the statements that build indexes print no tablespace)."""
+    return [f"SELECT set_config('default_tablespace', {_literal(tablespace or '')}, true)", statement]
 
 
 def _policies(session: Any) -> list[str]:
@@ -181,35 +292,15 @@ def _grants(session: Any) -> list[str]:
 
 
 def revoke_inherited_grants(session: Any) -> list[str]:
-    """REVOKE statements for every non-owner grantee the new shadow got from default privileges."""
+    """REVOKE statements for every non-owner grantee the shadow has, on the table or a column (from default
+    privileges when it is new; before an exchange, what the live table no longer grants): REVOKE on the table
+    revokes its column privileges too."""
     return [f"REVOKE ALL ON {SHADOW} FROM {grantee}" for (grantee,) in session.execute(
         "SELECT DISTINCT quote_ident(a.grantee::regrole::text) FROM pg_class c, aclexplode(c.relacl) a "
-        "WHERE c.oid = %s::regclass AND a.grantee NOT IN (0, c.relowner)", (SHADOW,)).fetchall()]
-
-
-def refuse_unsupported(session: Any) -> None:
-    """Stop before anything is built when the live table has what the shadow cannot reproduce exactly."""
-    found: list[str] = []
-    for column, detail in session.execute(
-            "SELECT a.attname, CASE WHEN a.attidentity <> '' THEN 'an identity column' "
-            "                      WHEN a.attgenerated <> '' THEN 'a generated column' "
-            "                      ELSE 'a default from an owned sequence' END "
-            "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-            "  AND (a.attidentity <> '' OR a.attgenerated <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%%')",
-            (LIVE,)).fetchall():
-        found.append(f"column {column} is {detail}")
-    for (name,) in session.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND "
-                                   "confrelid = conrelid AND contype = 'f' ORDER BY 1", (LIVE,)).fetchall():
-        # Copied as it is, it would point at the table that leaves at the exchange; re-pointed, the rows of the
-        # previous table inside the window would point at the live one. Neither is the locked method's catalog.
-        found.append(f"foreign key {name} references allocations itself")
-    (statistics,) = session.execute("SELECT count(*) FROM pg_statistic_ext WHERE stxrelid = %s::regclass",
-                                    (LIVE,)).fetchone()
-    if statistics:
-        found.append(f"{statistics} extended statistics object(s)")
-    if found:
-        raise UnsupportedTable("; ".join(found))
+        "WHERE c.oid = %(t)s::regclass AND a.grantee NOT IN (0, c.relowner) "
+        "UNION SELECT quote_ident(a.grantee::regrole::text) FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, "
+        "  aclexplode(t.attacl) a WHERE t.attrelid = %(t)s::regclass AND a.grantee NOT IN (0, c.relowner) ORDER BY 1",
+        {"t": SHADOW}).fetchall()]
 
 
 def columns(session: Any, table: str) -> list[tuple[str, str]]:

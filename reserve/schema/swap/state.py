@@ -19,6 +19,8 @@ SHADOW = "reserve_swap.allocations"
 LOG = "reserve_swap.log"
 CONFLICTS = "reserve_swap.conflicts"
 STATE = "reserve_swap.state"
+# The foreign keys an exchange re-pointed NOT VALID that were valid before it: the ones settle validates.
+KEYS_TO_VALIDATE = "reserve_swap.keys_to_validate"
 EXCHANGE_SCHEMA = "reserve_swap_exchange"
 CAPTURE_TRIGGER = "reserve_swap_capture"
 CAPTURE_TRUNCATE_TRIGGER = "reserve_swap_capture_truncate"

@@ -15,7 +15,7 @@ from reserve.schema.session import PsycopgSession, take
 from reserve.schema.swap import dependents, exchange, teardown
 from reserve.schema.swap import state as swap_state
 from tests import swapping
-from tests.support import ONLINE, REVISIONS, Database, slot
+from tests.support import ONLINE, Database, slot
 
 PLANTED = """
 CREATE VIEW public.allocation_days AS SELECT id, restaurant_id, lower("window")::date AS day FROM public.allocations;
@@ -81,35 +81,6 @@ def test_a_view_a_publication_a_trigger_and_column_grants_follow_the_table(pre_s
             "the venues' ledger"
         if not then_back:
             assert _depending_on(conn, swap_state.SHADOW) == []
-
-
-def test_a_dependent_the_swap_cannot_repoint_stops_it_before_anything_is_built(pre_swap_db: Database):
-    with pre_swap_db.connect() as conn:
-        conn.execute("CREATE FUNCTION public.allocation_count() RETURNS bigint LANGUAGE sql "
-                     "BEGIN ATOMIC SELECT count(*) FROM public.allocations; END")
-        conn.commit()
-    before = pre_swap_db.snapshot()
-    with pytest.raises(CommandError, match=r"cannot re-point function public\.allocation_count\(\).*swap_method=locked"):
-        pre_swap_db.upgrade("head", x=ONLINE)
-    assert pre_swap_db.current() == REVISIONS[-2] and pre_swap_db.snapshot() == before
-    pre_swap_db.upgrade("head", x=["swap_method=locked"])  # the fallback, which keeps the table's identity
-    assert pre_swap_db.current() == REVISIONS[-1]
-
-
-def test_a_self_referencing_foreign_key_stops_the_online_swap_before_anything_is_built(pre_swap_db: Database):
-    """Copied, it would point at the table that leaves; re-pointed, the previous table's rows would point at the live
-    one. Refused, naming the key and the fallback, which keeps it as it is."""
-    with pre_swap_db.connect() as conn:
-        conn.execute("ALTER TABLE public.allocations ADD COLUMN parent_id uuid "
-                     "CONSTRAINT allocations_parent_fkey REFERENCES public.allocations (id)")
-        conn.commit()
-    before = pre_swap_db.snapshot()
-    with pytest.raises(CommandError, match=r"foreign key allocations_parent_fkey references allocations itself.*"
-                                           r"swap_method=locked"):
-        pre_swap_db.upgrade("head", x=ONLINE)
-    assert pre_swap_db.current() == REVISIONS[-2] and pre_swap_db.snapshot() == before
-    pre_swap_db.upgrade("head", x=["swap_method=locked"])
-    assert pre_swap_db.current() == REVISIONS[-1]
 
 
 def test_the_standby_is_analyzed_before_it_becomes_live(pre_swap_db: Database):
@@ -203,24 +174,8 @@ def test_a_view_created_while_the_exchange_waits_for_its_lock_follows_the_table(
     """The exchange reads what depends on allocations to know what to lock, and again once the locks are granted:
     a view created while it retried its lock (an application held allocations) is re-pointed, not left behind on
     the table that leaves."""
-    a, _ = swapping.two_venues(pre_swap_db)
-    with pre_swap_db.connect() as conn:
-        swapping.insert(conn, a.id, a.tables[0], slot(3))
-        conn.commit()
-    with pre_swap_db.connect(autocommit=True) as conn:
-        swapping.build(conn)
-        swapping.backfill_rest(conn)
-    with pre_swap_db.connect() as app, pre_swap_db.connect(autocommit=True) as ops, \
-            pre_swap_db.connect(autocommit=True) as dba:
-        app.execute("LOCK TABLE allocations IN ROW EXCLUSIVE MODE")  # as an allocation write in flight does
-        exchanging = swapping.InThread(lambda: swapping.exchange_forward(ops))
-        swapping.wait_until(lambda: swapping.waiting_for_a_lock(dba, ops.info.backend_pid),
-                            "the exchange to wait for allocations")
-        # Queued behind the exchange's request, created as soon as that attempt gives up (before its retry).
-        dba.execute("CREATE VIEW public.allocation_days AS SELECT id, lower(\"window\")::date AS day "
-                    "FROM public.allocations")
-        app.commit()
-        exchanging.result(timeout_s=60)
+    swapping.exchange_with_ddl_queued(pre_swap_db, "CREATE VIEW public.allocation_days AS SELECT id, "
+                                      "lower(\"window\")::date AS day FROM public.allocations")
     with pre_swap_db.connect() as conn:
         assert _depending_on(conn, swap_state.SHADOW) == []
         assert conn.execute("SELECT count(*) FROM public.allocation_days").fetchone()[0] == 1
