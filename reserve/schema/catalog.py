@@ -56,6 +56,10 @@ SECTIONS: dict[str, str] = {
         SELECT n.nspname || '.' || c.relname || ' kind=' || c.relkind::text
                || ' rls=' || c.relrowsecurity::text || ' force_rls=' || c.relforcerowsecurity::text
                || ' acl=' || {ACL.format(acl='c.relacl', owner='c.relowner')}
+               -- A view's security_invoker or check_option changes who reads what: as much schema as a grant.
+               || COALESCE(' options=' || array_to_string(c.reloptions, ','), '')
+               || CASE WHEN c.relkind IN ('r', 'p') AND c.relreplident <> 'd'
+                       THEN ' replica_identity=' || c.relreplident::text ELSE '' END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p', 'v', 'm') AND {USER_SCHEMAS}
           AND NOT (n.nspname = 'public' AND c.relname = 'alembic_version')
@@ -68,6 +72,8 @@ SECTIONS: dict[str, str] = {
                -- so a snapshot never waits behind a migration's ACCESS EXCLUSIVE lock here.
                || COALESCE(' default ' || pg_get_expr(ad.adbin, CASE WHEN a.attgenerated = '' THEN 0
                                                                  ELSE ad.adrelid END), '')
+               || CASE WHEN a.attacl IS NULL THEN ''
+                       ELSE ' acl=' || {ACL.format(acl='a.attacl', owner='c.relowner')} END
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
@@ -108,7 +114,8 @@ SECTIONS: dict[str, str] = {
         FROM pg_policies
     """,
     "triggers": f"""
-        SELECT pg_get_triggerdef(t.oid)
+        SELECT pg_get_triggerdef(t.oid) || CASE WHEN t.tgenabled <> 'O' THEN ' enabled=' || t.tgenabled::text
+                                                 ELSE '' END
         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE NOT t.tgisinternal AND {USER_SCHEMAS}
     """,

@@ -73,3 +73,14 @@ def test_an_extra_grant_to_anon_is_drift(head_db: Database):
         found = expectations.drift(conn, REVISIONS[-1])
     assert [d.kind for d in found] == ["missing", "unexpected"]
     assert "anon:SELECT" in found[1].line
+
+
+def test_a_column_grant_and_a_replica_identity_are_drift(head_db: Database):
+    """What pg_dump prints of a shipped table and the snapshot once missed (the catalog zoo found them)."""
+    with head_db.connect() as conn:
+        conn.execute("GRANT SELECT (id) ON public.bookings TO anon")
+        conn.execute("ALTER TABLE public.restaurants REPLICA IDENTITY FULL")
+        found = expectations.drift(conn, REVISIONS[-1])
+    unexpected = [d.line for d in found if d.kind == "unexpected"]
+    assert any(line.startswith("public.bookings.id ") and "anon:SELECT" in line for line in unexpected)
+    assert any(line.startswith("public.restaurants ") and "replica_identity=f" in line for line in unexpected)
