@@ -24,7 +24,7 @@ WINDOW = "window"
 # Enough for the locked guard build to last ~1 s here, and for the online backfill to take a dozen batches.
 ROWS = 60_000
 LOCKED = ["-x", "swap_method=locked"]
-ONLINE = ["swap_method=online"]  # x of an in-process run: the online method, opted into
+ONLINE = ["swap_method=online"]  # x of an in-process run: the online method, said explicitly
 _clones = itertools.count(1)
 
 

@@ -29,7 +29,7 @@ from reserve.schema import catalog, revisions
 # The repository, for its own files (README, docs, ops, bench results); where the chain lives is
 # revisions.alembic_ini()'s to say.
 ROOT = Path(__file__).resolve().parents[1]
-# -x for 0004's online method, opted into (the default is locked).
+# -x for 0004's online method, said explicitly (it is also the default).
 ONLINE = ["swap_method=online"]
 # The chain, oldest first, as Alembic walks it (reserve.schema.revisions is the one place that knows).
 REVISIONS = revisions.chain()

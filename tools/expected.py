@@ -23,7 +23,7 @@ from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import state as swap_state
 from reserve.schema.swap import teardown
 
-ONLINE = ["swap_method=online"]  # the method that opens a window (the default, locked, leaves none)
+ONLINE = ["swap_method=online"]  # the method that opens a window (said explicitly; locked leaves none)
 
 
 def write_all(target: Path) -> list[Path]:

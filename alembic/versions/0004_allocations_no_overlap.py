@@ -11,7 +11,7 @@ Checked first: the data against the guard being installed: proved by the
 catalog when the old guard is in place, else a scan; the offending ids stop
 the step before anything changes.
 
-Online (-x swap_method=online; reserve.schema.swap): a shadow copy of
+Online (the default; reserve.schema.swap): a shadow copy of
 allocations filled in bulk, every write meanwhile appended to a change log and
 replayed into it, the target guard built on it once filled, then exchanged
 with the live table under ACCESS EXCLUSIVE after the log's tail is replayed
@@ -19,10 +19,12 @@ with the live table under ACCESS EXCLUSIVE after the log's tail is replayed
 one; an interrupted run resumes with the same command. After an upgrade the
 previous table stays in step (the window): `alembic downgrade -1` is then an
 exchange back, refused with the ids when rows written since break the old
-guard; `reserve swap finish` closes the window.
-Locked (the default; offline scripts always): the guards are swapped
+guard; `reserve swap finish` closes the window. What the online method cannot
+carry to the new table (docs/OPERATIONS.md section 7) stops it before it
+builds anything, naming the object.
+Locked (-x swap_method=locked; offline scripts always): the guards are swapped
 in place under ACCESS EXCLUSIVE, held while PostgreSQL builds and checks the
-new guard's index (21 s up at 1M rows, make bench); the rollback restores the
+new guard's index (26 s up at 1M rows, make bench); the rollback restores the
 guard first, then builds the redundant index concurrently (it waits for older
 transactions, blocking nobody).
 Locks (reserve.schema.locks, per method): taken with a short lock_timeout and

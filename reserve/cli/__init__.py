@@ -31,8 +31,8 @@ def main() -> None:
 
 swap_method_option = click.option(
     "--swap-method", type=click.Choice(SWAP_METHODS), default=None,
-    help=f"The method 0004 runs with (alembic -x swap_method=...): {DEFAULT_SWAP_METHOD} when not given (online while "
-         "an online swap is in flight or its window is open), or online (opted into).")
+    help=f"The method 0004 runs with (alembic -x swap_method=...): {DEFAULT_SWAP_METHOD} when not given (online "
+         "always while an online swap is in flight or its window is open), or locked (in place, under the lock).")
 
 
 @main.command()

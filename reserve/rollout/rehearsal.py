@@ -108,7 +108,7 @@ def _output_dir(out_dir: Path) -> Path:
 
 def rehearse(url: URL | None = None, *, rows: int = DEFAULT_ROWS, out_dir: Path = Path("artifacts"),
              progress: bool = True, swap_method: str = DEFAULT_SWAP_METHOD, standby: bool = False) -> Result:
-    """Rehearse the rollout end to end with the swap's ``swap_method`` (locked, the default, or online), with a
+    """Rehearse the rollout end to end with the swap's ``swap_method`` (online, the default, or locked), with a
     hot standby of the throw-away server when ``standby``; the Result's summary says go or no-go and which step
     failed."""
     if standby and url is not None:

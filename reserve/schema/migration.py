@@ -157,7 +157,7 @@ def new_guard() -> guards.Guard:
 
 
 def swap_method() -> str:
-    """``locked`` (the default) or ``online`` (``-x swap_method=online``). Not told, an online swap in flight or
+    """``online`` (the default) or ``locked`` (``-x swap_method=locked``). Not told, an online swap in flight or
     its open window continues online (`alembic downgrade -1` in the window is the exchange back). Offline scripts
     always carry the locked method: the online one commits in many steps and resumes from the database's own
     state, which a script for psql cannot do; the script says so in a comment."""

@@ -61,9 +61,10 @@ def check_x_options(*, offline: bool) -> None:
 
 
 SWAP_METHODS = ("online", "locked")
-# The method 0004 runs with when -x swap_method is not given: locked, until the online method keeps its shadow by a
-# change log, moves through one locked state machine and carries the catalog exactly; -x swap_method=online opts in.
-DEFAULT_SWAP_METHOD = "locked"
+# The method 0004 runs with when -x swap_method is not given: online (a change log keeps the shadow, one state
+# machine moves it, pg_dump sees what the locked method leaves, or it refuses before building anything);
+# -x swap_method=locked changes the guard in place.
+DEFAULT_SWAP_METHOD = "online"
 
 
 def effective_swap_method(told: str | None, swap_in_flight: bool) -> str:
@@ -79,11 +80,10 @@ def effective_swap_method(told: str | None, swap_in_flight: bool) -> str:
 class SwapOptions:
     """How the guard swap runs: ``-x swap_method=online|locked``, and the online backfill's batches.
 
-    Locked (DEFAULT_SWAP_METHOD) swaps the constraint in place, holding ACCESS
-    EXCLUSIVE while PostgreSQL builds its index; online (opted into) builds a
-    shadow table with the target guard, keeps it in step and exchanges the two
-    under a lock held for catalog work only. Offline scripts always carry the
-    locked method.
+    Online (DEFAULT_SWAP_METHOD) builds a shadow table with the target guard,
+    keeps it in step and exchanges the two under a lock held for catalog work
+    only; locked swaps the constraint in place, holding ACCESS EXCLUSIVE while
+    PostgreSQL builds its index. Offline scripts always carry the locked method.
     """
 
     method: str = DEFAULT_SWAP_METHOD

@@ -36,10 +36,13 @@ def _detail(report, name: str) -> str:
     return next(c.detail for c in report.checks if c.name == name)
 
 
-def test_the_locked_method_the_default_predicts_the_build_under_the_lock(baseline_db: Database):
+def test_the_online_method_is_the_default_and_the_locked_one_predicts_the_build_under_the_lock(baseline_db: Database):
     with baseline_db.connect(autocommit=True) as conn:
         dataset.generate(conn, dataset.Shape(restaurants=2, tables_per_restaurant=5, windows_per_table=10))
-    report = preflight(baseline_db.url, "head")
+    by_default = preflight(baseline_db.url, "head")
+    assert by_default.facts["swap_method"] == "online"
+    assert "online method: catalog work only" in _detail(by_default, "lock hold")
+    report = preflight(baseline_db.url, "head", swap_method="locked")
     hold = next(c for c in report.checks if c.name == "lock hold")
     assert hold.data["predicted_s"] > 0 and "locked method; built allocations_no_overlap on a sample" in hold.detail
     assert "background" not in {c.name for c in report.checks}
@@ -51,8 +54,8 @@ def test_a_rollback_inside_the_open_window_predicts_no_copy(head_db: Database):
     assert in_window.facts["swap_method"] == "online"
     assert _detail(in_window, "background").startswith("none: the previous table is in step")
     head_db.close_window()
-    assert preflight(head_db.url, "-1").facts["swap_method"] == "locked"
-    after = preflight(head_db.url, "-1", swap_method="online")
+    after = preflight(head_db.url, "-1")
+    assert after.facts["swap_method"] == "online"
     assert "of copying that blocks nobody" in _detail(after, "background")
     assert "until the rollback ends" in _detail(after, "extra disk")
 

@@ -13,7 +13,7 @@ from reserve.rollout import evidence, rehearsal
 @pytest.fixture(scope="module")
 def bundle(pg_server, templates, tmp_path_factory) -> tuple[rehearsal.Result, Path]:
     out = tmp_path_factory.mktemp("artifacts")
-    return rehearsal.rehearse(pg_server.url(), rows=5000, out_dir=out, progress=False, swap_method="online"), out
+    return rehearsal.rehearse(pg_server.url(), rows=5000, out_dir=out, progress=False), out  # online: the default
 
 
 def test_rehearsal_is_go_and_runs_every_step(bundle):
@@ -73,8 +73,8 @@ def test_an_output_directory_that_cannot_be_written_is_a_setup_error(tmp_path: P
         rehearsal.rehearse(None, rows=1000, out_dir=blocker)
 
 
-def test_the_locked_method_is_rehearsed_by_default(pg_server, templates, tmp_path: Path):
-    result = rehearsal.rehearse(pg_server.url(), rows=2000, out_dir=tmp_path, progress=False)
+def test_the_locked_method_is_rehearsed_when_asked(pg_server, templates, tmp_path: Path):
+    result = rehearsal.rehearse(pg_server.url(), rows=2000, out_dir=tmp_path, progress=False, swap_method="locked")
     assert result.summary["verdict"] == "go", result.render()
     assert result.summary["swap_method"] == "locked"
     steps = {step["name"]: step for step in result.summary["steps"]}
