@@ -23,22 +23,24 @@ from alembic.util import CommandError
 from reserve.schema.swap.shadow import column_options
 from reserve.schema.swap.state import LIVE, SHADOW
 
-# One query per kind of fact: (fact, value) rows for %(t)s; the table's own name is written {table}.
+# One query per kind of fact, run as one statement (the exchange runs it under its lock): (table, fact, value)
+# rows for each table of %(t)s.
 _FACTS = (
-    """SELECT 'table', concat_ws(' | ', 'owner ' || c.relowner::regrole::text, 'persistence ' || c.relpersistence::text,
+    """SELECT c.oid::regclass::text, 'table',
+              concat_ws(' | ', 'owner ' || c.relowner::regrole::text, 'persistence ' || c.relpersistence::text,
               'rls ' || c.relrowsecurity::text || '/' || c.relforcerowsecurity::text,
               'options ' || array_to_string(ARRAY(SELECT o FROM unnest(c.reloptions) o ORDER BY o), ','),
               'toast options ' || array_to_string(ARRAY(SELECT o FROM unnest(t.reloptions) o ORDER BY o), ','),
               'replica identity ' || c.relreplident::text, 'tablespace ' || COALESCE(s.spcname, 'default'),
               'comment ' || obj_description(c.oid, 'pg_class'))
        FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
-       LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace WHERE c.oid = %(t)s::regclass""",
-    """SELECT 'grants', array_to_string(ARRAY(
+       LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace WHERE c.oid = ANY (%(t)s::regclass[])""",
+    """SELECT c.oid::regclass::text, 'grants', array_to_string(ARRAY(
               SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END || ' ' ||
                      a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
               FROM aclexplode(COALESCE(c.relacl, acldefault('r', c.relowner))) a ORDER BY 1), ', ')
-       FROM pg_class c WHERE c.oid = %(t)s::regclass""",
-    """SELECT 'column ' || row_number() OVER (ORDER BY a.attnum),
+       FROM pg_class c WHERE c.oid = ANY (%(t)s::regclass[])""",
+    """SELECT a.attrelid::regclass::text, 'column ' || row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
               concat_ws(' | ', quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod),
                         CASE WHEN a.attnotnull THEN 'not null' END, 'default ' || pg_get_expr(d.adbin, d.adrelid),
                         'collation ' || NULLIF(a.attcollation, t.typcollation)::regcollation::text,
@@ -49,45 +51,46 @@ _FACTS = (
                         'grants ' || array_to_string(ARRAY(SELECT x::text FROM unnest(a.attacl) x ORDER BY 1), ','))
        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-       WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
-    """SELECT 'constraint ' || quote_ident(conname),
+       WHERE a.attrelid = ANY (%(t)s::regclass[]) AND a.attnum > 0 AND NOT a.attisdropped""",
+    """SELECT conrelid::regclass::text, 'constraint ' || quote_ident(conname),
               concat_ws(' | ', pg_get_constraintdef(oid), CASE WHEN NOT convalidated THEN 'not valid' END,
                         'comment ' || obj_description(oid, 'pg_constraint'))
-       FROM pg_constraint WHERE conrelid = %(t)s::regclass""",
-    """SELECT 'index ' || quote_ident(c.relname),
+       FROM pg_constraint WHERE conrelid = ANY (%(t)s::regclass[])""",
+    """SELECT i.indrelid::regclass::text, 'index ' || quote_ident(c.relname),
               concat_ws(' | ', pg_get_indexdef(i.indexrelid), CASE WHEN i.indisclustered THEN 'cluster on' END,
                         CASE WHEN i.indisreplident THEN 'replica identity' END,
                         'tablespace ' || s.spcname, 'comment ' || obj_description(c.oid, 'pg_class'))
        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace
-       WHERE i.indrelid = %(t)s::regclass""",
-    """SELECT 'policy ' || quote_ident(polname),
+       WHERE i.indrelid = ANY (%(t)s::regclass[])""",
+    """SELECT polrelid::regclass::text, 'policy ' || quote_ident(polname),
               concat_ws(' | ', CASE WHEN polpermissive THEN 'permissive' ELSE 'restrictive' END, polcmd::text,
                         array_to_string(ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END
                                               FROM unnest(polroles) r ORDER BY 1), ','),
                         'using ' || pg_get_expr(polqual, polrelid), 'check ' || pg_get_expr(polwithcheck, polrelid),
                         'comment ' || obj_description(oid, 'pg_policy'))
-       FROM pg_policy WHERE polrelid = %(t)s::regclass""",
+       FROM pg_policy WHERE polrelid = ANY (%(t)s::regclass[])""",
 )
 
 
-_FACTS = tuple(query.replace("COLUMN_OPTIONS", column_options("a")) for query in _FACTS)
+_DESCRIBE = " UNION ALL ".join(f"({query})" for query in _FACTS).replace("COLUMN_OPTIONS", column_options("a"))
 
 
-def describe(session: Any, table: str) -> dict[str, str]:
-    """fact -> value for ``table``: its settings, grants, columns, constraints, indexes and policies, with the
-    table's own name written ``{table}`` (the caller's transaction gets a local search_path of pg_catalog)."""
+def describe(session: Any, *tables: str) -> dict[str, dict[str, str]]:
+    """table -> fact -> value for each of ``tables``: its settings, grants, columns, constraints, indexes and
+    policies, with the table's own name written ``{table}`` (the caller's transaction gets a local search_path of
+    pg_catalog, so that each table is named schema-qualified, as given)."""
     session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-    facts: dict[str, str] = {}
-    for query in _FACTS:
-        for fact, value in session.execute(query, {"t": table}).fetchall():
-            facts[fact] = (value or "").replace(f" {table} ", " {table} ")
+    facts: dict[str, dict[str, str]] = {table: {} for table in tables}
+    for table, fact, value in session.execute(_DESCRIBE, {"t": list(tables)}).fetchall():
+        facts[table][fact] = (value or "").replace(f" {table} ", " {table} ")
     return facts
 
 
 def differences(session: Any, guards: Collection[str], left: str = LIVE, right: str = SHADOW) -> list[str]:
     """Every fact on which the two tables differ, but those of ``guards`` (the constraints and indexes one side
     has and the other must not): one line each, naming both sides."""
-    a, b = describe(session, left), describe(session, right)
+    described = describe(session, left, right)
+    a, b = described[left], described[right]
     skipped = {f"{kind} {name}" for name in guards for kind in ("constraint", "index")}
     return [f"{fact}: {left} has {a.get(fact) or '(none)'}; {right} has {b.get(fact) or '(none)'}"
             for fact in sorted(set(a) | set(b)) if fact not in skipped and a.get(fact) != b.get(fact)]

@@ -76,17 +76,16 @@ _FOUND = (
 )
 
 
+_FIND = " UNION ALL ".join(f"({query})" for query in _FOUND)  # one statement: the exchange runs it under its lock
+
+
 def find(session: Any, table: str = LIVE) -> list[str]:
     """One line per object the online method cannot carry: ``<object>: <why>``, in a stable order (the caller's
     transaction gets a local search_path of pg_catalog, for qualified names). The swap's own objects are not
     counted."""
     session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-    found: set[str] = set()
-    for query in _FOUND:
-        for what, why in session.execute(query, {"t": table}).fetchall():
-            if f" {SCHEMA}." not in f" {what}":
-                found.add(f"{what}: {why}")
-    return sorted(found)
+    return sorted({f"{what}: {why}" for what, why in session.execute(_FIND, {"t": table}).fetchall()
+                   if f" {SCHEMA}." not in f" {what}"})
 
 
 def refuse(session: Any, action: str, table: str = LIVE) -> None:
