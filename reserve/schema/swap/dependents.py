@@ -27,16 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.sql import Literal
+
 from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, KEYS_TO_VALIDATE, LIVE
 
 OURS = (CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER)
 # Created with the machinery, and before an exchange whose machinery an older release built (never under its lock).
 KEYS_TO_VALIDATE_SQL = f"CREATE TABLE IF NOT EXISTS {KEYS_TO_VALIDATE} (table_name text, constraint_name text)"
-
-
-def quote(text: str) -> str:
-    """An SQL string literal (names read from the catalog, written back into the machinery's own table)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,8 @@ class ForeignKey:
         if self.comment is not None:
             out.append(f'COMMENT ON CONSTRAINT "{self.name}" ON {self.table} IS {self.comment}')
         if self.validated:
-            out.append(f"INSERT INTO {KEYS_TO_VALIDATE} VALUES ({quote(self.table)}, {quote(self.name)})")
+            out.append(f"INSERT INTO {KEYS_TO_VALIDATE} VALUES ({Literal(self.table).as_string(None)}, "
+                       f"{Literal(self.name).as_string(None)})")
         return out
 
     def validate(self) -> str:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from alembic.util import CommandError
+from psycopg.sql import Literal
 
 from reserve.schema import guards
-from reserve.schema.swap.state import LIVE, SHADOW
+from reserve.schema.swap.state import LIVE, SCHEMA, SHADOW
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def statements(session: Any, target: Target) -> Definition:
             "ORDER BY 1", (LIVE,)).fetchall():
         if name not in target.drop_indexes:
             after_fill += _in_tablespace(definition.replace(f" ON {LIVE} ", f" ON {SHADOW} ", 1), space)
-    after_fill.append(f"SELECT set_config('default_tablespace', {_literal(_setting(session))}, true)")
+    after_fill.append(f"SELECT set_config('default_tablespace', {_literal_sql(_setting(session))}, true)")
     after_fill += [index.format(table=SHADOW) for index in target.add_indexes]
     settings, identity = _table_settings(session)
     table += settings + _column_settings(session)
@@ -110,7 +111,7 @@ def primary_key(session: Any) -> list[str]:
             "JOIN pg_class i ON i.oid = k.conindid LEFT JOIN pg_tablespace s ON s.oid = i.reltablespace "
             "WHERE conrelid = %s::regclass AND contype = 'p'", (LIVE,)).fetchall():
         out += _in_tablespace(f'ALTER TABLE {SHADOW} ADD CONSTRAINT "{name}" {definition}', space)
-    return out + [f"SELECT set_config('default_tablespace', {_literal(_setting(session))}, true)"]
+    return out + [f"SELECT set_config('default_tablespace', {_literal_sql(_setting(session))}, true)"]
 
 
 def comments(session: Any) -> list[str]:
@@ -130,7 +131,7 @@ def comments(session: Any) -> list[str]:
         "UNION ALL SELECT 'POLICY', quote_ident(p.polname) || ' ON ' || %(s)s, quote_literal(d.description) "
         "FROM pg_policy p JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_policy'::regclass "
         "WHERE p.polrelid = %(l)s::regclass ORDER BY 1, 2",
-        {"l": LIVE, "s": SHADOW, "schema": SHADOW.split(".")[0]}).fetchall()]
+        {"l": LIVE, "s": SHADOW, "schema": SCHEMA}).fetchall()]
 
 
 def referenced_tables(session: Any, table: str) -> list[str]:
@@ -247,14 +248,14 @@ def _setting(session: Any) -> str:
     return session.execute("SELECT current_setting('default_tablespace')").fetchone()[0]
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _literal_sql(text: str) -> str:
+    return Literal(text).as_string(None)
 
 
 def _in_tablespace(statement: str, tablespace: str | None) -> list[str]:
     """``statement`` building an index in ``tablespace`` (None: the database's default), as pg_dump does it:
     default_tablespace set for the transaction (the statements that build indexes print no tablespace)."""
-    return [f"SELECT set_config('default_tablespace', {_literal(tablespace or '')}, true)", statement]
+    return [f"SELECT set_config('default_tablespace', {_literal_sql(tablespace or '')}, true)", statement]
 
 
 def _policies(session: Any) -> list[str]:
