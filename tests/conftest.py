@@ -11,20 +11,17 @@ managed by pytest-postgresql's DatabaseJanitor, so the suite stays fast as it gr
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import URL, make_url
 
 from reserve.rollout import alembic_runner
 from reserve.rollout.ephemeral import EphemeralPostgres
-from tests.support import ONLINE, REVISIONS, Database
+from tests.support import ONLINE, REVISIONS, Database, cloned, janitor
 
 TEMPLATES = {"empty": None, "baseline": "0001_baseline", "pre_swap": REVISIONS[-2], "head": "head"}
-_clone_numbers = itertools.count(1)
 
 
 class ExternalServer:
@@ -51,14 +48,6 @@ def pg_server() -> Iterator[EphemeralPostgres | ExternalServer]:
         yield server
 
 
-def _janitor(server: EphemeralPostgres | ExternalServer, dbname: str, **kwargs: object) -> DatabaseJanitor:
-    url = server.url()
-    return DatabaseJanitor(
-        user=url.username, host=url.host, port=url.port or 5432, password=url.password, dbname=dbname,
-        maintenance_dbname=getattr(server, "maintenance_db", "postgres"), **kwargs,
-    )
-
-
 @pytest.fixture(scope="session")
 def templates(pg_server: EphemeralPostgres | ExternalServer) -> Iterator[dict[str, str]]:
     """One template database per migration state, migrated once for the whole session."""
@@ -67,23 +56,17 @@ def templates(pg_server: EphemeralPostgres | ExternalServer) -> Iterator[dict[st
     try:
         for state, revision in TEMPLATES.items():
             name = f"reserve_test_{state}_tmpl_{os.getpid()}"
-            janitor = _janitor(pg_server, name, as_template=True)
-            janitor.init()
-            janitors.append(janitor)
+            template = janitor(pg_server, name, as_template=True)
+            template.init()
+            janitors.append(template)
             if revision:
                 # head through the online method, opted into: its window open, as most head tests need it
                 alembic_runner.upgrade(pg_server.url(name), revision, ONLINE if revision == "head" else None)
             names[state] = name
         yield names
     finally:
-        for janitor in janitors:
-            janitor.drop()
-
-
-def _clone(pg_server: EphemeralPostgres | ExternalServer, template: str) -> Iterator[Database]:
-    name = f"reserve_test_{os.getpid()}_{next(_clone_numbers)}"
-    with _janitor(pg_server, name, template_dbname=template):
-        yield Database(name, pg_server.url(name))
+        for template in reversed(janitors):
+            template.drop()
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +75,7 @@ def make_template(pg_server, templates) -> Iterator[Callable[[str, Callable[[Dat
     ``prepare(database)`` (a test module's own starting point, built once per session); its name."""
     with contextlib.ExitStack() as stack:
         def make(state: str, prepare: Callable[[Database], None]) -> str:
-            database = stack.enter_context(contextlib.contextmanager(_clone)(pg_server, templates[state]))
+            database = stack.enter_context(cloned(pg_server, templates[state]))
             prepare(database)
             return database.name
         yield make
@@ -102,28 +85,32 @@ def make_template(pg_server, templates) -> Iterator[Callable[[str, Callable[[Dat
 def clone(pg_server) -> Iterator[Callable[[str], Database]]:
     """``clone(template)``: a fresh database made from the template database ``template``, dropped after the test."""
     with contextlib.ExitStack() as stack:
-        yield lambda template: stack.enter_context(contextlib.contextmanager(_clone)(pg_server, template))
+        yield lambda template: stack.enter_context(cloned(pg_server, template))
 
 
 @pytest.fixture
 def empty_db(pg_server, templates) -> Iterator[Database]:
     """A fresh, empty database (no revision applied)."""
-    yield from _clone(pg_server, templates["empty"])
+    with cloned(pg_server, templates["empty"]) as database:
+        yield database
 
 
 @pytest.fixture
 def baseline_db(pg_server, templates) -> Iterator[Database]:
     """A fresh database at 0001_baseline: the schema before the change."""
-    yield from _clone(pg_server, templates["baseline"])
+    with cloned(pg_server, templates["baseline"]) as database:
+        yield database
 
 
 @pytest.fixture
 def pre_swap_db(pg_server, templates) -> Iterator[Database]:
     """A fresh database at the revision below the swap (the old guard), no rows."""
-    yield from _clone(pg_server, templates["pre_swap"])
+    with cloned(pg_server, templates["pre_swap"]) as database:
+        yield database
 
 
 @pytest.fixture
 def head_db(pg_server, templates) -> Iterator[Database]:
     """A fresh database at head: the change applied online, its window open (`close_window()` closes it)."""
-    yield from _clone(pg_server, templates["head"])
+    with cloned(pg_server, templates["head"]) as database:
+        yield database

@@ -8,7 +8,7 @@ test gets a fresh clone, so data is generated once.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 
 from reserve import db
 from reserve.rollout import alembic_runner, dataset
-from tests.support import REVISIONS, Database
+from tests.support import REVISIONS, Database, cloned, janitor
 
 BELOW_SWAP, HEAD = REVISIONS[-2], REVISIONS[-1]
 WINDOW = "window"
@@ -25,60 +25,41 @@ WINDOW = "window"
 ROWS = 60_000
 LOCKED = ["-x", "swap_method=locked"]
 ONLINE = ["swap_method=online"]  # x of an in-process run: the online method, said explicitly
-_clones = itertools.count(1)
-
-
-def admin(pg_server: Any) -> Any:
-    return db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True)
 
 
 @pytest.fixture(scope="session")
 def data_templates(pg_server: Any) -> Iterator[dict[str, str]]:
     """Template databases with ROWS allocations: below the swap, at head, at head with the window open."""
     names = {state: f"reserve_data_{state[:12]}_{os.getpid()}" for state in (BELOW_SWAP, HEAD, WINDOW)}
-    try:
-        with admin(pg_server) as conn:
-            conn.execute(f'CREATE DATABASE "{names[BELOW_SWAP]}"')
+    with contextlib.ExitStack() as templates:
+        templates.enter_context(janitor(pg_server, names[BELOW_SWAP]))
         below = pg_server.url(names[BELOW_SWAP])
         alembic_runner.upgrade(below, BELOW_SWAP)
         with db.connect(below, autocommit=True) as conn:
             dataset.generate(conn, dataset.Shape.for_rows(ROWS))
             conn.execute("VACUUM ANALYZE")
         for state, x in ((HEAD, LOCKED), (WINDOW, ONLINE)):
-            with admin(pg_server) as conn:
-                conn.execute(f'CREATE DATABASE "{names[state]}" TEMPLATE "{names[BELOW_SWAP]}"')
+            templates.enter_context(cloned(pg_server, names[BELOW_SWAP], names[state]))
             alembic_runner.upgrade(pg_server.url(names[state]), "head", x=x)
         yield names
-    finally:
-        with admin(pg_server) as conn:
-            for name in names.values():
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _clone(pg_server: Any, template: str) -> Iterator[Database]:
-    name = f"reserve_data_{os.getpid()}_{next(_clones)}"
-    with admin(pg_server) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield Database(name, pg_server.url(name))
-    finally:
-        with admin(pg_server) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def below_swap(pg_server: Any, data_templates: dict[str, str]) -> Iterator[Database]:
     """A fresh database below the swap (old guard) with ROWS allocations."""
-    yield from _clone(pg_server, data_templates[BELOW_SWAP])
+    with cloned(pg_server, data_templates[BELOW_SWAP]) as database:
+        yield database
 
 
 @pytest.fixture
 def at_head(pg_server: Any, data_templates: dict[str, str]) -> Iterator[Database]:
     """A fresh database at head (allocations_no_overlap), no window open, with ROWS allocations."""
-    yield from _clone(pg_server, data_templates[HEAD])
+    with cloned(pg_server, data_templates[HEAD]) as database:
+        yield database
 
 
 @pytest.fixture
 def in_window(pg_server: Any, data_templates: dict[str, str]) -> Iterator[Database]:
     """A fresh database at head after an online upgrade: the previous table kept in step, ROWS allocations."""
-    yield from _clone(pg_server, data_templates[WINDOW])
+    with cloned(pg_server, data_templates[WINDOW]) as database:
+        yield database

@@ -1,15 +1,18 @@
-"""What tests share: running Alembic and the `reserve` command against a test database, waiting for a moment
-another connection reaches, and building booking data.
+"""What tests share: making a database from a template, running Alembic and the `reserve` command against it,
+waiting for a moment another connection reaches, and building booking data.
 
 Kept out of conftest.py so that test modules can import it by name.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import psycopg
 from click.testing import CliRunner, Result
+from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import URL
 
 from reserve import db
@@ -33,6 +37,41 @@ ROOT = Path(__file__).resolve().parents[1]
 ONLINE = ["swap_method=online"]
 # The chain, oldest first, as Alembic walks it (reserve.schema.revisions is the one place that knows).
 REVISIONS = revisions.chain()
+
+
+_database_numbers = itertools.count(1)
+
+
+# ---------------------------------------------------------------- databases on the test server
+
+def maintenance_url(server: Any) -> URL:
+    """The server's maintenance database: TEST_DATABASE_URL's own database, else ``postgres``."""
+    return server.url(getattr(server, "maintenance_db", "postgres"))
+
+
+def janitor(server: Any, dbname: str, **kwargs: Any) -> DatabaseJanitor:
+    """pytest-postgresql's janitor for ``dbname`` on ``server``: creates it (from ``template_dbname``, ending the
+    sessions left on the template) and drops it with its sessions."""
+    url = server.url()
+    return DatabaseJanitor(user=url.username, host=url.host, port=url.port or 5432, password=url.password,
+                           dbname=dbname, maintenance_dbname=getattr(server, "maintenance_db", "postgres"), **kwargs)
+
+
+@contextmanager
+def cloned(server: Any, template: str, name: str | None = None) -> Iterator[Database]:
+    """The one way tests copy a database: ``CREATE DATABASE … TEMPLATE template``, dropped on exit. Named
+    ``name``, or uniquely for this process (pytest-xdist workers share a server)."""
+    name = name or f"reserve_test_{os.getpid()}_{next(_database_numbers)}"
+    with janitor(server, name, template_dbname=template):
+        yield Database(name, server.url(name))
+
+
+def reliability_figure(what: str) -> str:
+    """The row of docs/RELIABILITY.md's figures table for ``what``: a count typed there is pinned by a test."""
+    for line in (ROOT / "docs" / "RELIABILITY.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"| {what} |"):
+            return line
+    raise AssertionError(f"docs/RELIABILITY.md has no figure {what!r}")
 
 
 class WaitedTooLong(AssertionError):

@@ -10,7 +10,6 @@ command, by contrast, may commit in several transactions before it fails, so its
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,12 +22,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg.types.json import Jsonb
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import make_url
 
 from reserve.cli import main
 from reserve.rollout import alembic_runner
-from tests.support import NOW, Database, Venue, act_as, slot
+from tests.support import NOW, Database, Venue, act_as, cloned, slot
 
 # ---------------------------------------------------------------- one database for the module, and its state
 
@@ -89,13 +87,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(pg_server, templates) -> Iterator[World]:
     """One database at head for the whole module: every bad call is rolled back, and checked to be."""
-    name = f"reserve_test_bad_input_{os.getpid()}"
-    url = pg_server.url()
-    janitor = DatabaseJanitor(user=url.username, host=url.host, port=url.port or 5432, password=url.password,
-                              dbname=name, template_dbname=templates["head"],
-                              maintenance_dbname=getattr(pg_server, "maintenance_db", "postgres"))
-    with janitor:
-        yield World(Database(name, pg_server.url(name))).build()
+    with cloned(pg_server, templates["head"]) as database:
+        yield World(database).build()
 
 
 # ---------------------------------------------------------------- SQL functions
@@ -440,8 +433,10 @@ def test_bad_alembic_input_fails_before_anything_changes(world: World, case: Ale
             world.db.upgrade("head")
 
 
-@pytest.mark.parametrize("option", ["lock_timeout=soon", "statement_timeout=1 hour", "swap_lock_timeout=x",
-                                    "swap_lock_attempts=many"])
+BAD_X_OPTIONS = ["lock_timeout=soon", "statement_timeout=1 hour", "swap_lock_timeout=x", "swap_lock_attempts=many"]
+
+
+@pytest.mark.parametrize("option", BAD_X_OPTIONS)
 def test_bad_x_options_fail_the_offline_script_too(option: str):
     result = alembic_runner.run_cli(make_url("postgresql://u@127.0.0.1:1/db"), "-x", option, "upgrade", "head", "--sql",
                          timeout=120)

@@ -7,7 +7,6 @@ On a server of their own (the crash kills every session on it), with a template 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,13 +19,12 @@ from reserve.rollout.verify import verify
 from reserve.schema import guards
 from reserve.schema.swap import state as swap_state
 from tests import faults, swapping
-from tests.support import REVISIONS, Database, reserve_cli
+from tests.support import REVISIONS, Database, cloned, reserve_cli
 
 ROWS = 20_000
 ONLINE = ["-x", "swap_method=online"]
 SLOW_BACKFILL = ["-x", "swap_batch_rows=1000", "-x", "swap_batch_pause=0.2"]
 TEMPLATE = "crash_template"
-_databases = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +42,10 @@ def crash_server() -> Iterator[EphemeralPostgres]:
 
 
 @pytest.fixture
-def below(crash_server: EphemeralPostgres) -> Database:
+def below(crash_server: EphemeralPostgres) -> Iterator[Database]:
     """A fresh database below the swap, cloned from the template, on the crash server."""
-    name = f"crash_{next(_databases)}"
-    with db.connect(crash_server.url(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    return Database(name, crash_server.url(name))
+    with cloned(crash_server, TEMPLATE) as database:
+        yield database
 
 
 def _rows(db_: Database) -> set[tuple[Any, ...]]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from reserve import db
 from reserve.rollout.lockwatch import LockWatch
-from tests.support import Database
+from tests.support import Database, cloned
 
 
 def test_an_access_exclusive_hold_is_seen_with_its_holder_and_duration(head_db: Database):
@@ -32,16 +31,9 @@ def test_weaker_locks_are_not_holds(head_db: Database):
 
 def test_a_hold_in_a_template_twin_database_is_not_seen(pg_server, head_db: Database):
     """pg_locks is cluster-wide, and a database made from a template shares its relation OIDs."""
-    twin = f"{head_db.name}_twin"
-    admin_url = pg_server.url(getattr(pg_server, "maintenance_db", "postgres"))
-    with db.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{twin}" TEMPLATE "{head_db.name}"')
-    try:
-        with Database(twin, pg_server.url(twin)).connect() as holder, LockWatch(head_db.url) as watch:
-            holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
-            time.sleep(0.1)
-            holder.commit()
-        assert watch.holds == []
-    finally:
-        with db.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{twin}" WITH (FORCE)')
+    with cloned(pg_server, head_db.name, f"{head_db.name}_twin") as twin, \
+            twin.connect() as holder, LockWatch(head_db.url) as watch:
+        holder.execute("LOCK TABLE public.allocations IN ACCESS EXCLUSIVE MODE")
+        time.sleep(0.1)
+        holder.commit()
+    assert watch.holds == []

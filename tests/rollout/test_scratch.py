@@ -7,6 +7,7 @@ from sqlalchemy.engine import make_url
 
 from reserve import db
 from reserve.rollout import scratch
+from tests.support import maintenance_url
 
 
 def test_names_made_in_the_same_second_differ():
@@ -16,7 +17,7 @@ def test_names_made_in_the_same_second_differ():
 
 
 def test_two_scratch_databases_at_once_are_two_databases_and_both_are_dropped(pg_server):
-    server = pg_server.url(getattr(pg_server, "maintenance_db", "postgres"))
+    server = maintenance_url(pg_server)
     with scratch.scratch_database(server, "reserve_test") as first, scratch.scratch_database(server, "reserve_test") as second:
         assert first.database != second.database
         with db.connect(first, autocommit=True) as conn:

@@ -6,7 +6,7 @@ import pytest
 
 from reserve.rollout import preflight
 from reserve.schema import locks, revisions
-from tests.support import Database
+from tests.support import Database, cloned
 
 
 def test_the_conflict_table_is_symmetric_as_postgresql_documents_it():
@@ -76,11 +76,7 @@ def test_holders_name_a_conflicting_session_by_pid_and_application_but_not_a_com
 
 def test_a_lock_in_a_template_twin_database_is_not_this_databases_business(pg_server, head_db: Database):
     """pg_locks is cluster-wide and a database made from a template shares its relation OIDs."""
-    twin = f"{head_db.name}_twin"
-    with preflight.db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{twin}" TEMPLATE "{head_db.name}"')
-    try:
-        twin_db = Database(twin, pg_server.url(twin))
+    with cloned(pg_server, head_db.name, f"{head_db.name}_twin") as twin_db:
         with twin_db.connect() as holder, head_db.connect(autocommit=True) as conn:
             holder.execute("LOCK TABLE allocations IN ACCESS EXCLUSIVE MODE")
             same_oid = conn.execute("SELECT 'public.allocations'::regclass::oid").fetchone()[0] == \
@@ -89,9 +85,5 @@ def test_a_lock_in_a_template_twin_database_is_not_this_databases_business(pg_se
             assert locks.holders(conn, {"public.allocations": "ACCESS EXCLUSIVE"}) == []
             report = preflight.preflight(head_db.url, "-1", backup_confirmed=True)
             holder.rollback()
-        check = next(c for c in report.checks if c.name == "lock holders")
-        assert check.status == "ok", report.to_text()
-    finally:
-        with preflight.db.connect(pg_server.url(getattr(pg_server, "maintenance_db", "postgres")),
-                                  autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{twin}" WITH (FORCE)')
+    check = next(c for c in report.checks if c.name == "lock holders")
+    assert check.status == "ok", report.to_text()

@@ -6,8 +6,6 @@ exactly what it committed."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,11 +15,9 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reserve import db
 from tests import swapping
-from tests.support import NOW, Database
+from tests.support import NOW, Database, cloned
 
-_databases = itertools.count(1)
 ROWS_AT_START = 30
 
 # One step of the application ...
@@ -108,12 +104,7 @@ def _apply(app: psycopg.Connection[Any], backfill: psycopg.Connection[Any], venu
 @contextmanager
 def _database(pg_server: Any, templates: Any) -> Iterator[tuple[Database, Any]]:
     """A database below the swap with two venues and ROWS_AT_START allocations, a few a page; dropped after."""
-    name = f"reserve_swap_prop_{os.getpid()}_{next(_databases)}"
-    admin_url = pg_server.url(getattr(pg_server, "maintenance_db", "postgres"))
-    with db.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates["pre_swap"]}"')
-    try:
-        target = Database(name, pg_server.url(name))
+    with cloned(pg_server, templates["pre_swap"]) as target:
         venues = swapping.two_venues(target)
         with target.connect() as app:
             swapping.spread_over_pages(app)  # a few rows a page: batches of pages copy part of the table
@@ -121,9 +112,6 @@ def _database(pg_server: Any, templates: Any) -> Iterator[tuple[Database, Any]]:
                 _insert(app, venues, n % 2, n % 3, n)
             app.commit()
         yield target, venues
-    finally:
-        with db.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _committed(app: psycopg.Connection[Any], ops: psycopg.Connection[Any], venues: Any,
