@@ -29,7 +29,7 @@ from reserve.schema import guards, revisions
 
 
 @contextmanager
-def long_report(url: URL, seconds: float) -> Iterator[tuple[int, threading.Event]]:
+def snapshot_holding_report(url: URL, seconds: float) -> Iterator[tuple[int, threading.Event]]:
     """An analytics query running for up to ``seconds`` in a thread: a plain SELECT on bookings that holds a
     snapshot and no lock on allocations. Yields its pid and an event set when it ends; canceled on exit."""
     pid: list[int] = []
@@ -64,7 +64,7 @@ def measure(rows: int, report_s: float) -> dict[str, float | bool | str | None]:
         with db.connect(url, autocommit=True) as conn:
             dataset.generate(conn, dataset.Shape.for_rows(rows))
             conn.execute("VACUUM ANALYZE")
-        with long_report(url, report_s * 3) as (report_pid, _), \
+        with snapshot_holding_report(url, report_s * 3) as (report_pid, _), \
                 db.connect(url, application_name="finance-export") as snapshot, \
                 db.connect(url, autocommit=True) as dba:
             snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

@@ -8,7 +8,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
-from reserve.schema import catalog, expectations, guards, pending, probes, revisions
+from reserve.schema import catalog, expectations, guards, probes, revisions, unfinished
 from reserve.schema.swap import state as swap_state
 
 TOO_FEW_ROWS_TO_JUDGE = 1000
@@ -41,12 +41,12 @@ def verify(url: URL) -> Report:
         live = catalog.snapshot(conn)
         swap = swap_state.read(conn)
         found = expectations.differences(current, live)
-        between = pending.identify(current, live, leftovers, swap) if (found or swap) else None
+        between = unfinished.identify(current, live, leftovers, swap) if (found or swap) else None
         left = expectations.machinery_left(current, live) if swap is not None and not found else None
         if left == expectations.WINDOW and swap is not None and swap.phase == swap_state.WINDOW:
             check_window(report, conn, swap)
         elif left == expectations.RETIRED:
-            report.add("retired table", WARN, f"the rollback of {pending.SWAP_REVISION} left the table it replaced "
+            report.add("retired table", WARN, f"the rollback of {unfinished.SWAP_REVISION} left the table it replaced "
                        f"in {swap_state.SHADOW} (dropping it needs a brief ACCESS EXCLUSIVE on bookings and "
                        "restaurants): `reserve swap finish` drops it; nothing depends on it")
         elif left == expectations.CLOSING:
@@ -54,7 +54,7 @@ def verify(url: URL) -> Report:
                        f"{swap_state.SHADOW}, out of step (its capture is gone; the rollback is a rebuild): "
                        "`reserve swap finish` drops it; nothing depends on it")
         if between is not None:
-            report.add("catalog", FAIL, f"between revisions: {between}", pending=between.left,
+            report.add("catalog", FAIL, f"between revisions: {between}", left=between.left,
                        command=between.command, alternative=between.alternative, differences=[str(d) for d in found])
         else:
             if leftovers:

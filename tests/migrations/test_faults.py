@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from reserve.schema import catalog, pending
+from reserve.schema import catalog, unfinished
 from tests import faults
 from tests.datasets import BELOW_SWAP, HEAD, LOCKED
 from tests.support import Database
@@ -99,7 +99,7 @@ def test_downgrade_backend_terminated_while_the_index_build_waits_keeps_the_rest
     assert code != 0 and "allocations_resource_window_excl is restored, and that is committed" in output, output
     with at_head.connect() as conn:
         where = faults.boundary(conn)
-        between = pending.identify(where.recorded, catalog.snapshot(conn), where.pending_indexes)
+        between = unfinished.identify(where.recorded, catalog.snapshot(conn), where.pending_indexes)
     assert where.recorded == HEAD and where.at is None  # between revisions, on purpose
     assert where.pending_indexes == ["reserve_pending_allocations_resource_window_idx"]  # invalid, outside the catalog
     assert between is not None and between.command == "alembic downgrade -1"

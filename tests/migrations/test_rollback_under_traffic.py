@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from click.testing import CliRunner
 
-from bench.rollback_under_traffic import long_report
+from bench.rollback_under_traffic import snapshot_holding_report
 from reserve import db
 from reserve.cli import main
 from reserve.rollout import alembic_runner, dataset
@@ -47,7 +47,7 @@ def test_the_exchange_back_in_the_window_ends_while_a_report_and_a_repeatable_re
     """The exchange back waits for no snapshot: both began after the upgrade's exchange, and the previous table
     holds every row they can see."""
     _with_data(head_db)
-    with long_report(head_db.url, 120) as (_, report_done), head_db.connect() as snapshot_holder:
+    with snapshot_holding_report(head_db.url, 120) as (_, report_done), head_db.connect() as snapshot_holder:
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT count(*) FROM restaurants")
         code, output = faults.run_alembic(head_db.url, "downgrade", "-1", timeout_s=PROMPTLY_S)
@@ -89,7 +89,7 @@ def test_the_locked_rollback_restores_the_guard_promptly_while_a_report_and_a_re
         head_db: Database):
     _with_data(head_db)
     head_db.close_window()
-    with long_report(head_db.url, 120) as (report_pid, report_done), head_db.connect() as snapshot_holder, \
+    with snapshot_holding_report(head_db.url, 120) as (report_pid, report_done), head_db.connect() as snapshot_holder, \
             head_db.connect(autocommit=True) as dba:
         snapshot_holder.execute("SET application_name = 'finance-export'")
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

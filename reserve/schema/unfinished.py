@@ -27,7 +27,7 @@ SWAP_REVISION = revisions.SWAP_REVISION
 
 
 @dataclass(frozen=True)
-class Pending:
+class Unfinished:
     """A known state between revisions: what is done, what is left, and the command that does the rest."""
 
     recorded: str
@@ -38,12 +38,12 @@ class Pending:
 
     def __str__(self) -> str:
         other = f", or undo it with `{self.alternative}`" if self.alternative else ""
-        return f"{self.done}; pending: {self.left}; complete it with `{self.command}`{other}"
+        return f"{self.done}; left: {self.left}; complete it with `{self.command}`{other}"
 
 
 def identify(recorded: str | None, live: catalog.Snapshot, pending_indexes: list[str],
-             swap: SwapState | None = None) -> Pending | None:
-    """The pending state the database is in, or None when it is at a boundary or simply drifted."""
+             swap: SwapState | None = None) -> Unfinished | None:
+    """The unfinished state the database is in, or None when it is at a boundary or simply drifted."""
     if swap is not None:
         return _online(recorded, live, swap)
     if recorded != SWAP_REVISION:
@@ -54,7 +54,7 @@ def identify(recorded: str | None, live: catalog.Snapshot, pending_indexes: list
     if [(d.section, d.kind, d.line) for d in differences] != [("indexes", "missing", line) for line in index]:
         return None
     leftover = f" ({', '.join(pending_indexes)} is half built and will be replaced)" if pending_indexes else ""
-    return Pending(
+    return Unfinished(
         recorded,
         done=f"the rollback of {SWAP_REVISION} restored {OLD_GUARD.name}, which guards every booking",
         left=f"its redundant index {REDUNDANT_INDEX}, built concurrently (blocks nobody){leftover}",
@@ -71,7 +71,7 @@ def _matches_but_for_validation(revision: str, outside: catalog.Snapshot) -> boo
     return missing == unvalidated and len(found) == 2 * len(missing)
 
 
-def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Pending | None:
+def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Unfinished | None:
     """An online swap in flight: outside its machinery, the catalog is the revision's before it or after it."""
     if swap.phase in DROPPABLE["drop"]:
         return None  # at a boundary: the emptied table is named by verify, not pending work
@@ -84,15 +84,15 @@ def _online(recorded: str | None, live: catalog.Snapshot, swap: SwapState) -> Pe
     conflicts = f"; {swap.conflicts} allocation(s) the shadow cannot take block the exchange" if swap.conflicts else ""
     if swap.phase in (BUILDING, BACKFILLED):
         copied = "backfilled" if swap.phase == BACKFILLED else f"{swap.rows_copied} rows copied so far"
-        return Pending(recorded or "none", done=f"an online {swap.direction} is building its shadow with "
+        return Unfinished(recorded or "none", done=f"an online {swap.direction} is building its shadow with "
                        f"{swap.standby_guard} ({copied}); the change log records every write for the replay"
                        f"{conflicts}", left="the backfill, then the exchange (milliseconds under the lock)",
                        command=command, alternative="reserve swap abort")
     if swap.phase == SWAPPED:
-        return Pending(recorded or "none", done=f"the online {swap.direction} exchanged the tables "
+        return Unfinished(recorded or "none", done=f"the online {swap.direction} exchanged the tables "
                        f"({after}'s guard is in force)", left="validating the re-pointed foreign keys"
                        + ("" if swap.direction == "upgrade" else ", then dropping the table that left"), command=command)
     if swap.phase == WINDOW and recorded != SWAP_REVISION:
-        return Pending(recorded or "none", done="the online upgrade exchanged the tables and opened its window",
+        return Unfinished(recorded or "none", done="the online upgrade exchanged the tables and opened its window",
                        left=f"recording {SWAP_REVISION} in alembic_version", command=command)
     return None
