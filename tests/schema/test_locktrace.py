@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reserve.rollout import alembic_runner
 from reserve.schema import locks, locktrace
-from tests.support import REVISIONS, Database
+from tests.support import REVISIONS, Database, reliability_figure
 
 
 def _chain_up_and_down(db: Database) -> tuple[locktrace.LockTrace, locktrace.LockTrace]:
@@ -23,6 +23,9 @@ def test_no_revision_takes_a_lock_it_does_not_declare_up_or_down(empty_db: Datab
     assert [s.step for s in down.steps] == [f"downgrade {r}" for r in reversed(REVISIONS)]
     assert all(s.completed and s.statements for s in up.steps + down.steps)
     assert locktrace.undeclared(up.steps + down.steps) == []
+    up_count, down_count = (sum(len(s.statements) for s in trace.steps) for trace in (up, down))
+    assert f"({up_count + down_count} statements: {up_count} up, {down_count} down)" in reliability_figure(
+        "locks actually taken")
     # The declaration is not vacuous: the trace saw the locks it allows.
     swap = next(s for s in up.steps if s.revision == REVISIONS[-1])
     assert swap.strongest()["public.allocations"] == "ACCESS EXCLUSIVE"

@@ -69,6 +69,8 @@ FOREIGN_INSERTS = {
 }
 TABLES = list(OWNER)
 
+WORLDS = 25  # random tenant worlds per run (docs/RELIABILITY.md says how many)
+
 
 shapes = st.builds(
     Shape,
@@ -104,7 +106,7 @@ def test_the_property_covers_every_rls_enabled_table_at_head(conn):
     assert "booking_confirmation_results" in enabled
 
 
-@settings(max_examples=25, deadline=None, database=None,
+@settings(max_examples=WORLDS, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data(), tenant_shapes=st.lists(shapes, min_size=2, max_size=4), global_flag=st.booleans())
 def test_service_role_reads_and_writes_only_the_rows_of_the_tenant_in_context(conn, data, tenant_shapes, global_flag):
