@@ -36,11 +36,6 @@ def test_adopt_refuses_a_drifted_schema_with_the_differences_and_does_not_stamp(
     assert empty_db.current() is None
 
 
-def test_adopt_refuses_an_already_adopted_database(baseline_db: Database):
-    report = adopt(baseline_db.url)
-    assert report.exit_code == 1 and "already adopted" in report.to_text()
-
-
 def test_verify_at_head_is_clean_and_the_probe_uses_the_gist_index(head_db: Database):
     with head_db.connect() as conn:
         dataset.generate(conn, dataset.Shape(restaurants=20, windows_per_table=10))
