@@ -115,7 +115,7 @@ def results_markdown(result: dict[str, Any], plotted: bool) -> str:
             ["plain CREATE INDEX, shipped key (no check): `swap.index_only_s`", fmt(swap["index_only_s"]),
              fmt(swap["index_only_cpu_s"])],
             ["whole `alembic upgrade head` command", fmt(swap["upgrade_command_s"]), ""],
-            ["whole `alembic downgrade -1` command (violation scan and concurrent index first)",
+            ["whole `alembic downgrade -1` command (violation scan before the lock, concurrent index after the commit)",
              fmt(swap["downgrade_command_s"]), ""],
         ],
     ))
