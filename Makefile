@@ -11,7 +11,7 @@ PG_BINDIR ?= /usr/lib/postgresql/$(PG_MAJOR)/bin
 export PG_BINDIR
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test rehearse lint bench bench-replicas soak expected postgres venv clean
+.PHONY: test test-slow rehearse lint bench bench-replicas soak expected postgres venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,16 @@ postgres:
 	    util-linux prometheus; \
 	fi
 
-## The whole test suite, on throw-away PostgreSQL servers it starts itself: one per pytest-xdist worker
-## (a worker per core; TEST_WORKERS=0 runs in one process), the 15 slowest tests listed at the end.
+## The test suite, on throw-away PostgreSQL servers it starts itself: one per pytest-xdist worker (a worker
+## per core; TEST_WORKERS=0 runs in one process), the 15 slowest tests listed at the end. Tests marked slow
+## (their own servers, rehearsals, the soak, pgbench, property searches, fault injection) are `make test-slow`;
+## CI (.ci/run) runs both, then the lint.
 TEST_WORKERS ?= auto
 test: venv postgres
-	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) -m "not slow" --durations=15
+
+test-slow: venv postgres
+	$(BIN)/pytest -n $(TEST_WORKERS) -m slow --durations=15
 
 ## The main job: rehearse the rollout on a throw-away database and write the evidence bundle (with its
 ## timeline plot: matplotlib, the bench extra). STANDBY=1 adds a hot standby and what its readers saw.

@@ -23,6 +23,8 @@ from reserve.report import EXIT_USAGE
 from reserve.schema import revisions
 from tests.support import REVISIONS, ROOT, Database
 
+pytestmark = pytest.mark.slow  # `make test-slow`: builds the wheel and installs it into fresh virtualenvs
+
 
 def _run(argv: list[str], *, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -96,7 +98,6 @@ def test_without_a_chain_every_command_that_needs_one_exits_2_with_one_message(m
         assert "Traceback" not in result.output
 
 
-@pytest.mark.slow
 def test_the_installed_package_is_the_wheel_and_carries_its_chain(installed: Installed):
     site = Path(_ok(installed.run("python", "-c", "import reserve; print(reserve.__file__)")).strip()).parent
     assert site.is_relative_to(installed.venv), site
@@ -106,7 +107,6 @@ def test_the_installed_package_is_the_wheel_and_carries_its_chain(installed: Ins
         p.name for p in (ROOT / "alembic" / "versions").glob("*.py"))
 
 
-@pytest.mark.slow
 def test_rehearse_runs_from_the_installed_wheel(installed: Installed):
     out = installed.cwd / "artifacts"
     result = installed.run("reserve", "rehearse", "--rows", "1000", "--out", str(out), timeout=600)
@@ -116,7 +116,6 @@ def test_rehearse_runs_from_the_installed_wheel(installed: Installed):
     assert (bundle / "summary.json").is_file()
 
 
-@pytest.mark.slow
 def test_a_deploy_runs_alembic_upgrade_head_from_the_installed_wheel(installed: Installed, empty_db: Database):
     url = empty_db.url.render_as_string(hide_password=False)
     ini = _ok(installed.run("reserve", "config-path")).strip()
@@ -127,7 +126,6 @@ def test_a_deploy_runs_alembic_upgrade_head_from_the_installed_wheel(installed: 
     assert "verdict: GO" in _ok(installed.run("reserve", "verify", DATABASE_URL=url))
 
 
-@pytest.mark.slow
 def test_an_installation_without_its_chain_exits_2_naming_what_is_missing(installed: Installed):
     chain = Path(_ok(installed.run("reserve", "config-path")).strip()).parent
     moved = chain.with_name("_chain.moved")

@@ -28,6 +28,8 @@ from reserve import db
 from reserve.rollout import alembic_runner
 from tests.support import Database
 
+pytestmark = pytest.mark.slow  # `make test-slow`: every command, the rehearsal and alembic run with a password to look for
+
 # Distinct from anything else in the run; the specials make the URL-encoded form differ from the raw one.
 CORE = f"a-distinct-secret-{secrets.token_hex(8)}"
 PASSWORD = CORE + "@/%:#?"

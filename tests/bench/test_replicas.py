@@ -8,6 +8,8 @@ import pytest
 
 from bench import replicas
 
+pytestmark = pytest.mark.slow  # `make test-slow`: a primary and a hot standby of its own
+
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:

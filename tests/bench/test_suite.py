@@ -11,6 +11,8 @@ from bench import render, suite
 from bench.options import Options
 from reserve.rollout.ephemeral import EphemeralPostgres
 
+pytestmark = pytest.mark.slow  # `make test-slow`: a tiny benchmark run, pgbench included
+
 
 def test_a_tiny_run_writes_every_key_of_the_results_document(pg_server, tmp_path):
     if not isinstance(pg_server, EphemeralPostgres):

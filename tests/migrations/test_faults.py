@@ -14,10 +14,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from reserve.schema import catalog, unfinished
 from tests import faults
 from tests.datasets import BELOW_SWAP, HEAD, LOCKED
 from tests.support import Database
+
+pytestmark = pytest.mark.slow  # `make test-slow`: faults injected into the locked swap on a 60k-row dataset
 
 # The swap waits for a blocker up to this long, in one attempt (the fault comes well before).
 WAIT_FOR_BLOCKER = [*LOCKED, "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1"]

@@ -21,6 +21,8 @@ from reserve.schema.swap import state as swap_state
 from tests import faults, swapping
 from tests.support import REVISIONS, Database, cloned, reserve_cli
 
+pytestmark = pytest.mark.slow  # `make test-slow`: its own server, crashed and restarted
+
 ROWS = 20_000
 ONLINE = ["-x", "swap_method=online"]
 SLOW_BACKFILL = ["-x", "swap_batch_rows=1000", "-x", "swap_batch_pause=0.2"]

@@ -27,6 +27,8 @@ from tests import faults
 from tests.datasets import BELOW_SWAP, HEAD, ROWS
 from tests.support import Database
 
+pytestmark = pytest.mark.slow  # `make test-slow`: faults injected into the online swap (timeouts, kills): seconds each
+
 ONLINE = ["-x", "swap_method=online"]  # the method these faults are about (the default is locked)
 # Small batches with a pause: the backfill of ROWS rows takes a few seconds, time to hit it half done.
 SLOW_BACKFILL = ["-x", "swap_batch_rows=2000", "-x", "swap_batch_pause=0.1"]
@@ -318,7 +320,7 @@ def _validation_resumed(db_: Database) -> None:
     found = swap_found(db_)
     assert found is not None and found.phase == swap_state.SWAPPED
     data = assert_named_by_verify(db_, "alembic upgrade head")
-    assert "validating the re-pointed foreign keys" in data["pending"]
+    assert "validating the re-pointed foreign keys" in data["left"]
     with db_.connect() as conn:  # the new guard is in force, the old table is kept in step already
         assert expectations.differences(HEAD, expectations.without_machinery(
             catalog.snapshot(conn))) != []  # a foreign key is still NOT VALID

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from bench.rollback_under_traffic import snapshot_holding_report
@@ -27,6 +28,8 @@ from reserve.schema import catalog, guards, locks, revisions
 from tests import faults
 from tests.datasets import LOCKED
 from tests.support import REVISIONS, Database, wait_until
+
+pytestmark = pytest.mark.slow  # `make test-slow`: a long report and a REPEATABLE READ transaction held through a rollback
 
 HEAD, BELOW_SWAP = REVISIONS[-1], REVISIONS[-2]
 SMALL = dataset.Shape(restaurants=4, tables_per_restaurant=10, windows_per_table=20)

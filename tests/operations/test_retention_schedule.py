@@ -12,6 +12,8 @@ from reserve.operations import retention_schedule
 from tests.ops_support import pg_cron_database, with_aged_evidence
 from tests.support import Database, reserve_cli
 
+pytestmark = pytest.mark.slow  # `make test-slow`: a pg_cron server of its own
+
 CRON_DB = "reserve_cron"
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from reserve.rollout import evidence, rehearsal
 
+pytestmark = pytest.mark.slow  # `make test-slow`: whole rehearsals (one with a standby)
+
 
 @pytest.fixture(scope="module")
 def bundle(pg_server, templates, tmp_path_factory) -> tuple[rehearsal.Result, Path]:

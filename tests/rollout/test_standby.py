@@ -23,6 +23,8 @@ from reserve.rollout.preflight import preflight, replicas_behind
 from reserve.rollout.scratch import unique_name
 from reserve.rollout.standby import StandbyWatch, catch_up, long_report, lsn
 
+pytestmark = pytest.mark.slow  # `make test-slow`: a primary and a hot standby of its own
+
 # Short, so that the test of a cancelled standby query does not wait the default 30 s.
 STREAMING_DELAY = "500ms"
 

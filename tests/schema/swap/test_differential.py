@@ -18,9 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests import swapping
 from tests.support import NOW, Database
+
+pytestmark = pytest.mark.slow  # `make test-slow`: every phase of the swap under a differential writer
 
 SEED = int(os.environ.get("RESERVE_DIFFERENTIAL_SEED", "20261202"))
 PHASE_S = float(os.environ.get("RESERVE_DIFFERENTIAL_SECONDS", "2"))

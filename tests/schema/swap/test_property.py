@@ -12,11 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import swapping
 from tests.support import NOW, Database, cloned
+
+pytestmark = pytest.mark.slow  # `make test-slow`: a hypothesis search over write histories
 
 ROWS_AT_START = 30
 

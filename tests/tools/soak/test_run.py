@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from reserve.rollout.evidence import Step
 from tests.support import REVISIONS, Database
 from tools.soak import run, workers
 from tools.soak.checks import Invariants
+
+pytestmark = pytest.mark.slow  # `make test-slow`: the soak, reduced: worker processes through three migrations
 
 EXPECTED_PHASES = [
     "before", "during upgrade head", "after upgrade head", "during downgrade -1", "after downgrade -1",
