@@ -49,9 +49,10 @@ SAMPLE_ROWS = 50_000
 # per guard, fitted by `make bench` at 100k, 300k and 1M rows (docs/BENCHMARKS.md,
 # "The predictor"): the exponent that carried the 50k-row sample's build to each
 # measured hold was 1.085/1.066/1.063 for the new guard and 1.22/1.166/1.145 for
-# the old one; bench/results/20261125T114731Z.json checks them (-7%..+8%).
-# Refit when a guard's key changes.
-GROWTH = {guards.NEW_GUARD.name: 1.07, guards.OLD_GUARD.name: 1.15}
+# the old one in 20261125T111825Z; 20261203T143226Z, on a slower day, over-predicted
+# the old guard's rollback by +11/+19/+26% with 1.15: 1.12 between the two runs
+# (+9/+12/+16% there, -1% on 20261203T090544Z's 1M). Refit when a guard's key changes.
+GROWTH = {guards.NEW_GUARD.name: 1.07, guards.OLD_GUARD.name: 1.12}
 # Real hold / scaled sample build, measured by `make bench`: what the sample
 # does not do (WAL for the index, shared buffers, the commit).
 CALIBRATION = 1.0
