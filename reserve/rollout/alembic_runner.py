@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,13 +36,21 @@ def _cli(url: URL | str | None, args: tuple[str, ...],
     return [sys.executable, "-m", "alembic", "-c", str(alembic_ini()), *args], env
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before exec: SIGINT unblocked and at its default, as an operator's shell leaves it, so
+    that Ctrl-C (SIGINT) interrupts the run. The parent may block or ignore it in the thread that starts the
+    child (a pytest-xdist worker does: the child inherited that and ignored every SIGINT)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(url: URL | str | None, *args: str, cwd: Path | None = None,
               extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start ``alembic <args>`` against ``url`` (in ``cwd``, else the chain's directory); stdout and stderr merged,
     to be read by the caller."""
     argv, env = _cli(url, args, extra_env)
     return subprocess.Popen(argv, cwd=cwd or alembic_ini().parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_as_from_a_terminal)
 
 
 def run_cli(url: URL | str | None, *args: str, timeout: float = 300, cwd: Path | None = None,
