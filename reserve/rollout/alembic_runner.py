@@ -38,8 +38,9 @@ def _cli(url: URL | str | None, args: tuple[str, ...],
 
 def _as_from_a_terminal() -> None:
     """In the child, before exec: SIGINT unblocked and at its default, as an operator's shell leaves it, so
-    that Ctrl-C (SIGINT) interrupts the run. The parent may block or ignore it in the thread that starts the
-    child (a pytest-xdist worker does: the child inherited that and ignored every SIGINT)."""
+    that Ctrl-C (SIGINT) interrupts the run whatever the parent's thread blocks or ignores (started from the
+    test suite's xdist workers, a child ignored every SIGINT in the full suite, never alone; the cause in the
+    parent was not pinned down)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

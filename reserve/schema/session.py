@@ -28,6 +28,12 @@ from reserve.schema.options import LockPolicy
 log = logging.getLogger("reserve.schema.session")
 
 
+def qualified_names(session: Session) -> None:
+    """For the rest of the transaction, the catalog deparses every name with its schema (``::regclass``,
+    ``pg_get_*def``): definitions read here are replayed on another table, in another schema."""
+    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+
+
 class Session(Protocol):
     def execute(self, query: str, params: Any = None) -> Any: ...
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from psycopg.sql import Literal
 
+from reserve.schema.session import qualified_names
 from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, KEYS_TO_VALIDATE, LIVE
 
 OURS = (CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER)
@@ -145,7 +146,7 @@ class Dependents:
 def find(session: Any, table: str = LIVE) -> Dependents:
     """Everything outside ``table`` that depends on it, definitions captured schema-qualified (the caller's
     transaction gets a local search_path of pg_catalog)."""
-    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    qualified_names(session)
     found = Dependents()
     for row in session.execute(
             "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated, "

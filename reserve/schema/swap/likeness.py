@@ -20,6 +20,7 @@ from typing import Any
 
 from alembic.util import CommandError
 
+from reserve.schema.session import qualified_names
 from reserve.schema.swap.shadow import column_options
 from reserve.schema.swap.state import LIVE, SHADOW
 
@@ -79,7 +80,7 @@ def describe(session: Any, *tables: str) -> dict[str, dict[str, str]]:
     """table -> fact -> value for each of ``tables``: its settings, grants, columns, constraints, indexes and
     policies, with the table's own name written ``{table}`` (the caller's transaction gets a local search_path of
     pg_catalog, so that each table is named schema-qualified, as given)."""
-    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    qualified_names(session)
     facts: dict[str, dict[str, str]] = {table: {} for table in tables}
     for table, fact, value in session.execute(_DESCRIBE, {"t": list(tables)}).fetchall():
         facts[table][fact] = (value or "").replace(f" {table} ", " {table} ")

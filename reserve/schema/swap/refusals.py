@@ -18,6 +18,7 @@ from typing import Any
 
 from alembic.util import CommandError
 
+from reserve.schema.session import qualified_names
 from reserve.schema.swap.state import LIVE, SCHEMA
 
 FALLBACK = "-x swap_method=locked"
@@ -83,7 +84,7 @@ def find(session: Any, table: str = LIVE) -> list[str]:
     """One line per object the online method cannot carry: ``<object>: <why>``, in a stable order (the caller's
     transaction gets a local search_path of pg_catalog, for qualified names). The swap's own objects are not
     counted."""
-    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    qualified_names(session)
     return sorted({f"{what}: {why}" for what, why in session.execute(_FIND, {"t": table}).fetchall()
                    if f" {SCHEMA}." not in f" {what}"})
 

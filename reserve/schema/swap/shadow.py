@@ -25,6 +25,7 @@ from alembic.util import CommandError
 from psycopg.sql import Literal
 
 from reserve.schema import guards
+from reserve.schema.session import qualified_names
 from reserve.schema.swap.state import LIVE, SCHEMA, SHADOW
 
 
@@ -47,11 +48,6 @@ def for_direction(direction: str, new_guard: guards.Guard) -> Target:
     return Target(guards.OLD_GUARD, (new_guard.name,), (), (redundant,))
 
 
-def _qualified(session: Any) -> None:
-    """Deparse every name with its schema (definitions are replayed on another table, in another schema)."""
-    session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-
-
 @dataclass(frozen=True)
 class Definition:
     """The shadow's DDL in two parts: ``table`` creates it with no index at all (the bulk copy appends, and
@@ -66,7 +62,7 @@ class Definition:
 
 def statements(session: Any, target: Target) -> Definition:
     """The DDL that creates the shadow (in the current transaction: it sets a local search_path)."""
-    _qualified(session)
+    qualified_names(session)
     tablespace = _tablespace(session, LIVE)
     table = [f"CREATE TABLE {SHADOW} (LIKE {LIVE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE "
              f"INCLUDING COMPRESSION INCLUDING COMMENTS){f' TABLESPACE {tablespace}' if tablespace else ''}"]
@@ -104,7 +100,7 @@ def statements(session: Any, target: Target) -> Definition:
 def primary_key(session: Any) -> list[str]:
     """The statement that builds the live table's primary key on the shadow (the swap neither drops nor adds one),
     in the tablespace the live one's index is in."""
-    _qualified(session)
+    qualified_names(session)
     out = []
     for name, definition, space in session.execute(
             "SELECT conname, pg_get_constraintdef(k.oid), s.spcname FROM pg_constraint k "
@@ -117,7 +113,7 @@ def primary_key(session: Any) -> list[str]:
 def comments(session: Any) -> list[str]:
     """COMMENT statements for the live table's constraints, indexes and policies that the shadow has too (its
     table and column comments come with it: LIKE … INCLUDING COMMENTS): run once it is filled and keyed."""
-    _qualified(session)
+    qualified_names(session)
     return [f"COMMENT ON {kind} {name} IS {comment}" for kind, name, comment in session.execute(
         "SELECT 'CONSTRAINT', quote_ident(k.conname) || ' ON ' || %(s)s, quote_literal(d.description) "
         "FROM pg_constraint k JOIN pg_description d ON d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass "
@@ -147,7 +143,7 @@ def foreign_keys(session: Any) -> list[tuple[str, str, bool]]:
     backfill (added NOT VALID, then validated in one pass, unless the live one is NOT VALID): checked row by row
     during the copy they would cost a quarter of it, and every row the shadow holds is a committed row of the
     live table, whose keys hold."""
-    _qualified(session)
+    qualified_names(session)
     return [tuple(row) for row in session.execute(
         "SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint WHERE conrelid = %s::regclass "
         "AND contype = 'f' ORDER BY conname", (LIVE,)).fetchall()]
