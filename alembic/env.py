@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from logging.config import fileConfig
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,14 @@ def run_migrations_online() -> None:
                 connection.commit()
 
 
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+def _run() -> None:
+    try:
+        run_migrations_offline() if context.is_offline_mode() else run_migrations_online()
+    except options.UnknownXOption as exc:
+        if config.cmd_opts is None:  # run in-process (the rehearsal, the tests): the caller gets the error
+            raise
+        print(f"FAILED: {exc}", file=sys.stderr)  # the `alembic` command: a usage error, exit 2 (README)
+        raise SystemExit(2) from None
+
+
+_run()

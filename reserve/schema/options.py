@@ -44,14 +44,30 @@ def session_setting(name: str) -> str:
     return x_option(name, SESSION_DEFAULTS[name])
 
 
+# Every ``-x`` key a run reads: the session settings, and the options below. A key not here is a typo
+# (``swap_metod=locked`` would otherwise run the default method): refused before anything runs.
+KNOWN_X_OPTIONS = frozenset({*SESSION_DEFAULTS, "index_build_wait", "lock_trace", "swap_method", "swap_batch_rows",
+                             "swap_batch_pause", "swap_tail_rows", "swap_snapshot_wait", "swap_lock_timeout",
+                             "swap_lock_attempts", "swap_lock_pause"})
+
+
+class UnknownXOption(CommandError):
+    """An ``-x`` key no step reads (a typo): the `alembic` command exits 2 (usage), nothing changed."""
+
+
 def check_x_options(*, offline: bool) -> None:
-    """Fail on a bad ``-x`` value before any revision runs, so that a typo changes nothing.
+    """Fail on an unknown ``-x`` key or a bad value before any revision runs, so that a typo changes nothing.
 
     Some options are read only by a late step (the lock options by the first
     revision that locks, the index wait by the rollback of the swap): checked
     here, up front. Online the server checks the session settings itself when
     env.py sets them; offline they go into the script unchecked, so here.
     """
+    given = context.get_x_argument(as_dictionary=True) if getattr(context, "_proxy", None) is not None else {}
+    unknown = sorted(set(given) - KNOWN_X_OPTIONS)
+    if unknown:
+        raise UnknownXOption(f"unknown -x option(s): {', '.join(unknown)}; nothing was changed. Known: "
+                           f"{', '.join(sorted(KNOWN_X_OPTIONS))}")
     LockPolicy.from_x_options()
     duration_option("index_build_wait", INDEX_BUILD_WAIT)
     SwapOptions.from_x_options()

@@ -188,6 +188,21 @@ def test_an_invalid_x_timeout_is_refused_before_anything_changes(empty_db: Datab
     assert empty_db.snapshot() == before
 
 
+@pytest.mark.parametrize("mode", ["online", "offline"])
+@pytest.mark.parametrize("typo", ["swap_metod=locked", "swap_lock_timout=30s"])
+def test_a_misspelled_x_option_is_refused_with_exit_2_naming_it_and_the_known_ones(empty_db: Database, typo: str,
+                                                                                   mode: str):
+    before = empty_db.snapshot()
+    result = alembic_runner.run_cli(empty_db.url, "-x", typo, "upgrade", "head", *(["--sql"] if mode == "offline" else []))
+    assert result.returncode == 2, db.scrub(output(result), empty_db.url)
+    failed = [line for line in output(result).splitlines() if line.startswith("FAILED:")]
+    assert len(failed) == 1 and f"unknown -x option(s): {typo.split('=')[0]};" in failed[0]
+    assert "Known: " in failed[0] and "swap_method" in failed[0] and "swap_lock_timeout" in failed[0]
+    assert "Traceback" not in output(result) and "ALTER TABLE" not in output(result)
+    assert version_rows(empty_db) == []
+    assert empty_db.snapshot() == before
+
+
 # ---------------------------------------------------------------- the migration lock
 
 
