@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from reserve import db
-from reserve.schema import events, failures, locks, locktrace, movers, options, revisions
+from reserve.schema import events, failures, locks, locktrace, movers, options, revisions, session
 from reserve.schema.swap import state as swap_state
 
 config = context.config
@@ -56,6 +56,8 @@ OFFLINE_HEADER = (
     "allocations while PostgreSQL builds and checks the guard (README, \"Honest lock times\"). The default online",
     "swap (milliseconds under the lock) copies the table in batches that commit one by one: it needs",
     "`alembic upgrade head` on a live connection.",
+    "The session runs READ COMMITTED with row_security off (a row it cannot see raises, never goes missing) and",
+    "session_replication_role origin, whatever the database's or role's defaults (reserve.schema.session).",
 )
 
 
@@ -75,6 +77,7 @@ def run_migrations_offline() -> None:
         context.execute(f"SET lock_timeout = '{session_setting('lock_timeout')}'")
         context.execute(f"SET statement_timeout = '{session_setting('statement_timeout')}'")
         context.execute(f"SET client_connection_check_interval = '{session_setting('client_connection_check_interval')}'")
+        context.execute(session.OWN_SETTINGS_SQL)  # READ COMMITTED, row_security off: reserve.schema.session
         context.run_migrations()
         context.execute(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
 
@@ -125,6 +128,7 @@ def _take_migration_lock(connection) -> None:
             ) from None
     for name in ("lock_timeout", "statement_timeout", "client_connection_check_interval"):
         _set_session(connection, name, name)
+    connection.exec_driver_sql(session.OWN_SETTINGS_SQL)  # READ COMMITTED, row_security off: reserve.schema.session
     connection.commit()
 
 

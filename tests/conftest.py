@@ -44,7 +44,8 @@ def pg_server() -> Iterator[EphemeralPostgres | ExternalServer]:
     if external:
         yield ExternalServer(external)
         return
-    with EphemeralPostgres() as server:
+    # Prepared transactions and logical decoding are ordinary in production: the suite's server allows both.
+    with EphemeralPostgres(settings={"max_prepared_transactions": "10", "wal_level": "logical"}) as server:
         yield server
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from reserve import db
 from reserve.report import FAIL, OK, WARN, Report
-from reserve.schema import movers, revisions
+from reserve.schema import failures, movers, revisions
 from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import changelog, teardown
 from reserve.schema.swap import state as swap_state
@@ -142,26 +142,40 @@ def _timed(conn: psycopg.Connection[Any], statement: str, restaurant: Any, write
     return time.perf_counter() - started
 
 
+# What a follower's round may meet and outlive: a mover's lock it waited for too long (55P03), its batch
+# cancelled by a mover (57014), a deadlock or serialization failure PostgreSQL broke by cancelling it. Its
+# batch rolled back whole; the log rows stay for the next round.
+_YIELDED = ("55P03", "57014", "40P01", "40001")
+
+
 def follow(url: URL, *, interval_s: float = 2.0, rounds: int | None = None,
            progress: Any = None) -> Report:
     """Keep the shadow (in the window: the previous table) in step where pg_cron is not installed: replay the
     change log every ``interval_s`` seconds until the swap's machinery is gone (finished, aborted) or
-    ``rounds`` rounds have run; ``progress`` gets one line per round (depth, lag, conflicts)."""
+    ``rounds`` rounds have run; ``progress`` gets one line per round (depth, lag, conflicts). A follower
+    yields to every mover: it skips a round while another replayer holds the replay's lock, and a round a
+    mover cancels or makes wait is logged and tried again at the next one, never the end of the service."""
     report = Report("swap follow")
     replayed = done = 0
     with db.connect(url, autocommit=True) as conn:
         report.facts.update({"database": db.masked(url)})
         session = PsycopgSession(conn)
         while rounds is None or done < rounds:
-            if swap_state.read(conn) is None:
-                report.add("follow", OK, f"no online swap in flight any more; {replayed} log rows replayed")
-                return report
-            replayed += changelog.replay_until(session)
+            try:
+                if swap_state.read(conn) is None:
+                    report.add("follow", OK, f"no online swap in flight any more; {replayed} log rows replayed")
+                    return report
+                replayed += changelog.replay_until(session, follower=True)
+                figures = _log_figures(conn)
+                line = (f"replayed {replayed} log rows; log {figures['log_rows']} rows, lag "
+                        f"{figures['replay_lag_s']:.1f}s, conflicts {swap_state.read(conn).conflicts}")
+            except psycopg.Error as exc:
+                if failures.sqlstate(exc) not in _YIELDED:
+                    raise
+                line = f"yielded to a mover ({exc.sqlstate}: {str(exc).splitlines()[0]}); trying again next round"
             done += 1
-            figures = _log_figures(conn)
             if progress is not None:
-                progress(f"replayed {replayed} log rows; log {figures['log_rows']} rows, lag "
-                         f"{figures['replay_lag_s']:.1f}s, conflicts {swap_state.read(conn).conflicts}")
+                progress(line)
             if rounds is None or done < rounds:
                 time.sleep(interval_s)
         report.facts.update(_log_figures(conn))

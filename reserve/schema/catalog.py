@@ -25,7 +25,9 @@ USER_SCHEMAS = """
 """
 # An ACL as sorted "grantee:PRIVILEGE" items, the owner written as "owner" so that
 # the same grants compare equal whoever ran the migration (postgres here,
-# supabase_admin there). NULL (the built-in default) is "-".
+# supabase_admin there). NULL (the built-in default) is "-", except for schemas, whose NULL is written as the
+# default it stands for (the owner's CREATE and USAGE): `REVOKE ALL ON SCHEMA … FROM PUBLIC` leaves exactly that,
+# spelled out, and pg_dump/pg_restore brings it back as NULL (a restored window's schema is the same schema).
 ACL = """COALESCE((SELECT string_agg(item, ',' ORDER BY item) FROM (
     SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' WHEN x.grantee = {owner} THEN 'owner'
                 ELSE pg_get_userbyid(x.grantee) END || ':' || x.privilege_type AS item
@@ -41,7 +43,8 @@ SECTIONS: dict[str, str] = {
         WHERE e.extname <> 'plpgsql'
     """,
     "schemas": f"""
-        SELECT n.nspname || ' acl=' || {ACL.format(acl='n.nspacl', owner='n.nspowner')}
+        SELECT n.nspname || ' acl=' || {ACL.format(acl="COALESCE(n.nspacl, acldefault('n', n.nspowner))",
+                                                  owner='n.nspowner')}
         FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public'
           AND {NOT_EXTENSION_MEMBER.format(oid='n.oid')}
     """,

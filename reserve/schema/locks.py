@@ -287,37 +287,48 @@ def step_tables(steps: Sequence[tuple[str, str]], method: str = DEFAULT_SWAP_MET
 
 @dataclass(frozen=True)
 class Holder:
-    """A session of this database that holds (or waits for) a lock on a table: ids and timings, never its query."""
+    """A session of this database, or a prepared transaction (no session: ``pid`` None, ``prepared`` its gid),
+    that holds (or waits for) a lock on a table: ids and timings, never its query."""
 
-    pid: int
+    pid: int | None
     application: str
     table: str
     mode: str  # SQL spelling
     granted: bool
     state: str
     xact_s: float | None
+    prepared: str | None = None
 
     def describe(self) -> str:
         age = f", in a transaction for {self.xact_s:.0f}s" if self.xact_s is not None else ""
         verb = "holds" if self.granted else "waits for"
+        if self.prepared is not None:
+            return (f"prepared transaction {self.prepared!r} {verb} {self.mode} on {self.table}, prepared "
+                    f"{self.xact_s:.0f}s ago (it holds its locks until COMMIT PREPARED or ROLLBACK PREPARED)")
         return f"pid {self.pid} ({self.application or 'no application_name'}) {verb} {self.mode} on {self.table}{age}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "application": self.application, "table": self.table, "mode": self.mode,
-                "granted": self.granted, "state": self.state, "xact_s": self.xact_s}
+                "granted": self.granted, "state": self.state, "xact_s": self.xact_s, "prepared": self.prepared}
 
 
 # pg_locks and pg_stat_activity are cluster-wide, and a database made from a template shares the
-# template's relation OIDs: every query here is scoped to the current database.
+# template's relation OIDs: every query here is scoped to the current database. A prepared transaction's locks
+# have no pid: it is found by its transaction id's lock (same virtual transaction) in pg_prepared_xacts.
 HOLDERS_SQL = """
 SELECT l.pid, COALESCE(a.application_name, ''), l.relation::regclass::text, l.mode, l.granted,
-       COALESCE(a.state, ''), round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)::float8
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       COALESCE(a.state, ''),
+       round(extract(epoch FROM clock_timestamp() - COALESCE(a.xact_start, p.prepared))::numeric, 1)::float8, p.gid
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+LEFT JOIN pg_locks x ON l.pid IS NULL AND x.pid IS NULL AND x.locktype = 'transactionid'
+                    AND x.virtualtransaction = l.virtualtransaction
+LEFT JOIN pg_prepared_xacts p ON p.transaction = x.transactionid
 WHERE l.locktype = 'relation' AND l.mode <> 'SIReadLock'  -- a SERIALIZABLE predicate lock blocks no lock
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = ANY (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
-  AND l.pid <> pg_backend_pid() AND NOT (l.pid = ANY (%s::int[]))
-ORDER BY a.xact_start NULLS LAST, l.pid, 3
+  AND (a.pid IS NOT NULL OR p.gid IS NOT NULL)
+  AND l.pid IS DISTINCT FROM pg_backend_pid() AND NOT (COALESCE(l.pid, 0) = ANY (%s::int[]))
+ORDER BY COALESCE(a.xact_start, p.prepared) NULLS LAST, l.pid, 3
 """
 
 
@@ -331,11 +342,11 @@ def holders(conn: psycopg.Connection[Any], wanted: Mapping[str, str], *, exclude
         return []
     rows = conn.execute(HOLDERS_SQL, (list(wanted), list(exclude))).fetchall()
     found = []
-    for pid, app, table, mode, granted, state, xact_s in rows:
+    for pid, app, table, mode, granted, state, xact_s, prepared in rows:
         qualified = table if "." in table else f"public.{table}"
         want = wanted.get(qualified) or wanted.get(table)
         if want and conflicts(want, mode):
-            found.append(Holder(pid, app, qualified, sql_mode(mode), granted, state, xact_s))
+            found.append(Holder(pid, app, qualified, sql_mode(mode), granted, state, xact_s, prepared))
     return found
 
 
@@ -346,8 +357,8 @@ def exclusive_holders(conn: psycopg.Connection[Any], *, exclude: Sequence[int] =
                             "AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock') AND l.granted "
                             "AND l.relation IN (SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'))"),
         (list(exclude),)).fetchall()
-    return [Holder(pid, app, table if "." in table else f"public.{table}", sql_mode(mode), granted, state, xact_s)
-            for pid, app, table, mode, granted, state, xact_s in rows]
+    return [Holder(pid, app, table if "." in table else f"public.{table}", sql_mode(mode), granted, state, xact_s,
+                   prepared) for pid, app, table, mode, granted, state, xact_s, prepared in rows]
 
 
 OLD_SNAPSHOTS_SQL = """

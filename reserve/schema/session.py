@@ -34,6 +34,27 @@ def qualified_names(session: Session) -> None:
     session.execute("SELECT set_config('search_path', 'pg_catalog', true)")
 
 
+# What the swap's correctness depends on, set on every session that moves or replays it (alembic, `reserve swap`),
+# whatever the database's or the role's defaults (ALTER DATABASE/ROLE … SET) or PGOPTIONS say:
+# - READ COMMITTED: every statement reads what committed before it. Under REPEATABLE READ the exchange's
+#   tail was read with the snapshot of its first statement, taken before its locks were granted, and the
+#   writes committed during that wait were lost;
+# - row_security off: a read that row-level security would filter (FORCE ROW LEVEL SECURITY, an owner
+#   without BYPASSRLS) raises 42501 instead of copying a partial table (the swap refuses such an owner
+#   before it builds anything: reserve.schema.swap.refusals);
+# - session_replication_role origin: the shadow's foreign-key triggers fire for the replay's writes (only a
+#   superuser can change it; for anyone else it is checked: a role set to replica is refused).
+# The swap's SQL names every object with its schema and its functions pin their search_path, so the session's
+# search_path is left to the revisions' DDL (extensions may live in another schema, as Supabase's do).
+# One statement; a transaction open already keeps its isolation, so it runs before the first one.
+OWN_SETTINGS_SQL = (
+    "SELECT set_config('default_transaction_isolation', 'read committed', false), "
+    "set_config('row_security', 'off', false), "
+    "CASE WHEN current_setting('session_replication_role') <> 'origin' "
+    "THEN set_config('session_replication_role', 'origin', false) END"
+)
+
+
 class Session(Protocol):
     def execute(self, query: str, params: Any = None) -> Any: ...
 
@@ -88,6 +109,7 @@ class PsycopgSession:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+        conn.execute(OWN_SETTINGS_SQL)
 
     def execute(self, query: str, params: Any = None) -> Any:
         return self.conn.execute(query, params)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 from alembic import command
 
 from reserve.report import FAIL
 from reserve.rollout import dataset, snapshots
+from reserve.rollout.ephemeral import find_bindir
 from reserve.rollout.adopt import adopt
 from reserve.rollout.verify import verify
 from reserve.schema import revisions
@@ -68,3 +72,17 @@ def test_snapshot_holds_revision_and_counts_and_diff_shows_the_swap(head_db: Dat
     assert "+public.allocations allocations_no_overlap: EXCLUDE" in text
     assert f"-{REVISIONS[-2]}" in text and f"+{REVISIONS[-1]}" in text
     assert snapshots.diff(after, after) == ""
+
+
+def test_a_window_restored_with_pg_dump_and_pg_restore_is_still_named_by_verify(head_db: Database, empty_db: Database):
+    # pg_restore brings the machinery's schema back with a NULL ACL (the default it was revoked down to): the
+    # same schema, and the same open window.
+    auth = ["-h", head_db.url.host or "", "-p", str(head_db.url.port), "-U", head_db.url.username or ""]
+    env = {**os.environ, "PGPASSWORD": head_db.url.password or ""}
+    dump = subprocess.run([str(find_bindir() / "pg_dump"), "-Fc", *auth, "-d", head_db.name], env=env,
+                          capture_output=True, check=True).stdout
+    subprocess.run([str(find_bindir() / "pg_restore"), "--no-owner", *auth, "-d", empty_db.name], input=dump, env=env,
+                   capture_output=True, check=True)
+    restored = verify(empty_db.url)
+    window = [check for check in restored.checks if check.name == "swap window"]
+    assert restored.exit_code == 0 and len(window) == 1 and "open since" in window[0].detail, restored.to_text()

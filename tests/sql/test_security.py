@@ -31,7 +31,7 @@ DEFINER_EXECUTE = {
 # nobody but the owner (a trigger function cannot be called directly anyway).
 SWAP_CAPTURE_DEFINERS = {"reserve_swap.capture()"}
 # The replay the swap (and pg_cron, or `reserve swap follow`) runs as the migration role: an invoker, by nobody else.
-SWAP_FUNCTIONS = SWAP_CAPTURE_DEFINERS | {"reserve_swap.replay(integer)"}
+SWAP_FUNCTIONS = SWAP_CAPTURE_DEFINERS | {"reserve_swap.replay(integer, boolean)"}
 # The invoker functions the RLS policies and the definer functions call: same grants, same pinned path.
 INVOKER_EXECUTE = {
     "current_restaurant_id()": {"service_role"},

@@ -26,7 +26,7 @@ from reserve import sql
 from reserve.schema.swap.state import CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER, LIVE, LOG, REPLAY_LOCK, SHADOW
 
 REPLAY_BATCH = 10_000  # log rows per replay transaction
-FUNCTIONS = {"swap_capture": "v1", "swap_replay": "v1"}  # reserve/sql/functions/<name>/<version>.sql
+FUNCTIONS = {"swap_capture": "v1", "swap_replay": "v2"}  # reserve/sql/functions/<name>/<version>.sql
 
 
 def machinery_sql() -> str:
@@ -71,14 +71,55 @@ def not_capturing(session: Any, table: str = LIVE) -> list[str]:
             for name in (CAPTURE_TRIGGER, CAPTURE_TRUNCATE_TRIGGER) if enabled.get(name) != "A"]
 
 
-def replay(session: Any, max_rows: int = REPLAY_BATCH) -> int:
-    """One batch, in its own transaction; the log rows it consumed."""
+# The replay's transaction-level advisory lock, and who holds it in this database (advisory locks are per
+# database; a bigint key shows in pg_locks as classid = its high half, objid = its low half).
+_REPLAY_KEY = f"hashtext('{REPLAY_LOCK}')::bigint"
+_PREEMPT = (
+    "SELECT count(pg_cancel_backend(l.pid)) FROM pg_locks l "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid <> pg_backend_pid() "
+    "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    f"  AND ((l.classid::bigint << 32) | l.objid::bigint) = {_REPLAY_KEY}"
+)
+
+
+def preempt_followers(session: Any) -> None:
+    """Cancel whoever replays now (a follower: a mover holds the replay's lock only in its own session): its
+    batch rolls back whole, its log rows stay for the next replay."""
+    session.execute(_PREEMPT)
+
+
+def take_replay_lock(session: Any) -> None:
+    """For a mover (alembic's phases, `reserve swap finish`), in its transaction: the replay's lock, now. A
+    follower that holds it (the pg_cron job, `reserve swap follow`) is cancelled rather than waited for: its
+    batch rolls back whole and its log rows stay for the next replay, so nothing is lost, and housekeeping
+    never makes the emergency rollback wait. The wait that remains (for the cancelled batch to roll back) is
+    bounded by the session's lock_timeout."""
+    if session.execute(f"SELECT pg_try_advisory_xact_lock({_REPLAY_KEY})").fetchone()[0]:
+        return
+    preempt_followers(session)
+    session.execute(f"SELECT pg_advisory_xact_lock({_REPLAY_KEY})")
+
+
+def replay(session: Any, max_rows: int = REPLAY_BATCH, *, follower: bool = False) -> int | None:
+    """One batch, in its own transaction; the log rows it consumed. A mover preempts any follower
+    (take_replay_lock); a ``follower`` never waits: None when another replayer holds the lock (its turn is
+    skipped)."""
     with session.transaction():
-        return session.execute("SELECT reserve_swap.replay(%s)", (max_rows,)).fetchone()[0]
+        if not follower:
+            take_replay_lock(session)
+        return session.execute("SELECT reserve_swap.replay(%s, %s)", (max_rows, not follower)).fetchone()[0]
+
+
+def tail_fits(session: Any, cap: int) -> bool:
+    """Whether the log holds at most ``cap`` rows (counting no further than one past it): what the exchange may
+    replay under its lock."""
+    return session.execute(f"SELECT count(*) <= %s FROM (SELECT 1 FROM {LOG} LIMIT %s + 1) tail",
+                           (cap, cap)).fetchone()[0]
 
 
 def replay_in(session: Any, max_rows: int = REPLAY_BATCH) -> int:
-    """Replay the whole log inside the caller's transaction (the exchange's, under its lock: nobody can append)."""
+    """Replay the whole log inside the caller's transaction (the exchange's, under its lock: nobody can append;
+    the caller has checked with tail_fits that it is short)."""
     total = 0
     while True:
         consumed = session.execute("SELECT reserve_swap.replay(%s)", (max_rows,)).fetchone()[0]
@@ -87,12 +128,15 @@ def replay_in(session: Any, max_rows: int = REPLAY_BATCH) -> int:
             return total
 
 
-def replay_until(session: Any, tail_rows: int = 0, max_rows: int = REPLAY_BATCH) -> int:
+def replay_until(session: Any, tail_rows: int = 0, max_rows: int = REPLAY_BATCH, *, follower: bool = False) -> int:
     """Replay batch after batch until at most ``tail_rows`` log rows are left (as counted then); the rows
-    consumed. Each batch commits on its own, so that writers never wait for the replay."""
+    consumed. Each batch commits on its own, so that writers never wait for the replay. A ``follower`` stops
+    at the first batch another replayer's lock makes it skip."""
     total = 0
     while True:
-        consumed = replay(session, max_rows)
+        consumed = replay(session, max_rows, follower=follower)
+        if consumed is None:
+            return total
         total += consumed
         if consumed < max_rows and depth(session).rows <= tail_rows:
             return total
@@ -126,13 +170,11 @@ def queue_differences(session: Any) -> int:
             "SELECT count(*) FROM queued").fetchone()[0]
 
 
-def replay_lock_sql() -> str:
-    """What the bulk copy takes first in each of its transactions: no replay runs beside it (a copy from an
-    older snapshot must always be followed by the replay of what was logged meanwhile, never overtaken)."""
-    return f"SELECT pg_advisory_xact_lock(hashtext('{REPLAY_LOCK}'))"
-
-
 CRON_JOB = "reserve-swap-replay"
+# The job's command: READ COMMITTED whatever the database's default (the replay refuses anything else), and a
+# follower's turn (skipped while a mover or another replayer holds the replay's lock).
+CRON_COMMAND = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; "
+                f"SELECT reserve_swap.replay({REPLAY_BATCH * 10}, false)")
 
 
 def cron_version(session: Any) -> str | None:
@@ -154,7 +196,7 @@ def schedule_replay(session: Any) -> str | None:
     if version is None:
         return None
     every = cron_schedule(version)
-    session.execute("SELECT cron.schedule(%s, %s, %s)", (CRON_JOB, every, f"SELECT reserve_swap.replay({REPLAY_BATCH * 10})"))
+    session.execute("SELECT cron.schedule(%s, %s, %s)", (CRON_JOB, every, CRON_COMMAND))
     return every
 
 

@@ -27,7 +27,7 @@ import time
 
 from alembic.util import CommandError
 
-from reserve.schema import guards, locks
+from reserve.schema import failures, guards, locks
 from reserve.schema.options import SwapOptions, session_setting
 from reserve.schema.session import Session, take
 from reserve.schema.swap import changelog, dependents, likeness, refusals, shadow, teardown
@@ -47,11 +47,6 @@ from reserve.schema.swap.state import (
 )
 
 log = logging.getLogger("reserve.schema.swap")
-
-# How often the exchange starts again when something began to depend on allocations between the reading that
-# chose its locks and the moment they were granted (a view created meanwhile, say).
-DEPENDENTS_ATTEMPTS = 3
-
 
 class _ConflictsAppeared(Exception):
     """The replay recorded a conflict between the last check and the exchange's lock: refused, no lock held."""
@@ -78,41 +73,70 @@ class _DependentsChanged(Exception):
     """Something began to depend on allocations before the exchange's locks were granted: released, tried again."""
 
 
-def _exchange(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
-              direction: str, guard_names: frozenset[str]) -> None:
+class _TailTooLong(Exception):
+    """More than ``swap_tail_rows`` log rows were waiting once the locks were granted (writes committed while the
+    exchange waited for them): released, caught up, tried again, so that the hold never depends on the write
+    rate."""
+
+
+# How often the exchange releases and starts again (dependents changed, the tail grew past its cap while it
+# waited, a row the tail's replay must lock was held): each time with nothing changed, caught up first.
+EXCHANGE_ATTEMPTS = 5
+# Under the exchange's lock the tail's replay locks the booking and restaurant rows it copies (FOR KEY SHARE):
+# an application transaction holding one FOR UPDATE is not waited for longer than this.
+TAIL_LOCK_TIMEOUT = "200ms"
+
+
+def _exchange(session: Session, options: SwapOptions, *, action: str, from_phase: str, open_window: bool,
+              standby_guard_after: str, direction: str, guard_names: frozenset[str]) -> None:
     """The one short lock: the log's tail replayed, live and shadow trade places, dependents follow, the
     capture moves to the new live table when a window opens; the state moves from ``from_phase`` to swapped.
     The dependents are read once to know what to lock (in the order the application locks them) and again
     once the locks are granted (nothing can start depending on allocations then): what is re-pointed is what
-    the second reading found, and when it names a table the locks missed, the exchange starts again."""
-    for attempt in range(1, DEPENDENTS_ATTEMPTS + 1):
+    the second reading found, and when it names a table the locks missed, the exchange starts again; so it
+    does when the tail left under the lock is longer than ``swap_tail_rows`` or a row it must lock is held."""
+    why = ""
+    for attempt in range(1, EXCHANGE_ATTEMPTS + 1):
         try:
-            _exchange_once(session, action=action, from_phase=from_phase, open_window=open_window,
+            _exchange_once(session, options, action=action, from_phase=from_phase, open_window=open_window,
                            standby_guard_after=standby_guard_after, direction=direction, guard_names=guard_names)
             return
         except _DependentsChanged as changed:
-            log.warning("%s: %s began to depend on %s while the exchange waited for its locks (attempt %d/%d): "
-                        "released, starting again", action, changed, LIVE, attempt, DEPENDENTS_ATTEMPTS)
-    raise CommandError(f"{action}: what depends on {LIVE} kept changing while the exchange waited for its locks; "
-                       "nothing was changed: run it again")
+            why = f"{changed} began to depend on {LIVE} while the exchange waited for its locks"
+        except _TailTooLong as grown:
+            why = f"{grown} log rows were waiting once the locks were granted (more than swap_tail_rows)"
+        except Exception as exc:
+            if failures.sqlstate(exc) != "55P03":
+                raise
+            why = f"a row the tail's replay locks was held for more than {TAIL_LOCK_TIMEOUT}"
+        log.warning("%s: %s (attempt %d/%d): released, catching up, starting again", action, why, attempt,
+                    EXCHANGE_ATTEMPTS)
+        changelog.replay_until(session, options.tail_rows)
+    raise CommandError(f"{action}: the exchange was released {EXCHANGE_ATTEMPTS} times ({why}); nothing was "
+                       "changed: run it again (at a quieter moment, or with a larger -x swap_tail_rows)")
 
 
-def _exchange_once(session: Session, *, action: str, from_phase: str, open_window: bool, standby_guard_after: str,
-                   direction: str, guard_names: frozenset[str]) -> None:
+def _exchange_once(session: Session, options: SwapOptions, *, action: str, from_phase: str, open_window: bool,
+                   standby_guard_after: str, direction: str, guard_names: frozenset[str]) -> None:
     with session.transaction():
-        session.execute(changelog.replay_lock_sql())  # no replayer (pg_cron, `swap follow`) is left to wait for
+        # The replay's lock is taken only once the table locks are granted: while the exchange waits for them
+        # (retries and pauses included) the followers go on replaying.
+        changelog.preempt_followers(session)
         expected = dependents.find(session)
         take(session, locks.online_exchange(expected.tables), action=f"{action}: exchange",
-             restore_lock_timeout=session_setting("lock_timeout"))
+             restore_lock_timeout=TAIL_LOCK_TIMEOUT)
         locked = time.perf_counter()
+        changelog.take_replay_lock(session)  # a follower waiting behind these locks is cancelled, not waited for
         deps = dependents.find(session)
         missed = sorted(set(deps.tables) - set(expected.tables))
         if missed:
             raise _DependentsChanged(", ".join(missed))
+        if not changelog.tail_fits(session, options.tail_rows):
+            raise _TailTooLong(changelog.depth(session).rows)
         refusals.refuse(session, action)  # catalog reads: nothing can start depending on it any more
         likeness.refuse_if_different(session, guard_names, action)
         advance(session, from_phase, SWAPPED, direction=direction, standby_guard=standby_guard_after)
-        tail = changelog.replay_in(session)
+        tail = changelog.replay_in(session)  # READ COMMITTED: each statement reads after the locks were granted
         if changelog.not_capturing(session, LIVE):
             raise _CaptureChanged
         if session.execute("SELECT count(*) FROM reserve_swap.conflicts").fetchone()[0]:
@@ -157,33 +181,73 @@ def catch_up(session: Session, options: SwapOptions, *, action: str) -> None:
              action, replayed, queued, time.monotonic() - started)
 
 
+# Older than the fill: a snapshot whose xmin precedes the transaction that last filled the shadow (%(fill)s).
+_OLDER = "age({xmin}) > age((%(fill)s::bigint %% 4294967296)::text::xid)"
+# The transactions of this database whose snapshot may predate the fill, by virtual transaction id (as CREATE
+# INDEX CONCURRENTLY collects them): what is waited for, each until it ends. Sessions waiting for the
+# migration lock hold a snapshot they will drop without reading allocations.
+_OLD_TRANSACTIONS = (
+    "SELECT v.virtualxid, a.pid, COALESCE(NULLIF(a.application_name, ''), 'no application_name'), "
+    "       to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
+    "FROM pg_stat_activity a JOIN pg_locks v ON v.pid = a.pid AND v.locktype = 'virtualxid' AND v.granted "
+    "  AND v.virtualxid = v.virtualtransaction "
+    "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend' "
+    f"  AND a.backend_xmin IS NOT NULL AND {_OLDER.format(xmin='a.backend_xmin')} "
+    f"  AND NOT {locks.WAITING_FOR_MIGRATION_LOCK_SQL.format(pid='a.pid')} ORDER BY a.xact_start"
+)
+# Snapshots the primary sees only as an xmin: hot standbys' (hot_standby_feedback) and replication slots'.
+_OLD_STANDBYS = (
+    "SELECT 'standby ' || COALESCE(NULLIF(application_name, ''), client_addr::text, 'pid ' || pid) "
+    "       || ' (hot_standby_feedback xmin ' || backend_xmin || ')' "
+    f"FROM pg_stat_replication WHERE backend_xmin IS NOT NULL AND {_OLDER.format(xmin='backend_xmin')} "
+    "UNION ALL SELECT 'replication slot ' || slot_name || ' (xmin ' || xmin || ')' FROM pg_replication_slots "
+    f"WHERE xmin IS NOT NULL AND {_OLDER.format(xmin='xmin')}"
+)
+# What holds back the xmin of every snapshot taken while it lasts, so that a fresh one looks old too: a
+# prepared transaction (no session, no snapshot of its own) or any transaction older than the fill.
+_HOLDING_BACK = (
+    "SELECT 'prepared transaction ' || quote_literal(gid) || ' (xid ' || transaction || ', prepared ' "
+    "       || to_char(prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC, database ' || database || ')' "
+    f"FROM pg_prepared_xacts WHERE {_OLDER.format(xmin='transaction')}"
+)
+
+
 def wait_for_old_snapshots(session: Session, options: SwapOptions, *, action: str) -> None:
-    """Wait for every transaction in this database whose snapshot predates the shadow's bulk fill (after the
-    exchange it would see the table empty or partial: the MVCC caveat of any table rewrite), as CREATE INDEX
-    CONCURRENTLY waits for old snapshots: for at most ``swap_snapshot_wait`` seconds, then refuse naming
-    them, with nothing changed. (A snapshot newer than the fill but older than the last replays sees the rows
-    replayed since it was taken missing: the writes of the last moments, which the guard still checks.)"""
+    """Wait for every snapshot that may predate the shadow's bulk fill (after the exchange it would see the table
+    empty or partial: the MVCC caveat of any table rewrite), for at most ``swap_snapshot_wait`` seconds, then
+    refuse naming them, with nothing changed.
+
+    As CREATE INDEX CONCURRENTLY does, this database's transactions that may hold such a snapshot are collected
+    once and each is waited for until it ends: one that begins later sees the fill, even when a prepared
+    transaction older than the fill makes its xmin look old. A hot standby's snapshots show on the primary only
+    as its feedback xmin (or its slot's): waited for until it passes the fill; while a prepared transaction
+    older than the fill lasts it cannot, and the refusal names that transaction. (A snapshot newer than the
+    fill but older than the last replays sees the rows replayed since it was taken missing: the writes of the
+    last moments, which the guard still checks.)"""
     deadline = time.monotonic() + options.snapshot_wait_s
-    (horizon,) = session.execute("SELECT filled_xid::text FROM reserve_swap.state").fetchone()
-    if horizon is None:
+    (fill,) = session.execute("SELECT filled_xid::text FROM reserve_swap.state").fetchone()
+    if fill is None:
         return
+    waited = {row[0]: row[1:] for row in session.execute(_OLD_TRANSACTIONS, {"fill": fill}).fetchall()}
     while True:
-        old = session.execute(
-            "SELECT a.pid, COALESCE(NULLIF(a.application_name, ''), '-'), "
-            "       to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') "
-            "FROM pg_stat_activity a "
-            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend' "
-            "  AND a.backend_xmin IS NOT NULL AND age(a.backend_xmin) > age((%s::bigint %% 4294967296)::text::xid) "
-            f"  AND NOT {locks.WAITING_FOR_MIGRATION_LOCK_SQL.format(pid='a.pid')} "
-            "ORDER BY a.xact_start", (horizon,)).fetchall()
-        if not old:
+        if waited:
+            alive = {row[0] for row in session.execute(
+                "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' AND granted "
+                "AND virtualxid = ANY (%s::text[])", (list(waited),)).fetchall()}
+            waited = {vxid: seen for vxid, seen in waited.items() if vxid in alive}
+        standbys = [row[0] for row in session.execute(_OLD_STANDBYS, {"fill": fill}).fetchall()]
+        if not waited and not standbys:
             return
         if time.monotonic() >= deadline:
-            sessions = ", ".join(f"pid {pid} ({name}, in a transaction since {since} UTC)" for pid, name, since in old)
+            old = [f"pid {pid} ({name}, in a transaction since {since} UTC)" for pid, name, since in waited.values()]
+            holding = [row[0] for row in session.execute(_HOLDING_BACK, {"fill": fill}).fetchall()] if standbys else []
             raise CommandError(
-                f"{action}: {len(old)} transaction(s) hold a snapshot older than the shadow's contents and would "
-                f"see allocations empty or partial after the exchange: {sessions}. Nothing was changed; let them "
-                "end (or end them), then run it again (-x swap_snapshot_wait=SECONDS waits longer).")
+                f"{action}: {len(old) + len(standbys)} snapshot(s) may be older than the shadow's contents and would "
+                f"see allocations empty or partial after the exchange: {', '.join(old + standbys)}"
+                + (f" (their xmin is held back by {', '.join(holding)}: COMMIT PREPARED or ROLLBACK PREPARED it)"
+                   if holding else "")
+                + ". Nothing was changed; let them end (or end them), then run it again (-x swap_snapshot_wait="
+                "SECONDS waits longer).")
         time.sleep(0.1)
 
 
@@ -195,6 +259,8 @@ def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, o
     for old snapshots, exchange."""
     with session.transaction():
         session.execute(dependents.KEYS_TO_VALIDATE_SQL)  # machinery an older release built lacks it
+        for function in changelog.function_sql():  # and its replay may be an older version (a window lasts days)
+            session.execute(function)
         # Grants and table options set since the build are carried, not refused (SHARE UPDATE EXCLUSIVE on the shadow).
         for statement in shadow.grants(session) + shadow.options_to_carry(session):
             session.execute(statement)
@@ -205,7 +271,7 @@ def _checked_exchange(session: Session, found: SwapState, guard: guards.Guard, o
     wait_for_old_snapshots(session, options, action=action)
     changelog.replay_until(session, options.tail_rows)  # what was logged while it waited, then at once the lock
     try:
-        _exchange(session, action=action, from_phase=from_phase, open_window=open_window,
+        _exchange(session, options, action=action, from_phase=from_phase, open_window=open_window,
                   standby_guard_after=standby_guard_after, direction=direction, guard_names=guard_names)
     except _ConflictsAppeared:
         _refuse_conflicts(session, action, guard)

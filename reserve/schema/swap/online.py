@@ -226,7 +226,7 @@ def add_key(session: Session, *, action: str) -> None:
         return
     started = time.monotonic()
     with session.transaction():
-        session.execute(changelog.replay_lock_sql())
+        changelog.take_replay_lock(session)
         key = shadow.primary_key(session)
         take(session, locks.online_phase("key"), action=f"{action}: building the shadow's primary key",
              restore_lock_timeout=session_setting("lock_timeout"))
@@ -256,7 +256,7 @@ def add_guard(session: Session, direction: str, new_guard: guards.Guard, *, acti
         return
     started = time.monotonic()
     with session.transaction():
-        session.execute(changelog.replay_lock_sql())
+        changelog.take_replay_lock(session)
         after_fill = shadow.statements(session, target).after_fill
         take(session, locks.online_phase("guard"), action=f"{action}: building the shadow's guard",
              restore_lock_timeout=session_setting("lock_timeout"))
@@ -304,7 +304,7 @@ def copy_next_batch(session: Session, pages: int, *, action: str) -> tuple[int, 
     copied, whether pages remain). No row locks: a version a later write changes is settled by
     the replay of that write's log row, which never runs beside a copy batch."""
     with session.transaction():
-        session.execute(changelog.replay_lock_sql())
+        changelog.take_replay_lock(session)
         session.execute(f"LOCK TABLE {LIVE} IN ACCESS SHARE MODE")  # its shape holds until this batch commits
         shadow.refuse_if_reshaped(session, action)
         first, end = _next_pages(session, pages, action)

@@ -70,6 +70,22 @@ _FOUND = (
        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
        WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
          AND (a.attidentity <> '' OR a.attgenerated <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%%')""",
+    # Row-level security the running role is subject to on the table: every read the copy, the replay and the
+    # compare make would be filtered (with row_security off, as the swap's sessions run, they raise instead).
+    """SELECT 'role ' || quote_ident(current_user) || ' reading ' || %(t)s,
+              CASE WHEN c.relforcerowsecurity THEN 'the table has FORCE ROW LEVEL SECURITY'
+                   ELSE 'the table has row level security and the role does not own it' END
+              || ' and the role is neither a superuser nor BYPASSRLS: its copy of the table would miss every row '
+              || 'a policy hides (a superuser can ALTER ROLE ' || quote_ident(current_user) || ' BYPASSRLS)'
+       FROM pg_class c JOIN pg_roles r ON r.rolname = current_user
+       WHERE c.oid = %(t)s::regclass AND c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls)
+         AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))""",
+    # A subscription maps its publisher's changes to the table by OID (pg_subscription_rel): after the exchange
+    # they would be applied to the previous table.
+    """SELECT 'subscription ' || quote_ident(s.subname),
+              'it applies its publisher''s changes to allocations by OID: after the exchange they would go to the '
+              'previous table, not the live one' FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid
+       WHERE sr.srrelid = %(t)s::regclass""",
     """SELECT 'foreign key ' || quote_ident(conname) || ' of ' || %(t)s,
               'it references allocations itself: rows of the previous table inside the window would point at '
               'the live one' FROM pg_constraint
