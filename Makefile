@@ -59,12 +59,15 @@ expected: venv postgres
 
 ## Live traffic: workers confirm holds while the chain runs upgrade head, downgrade -1, upgrade head.
 ## Writes artifacts/soak.json; exit 1 if an invariant broke (overlap, lost row, missing evidence, unexpected error).
+## SOAK_HOSTILE=1: every session REPEATABLE READ by default, FORCE RLS on allocations, a deploy role that is not a
+## superuser runs alembic (artifacts/soak-hostile.json).
 SOAK_ROWS ?= 100000
 SOAK_WORKERS ?= 4
 SOAK_METHOD ?= online
 soak: venv postgres
 	@mkdir -p artifacts
-	$(BIN)/python -m tools.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 -x swap_method=$(SOAK_METHOD) --out artifacts/soak.json
+	$(BIN)/python -m tools.soak --workers $(SOAK_WORKERS) --rows $(SOAK_ROWS) --phase-seconds 10 -x swap_method=$(SOAK_METHOD) \
+	  $(if $(SOAK_HOSTILE),--hostile-sessions) --out artifacts/soak$(if $(SOAK_HOSTILE),-hostile).json
 
 ## Benchmarks at scale: the swap's lock hold, overlap probes, confirm throughput.
 ## Writes bench/results/<timestamp>.json, bench/results/latest.json and docs/BENCHMARKS.md. ROWS=… to change the size.

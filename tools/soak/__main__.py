@@ -17,7 +17,7 @@ from reserve import db
 from reserve.report import EXIT_NO_GO, EXIT_OK, EXIT_USAGE, UsageError
 from reserve.rollout.ephemeral import ServerError
 from reserve.rollout.scratch import scratch_database
-from tools.soak.run import BEFORE_HEAD, prepare, run_soak
+from tools.soak.run import BEFORE_HEAD, harden, prepare, run_soak
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-calls", type=int, default=1_000_000, help="upper bound of calls per worker")
     parser.add_argument("-x", dest="alembic_x", action="append", default=[], metavar="NAME=VALUE",
                         help="alembic -x option for every step, e.g. -x swap_lock_timeout=2s (repeatable)")
+    parser.add_argument("--hostile-sessions", action="store_true",
+                        help="every session REPEATABLE READ by default, FORCE ROW LEVEL SECURITY on allocations, the "
+                             "schema owned by a deploy role that is not a superuser (tools.soak.run.harden)")
     parser.add_argument("--out", type=Path, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
     try:
@@ -39,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scratch_database(url, "reserve_soak", local_only=True) as target:
             print(f"preparing {args.rows} rows at {BEFORE_HEAD} …", file=sys.stderr)
             prepare(target, args.rows)
-            result = run_soak(target, workers=args.workers, phase_seconds=args.phase_seconds,
+            migrate_url = harden(target) if args.hostile_sessions else None
+            result = run_soak(target, migrate_url=migrate_url, workers=args.workers, phase_seconds=args.phase_seconds,
                               overlap_every=args.overlap_every, max_calls_per_worker=args.max_calls,
                               alembic_x=args.alembic_x)
     # UsageError: SoakSetupError, DatabaseUrlError, ConnectionFailed, ScratchDatabaseError (e.g. not on this machine).

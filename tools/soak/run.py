@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
 from sqlalchemy.engine import URL
 
 from reserve import db
@@ -51,6 +52,41 @@ def prepare(url: URL, rows: int) -> int:
     alembic_runner.upgrade(url, BEFORE_HEAD)
     with db.connect(url, autocommit=True) as conn:
         return dataset.generate(conn, dataset.Shape.for_rows(rows))["allocations"]
+
+
+DEPLOYER = "reserve_soak_deployer"
+
+
+def harden(url: URL) -> URL:
+    """The settings production databases have that the swap must hold under (issue 30), made on ``url`` after
+    ``prepare``: every session's default isolation REPEATABLE READ (workers and alembic alike), FORCE ROW
+    LEVEL SECURITY on allocations, and the schema owned by a deploy role that is not a superuser (BYPASSRLS:
+    without it the online method refuses, naming the role). The URL alembic runs with, as that role."""
+    password = secrets.token_urlsafe(18)
+    with db.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {DEPLOYER}")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER BYPASSRLS PASSWORD {}").format(
+            sql.Identifier(DEPLOYER), sql.Literal(password)))
+        conn.execute(f"GRANT CREATE ON DATABASE {url.database} TO {DEPLOYER}")
+        conn.execute(f"ALTER SCHEMA public OWNER TO {DEPLOYER}")
+        conn.execute(f"""DO $$ DECLARE o record; BEGIN
+          FOR o IN SELECT c.oid::regclass AS name, c.relkind FROM pg_class c
+                   WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p', 'S') LOOP
+            EXECUTE format('ALTER %s %s OWNER TO {DEPLOYER}',
+                           CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN
+                           'MATERIALIZED VIEW' ELSE 'TABLE' END, o.name);
+          END LOOP;
+          FOR o IN SELECT p.oid::regprocedure AS name FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
+            EXECUTE format('ALTER ROUTINE %s OWNER TO {DEPLOYER}', o.name);
+          END LOOP;
+          FOR o IN SELECT t.oid::regtype AS name FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace
+                   AND t.typtype = 'e' LOOP
+            EXECUTE format('ALTER TYPE %s OWNER TO {DEPLOYER}', o.name);
+          END LOOP; END $$""")
+        conn.execute("ALTER TABLE public.allocations FORCE ROW LEVEL SECURITY")
+        conn.execute(f"ALTER DATABASE {url.database} SET default_transaction_isolation = 'repeatable read'")
+    return url.set(username=DEPLOYER, password=password)
 
 
 def run_step(url: URL, name: str, argv: Sequence[str], alembic_x: Sequence[str], timeout_s: float) -> Step:
@@ -104,12 +140,14 @@ def collect(stop: Any, results: Any, processes: Sequence[Any], timeout_s: float 
 
 def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap_every: int = 10,
              max_calls_per_worker: int = 1_000_000, alembic_x: Sequence[str] = (),
-             worker_statement_timeout: str = "60s", step_timeout_s: float = 1800) -> SoakResult:
+             worker_statement_timeout: str = "60s", step_timeout_s: float = 1800,
+             migrate_url: URL | None = None) -> SoakResult:
     """Run the chain under live confirmations on ``url`` (at ``BEFORE_HEAD``, with data: see ``prepare``).
 
     Phases: 'before', then for each step 'during <step>' (as long as the step
     runs) and 'after <step>' (``phase_seconds`` each). Stops at the first step
-    that fails; the checks run regardless.
+    that fails; the checks run regardless. ``migrate_url``: the role alembic runs as (harden's deploy role),
+    if not ``url``'s.
     """
     if workers < 1 or phase_seconds <= 0:
         raise ValueError("workers must be >= 1 and phase_seconds > 0")
@@ -144,7 +182,7 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
         t_start = time.monotonic()
         phase("before", phase_seconds, ends)
         for name, argv in CHAIN:
-            steps.append(run_step(url, name, argv, alembic_x, step_timeout_s))
+            steps.append(run_step(migrate_url or url, name, argv, alembic_x, step_timeout_s))
             ends.append((f"during {name}", time.monotonic()))
             if not steps[-1].ok:
                 break
@@ -167,7 +205,13 @@ def run_soak(url: URL, *, workers: int = 4, phase_seconds: float = 10.0, overlap
     with db.connect(url, autocommit=True) as conn:
         invariants = check_invariants(conn, confirmed, run_tag, allocations_before)
         final_revision = revisions.current_revision(conn)
-        drift = expectations.reasons(expectations.drift(conn, revisions.head()))
+        forced = conn.execute("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'public.allocations'::regclass"
+                              ).fetchone()[0]
+        # Hardened: FORCE ROW LEVEL SECURITY is the one difference from head's catalog, and it must still be there.
+        drift = [reason for reason in expectations.reasons(expectations.drift(conn, revisions.head()))
+                 if not (migrate_url is not None and forced and "public.allocations" in reason and "force_rls" in reason)]
+        if migrate_url is not None and not forced:
+            drift.append("FORCE ROW LEVEL SECURITY on public.allocations was lost")
 
     # Workers leave the start barrier with this process and may finish a call before it reads the clock.
     timeline = tile(ends, min([t_start, *(start for start, _, _ in calls)]))
