@@ -114,10 +114,10 @@ BEGIN
       WHERE EXISTS (SELECT 1 FROM reserve_swap.allocations o
                     WHERE NOT o.shadow AND o.resource_type = n.resource_type AND o.resource_id = n.resource_id
                       AND (NOT scoped OR o.restaurant_id = n.restaurant_id) AND o."window" && n."window")
-         OR EXISTS (SELECT 1 FROM candidates o
-                    WHERE o.position < n.position AND o.resource_type = n.resource_type
-                      AND o.resource_id = n.resource_id AND (NOT scoped OR o.restaurant_id = n.restaurant_id)
-                      AND o."window" && n."window"))
+      UNION  -- an earlier-logged row of the batch on the same key (a hash join on the resource)
+      SELECT n.id FROM candidates n JOIN candidates o
+        ON o.resource_type = n.resource_type AND o.resource_id = n.resource_id
+       AND (NOT scoped OR o.restaurant_id = n.restaurant_id) AND o.position < n.position AND o."window" && n."window")
     INTO refused;
   END IF;
   BEGIN  -- one subtransaction for the batch, never the application's
