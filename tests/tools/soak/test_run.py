@@ -22,9 +22,12 @@ EXPECTED_PHASES = [
 EXPECTED_SQLSTATES = {"23P01", "P0001", *workers.RETRYABLE}
 
 
-def test_confirmations_flow_through_swap_rollback_and_swap_with_every_invariant_kept(empty_db: Database):
+@pytest.mark.parametrize("hostile", [False, True], ids=["plain", "REPEATABLE READ, FORCE RLS, deploy role"])
+def test_confirmations_flow_through_swap_rollback_and_swap_with_every_invariant_kept(empty_db: Database,
+                                                                                     hostile: bool):
     run.prepare(empty_db.url, rows=3_000)
-    result = run.run_soak(empty_db.url, workers=2, phase_seconds=2.0, overlap_every=5,
+    migrate_url = run.harden(empty_db.url) if hostile else None
+    result = run.run_soak(empty_db.url, workers=2, phase_seconds=2.0, overlap_every=5, migrate_url=migrate_url,
                           alembic_x=["swap_lock_timeout=2s", "swap_lock_attempts=5"])
     report = result.render()
 
@@ -46,5 +49,9 @@ def test_confirmations_flow_through_swap_rollback_and_swap_with_every_invariant_
     assert 0 <= result.confirmations - sum(p.confirmations for p in result.phases) <= result.workers
     assert 0 < result.longest_stall_s < 30, report
 
+    if hostile:  # the settings held to the end, and the swap ran as the deploy role
+        with empty_db.connect() as conn:
+            assert conn.execute("SELECT relforcerowsecurity, pg_get_userbyid(relowner) FROM pg_class "
+                                "WHERE oid = 'public.allocations'::regclass").fetchone() == (True, run.DEPLOYER)
     document = json.loads(result.to_json())
     assert document["ok"] is True and len(document["phases"]) == len(EXPECTED_PHASES)
