@@ -9,8 +9,8 @@ from alembic import command
 
 from reserve.report import FAIL
 from reserve.rollout import dataset, snapshots
-from reserve.rollout.ephemeral import find_bindir
 from reserve.rollout.adopt import adopt
+from reserve.rollout.ephemeral import find_bindir
 from reserve.rollout.verify import verify
 from reserve.schema import revisions
 from tests.support import REVISIONS, Database, Venue, confirm

@@ -17,11 +17,11 @@ from reserve.operations import swap_window
 from reserve.report import FAIL
 from reserve.rollout import preflight
 from reserve.schema import locks
+from reserve.schema.guards import NEW_GUARD
 from reserve.schema.options import SwapOptions
 from reserve.schema.session import PsycopgSession
 from reserve.schema.swap import changelog, exchange, online, refusals
 from reserve.schema.swap import state as swap_state
-from reserve.schema.guards import NEW_GUARD
 from tests import swapping
 from tests.support import Database, slot, wait_until
 
