@@ -23,7 +23,8 @@ BELOW_SWAP, HEAD = REVISIONS[-2], REVISIONS[-1]
 WINDOW = "window"
 # Enough for the locked guard build to last ~1 s here, and for the online backfill to take a dozen batches.
 ROWS = 60_000
-LOCKED = ["-x", "swap_method=locked"]
+LOCKED = ["swap_method=locked"]  # x of an in-process run (an "-x" item here was once ignored silently)
+LOCKED_CLI = ["-x", *LOCKED]  # the same, as `alembic` arguments
 ONLINE = ["swap_method=online"]  # x of an in-process run: the online method, said explicitly
 
 

@@ -18,13 +18,13 @@ import pytest
 
 from reserve.schema import catalog, unfinished
 from tests import faults
-from tests.datasets import BELOW_SWAP, HEAD, LOCKED
+from tests.datasets import BELOW_SWAP, HEAD, LOCKED_CLI
 from tests.support import Database
 
 pytestmark = pytest.mark.slow  # `make test-slow`: faults injected into the locked swap on a 60k-row dataset
 
 # The swap waits for a blocker up to this long, in one attempt (the fault comes well before).
-WAIT_FOR_BLOCKER = [*LOCKED, "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1"]
+WAIT_FOR_BLOCKER = [*LOCKED_CLI, "-x", "swap_lock_timeout=30s", "-x", "swap_lock_attempts=1"]
 UPGRADE_RAN = f"Running upgrade {BELOW_SWAP} -> {HEAD}"
 
 
@@ -52,7 +52,7 @@ def assert_at(db_: Database, revision: str, rows_before: tuple[int, ...]) -> fau
 
 
 def assert_rerun_reaches_head(db_: Database, rows_before: tuple[int, ...]) -> None:
-    code, output = faults.run_alembic(db_.url, *LOCKED, "upgrade", "head")
+    code, output = faults.run_alembic(db_.url, *LOCKED_CLI, "upgrade", "head")
     assert code == 0, output
     assert_at(db_, HEAD, rows_before)
 
@@ -76,7 +76,7 @@ def test_upgrade_backend_terminated_while_the_swap_waits_for_its_lock(below_swap
 def test_upgrade_backend_terminated_while_building_the_new_guard_under_the_lock(below_swap: Database):
     before = rows(below_swap)
     with monitor(below_swap) as dba:
-        proc = faults.start_alembic(below_swap.url, *LOCKED, "upgrade", "head")
+        proc = faults.start_alembic(below_swap.url, *LOCKED_CLI, "upgrade", "head")
         # By now the old guard and the redundant index are dropped, in the revision's transaction.
         backend = faults.wait_for_backend(dba, query_contains="ADD CONSTRAINT allocations_no_overlap",
                                           waiting_on_lock=False, proc=proc)
@@ -94,7 +94,7 @@ def test_downgrade_backend_terminated_while_the_index_build_waits_keeps_the_rest
     with at_head.connect() as reporter, monitor(at_head) as dba:
         reporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         reporter.execute("SELECT count(*) FROM bookings")
-        proc = faults.start_alembic(at_head.url, *LOCKED, "downgrade", "-1")
+        proc = faults.start_alembic(at_head.url, *LOCKED_CLI, "downgrade", "-1")
         backend = faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True,
                                           proc=proc)
         assert faults.terminate(dba, backend.pid)
@@ -110,7 +110,7 @@ def test_downgrade_backend_terminated_while_the_index_build_waits_keeps_the_rest
     assert rows(at_head) == before
 
     # The rollback converges: a rerun keeps the guard, drops the half-built index and builds it.
-    code, output = faults.run_alembic(at_head.url, *LOCKED, "downgrade", "-1")
+    code, output = faults.run_alembic(at_head.url, *LOCKED_CLI, "downgrade", "-1")
     assert code == 0, output
     assert assert_at(at_head, BELOW_SWAP, before).pending_indexes == []
 
@@ -118,7 +118,7 @@ def test_downgrade_backend_terminated_while_the_index_build_waits_keeps_the_rest
 def test_downgrade_backend_terminated_while_building_the_old_guard_under_the_lock(at_head: Database):
     before = rows(at_head)
     with monitor(at_head) as dba:
-        proc = faults.start_alembic(at_head.url, *LOCKED, "downgrade", "-1")
+        proc = faults.start_alembic(at_head.url, *LOCKED_CLI, "downgrade", "-1")
         backend = faults.wait_for_backend(dba, query_contains="ADD CONSTRAINT allocations_resource_window_excl",
                                           waiting_on_lock=False, proc=proc)
         assert faults.terminate(dba, backend.pid)
@@ -134,7 +134,7 @@ def test_downgrade_backend_terminated_while_building_the_old_guard_under_the_loc
 
 def test_statement_timeout_while_building_the_new_guard(below_swap: Database):
     before = rows(below_swap)
-    code, output = faults.run_alembic(below_swap.url, *LOCKED, "-x", "statement_timeout=250ms", "upgrade", "head")
+    code, output = faults.run_alembic(below_swap.url, *LOCKED_CLI, "-x", "statement_timeout=250ms", "upgrade", "head")
     assert code != 0 and "canceling statement due to statement timeout" in output, output
     assert "ADD CONSTRAINT allocations_no_overlap" in output.split("statement timeout", 1)[1], output
     assert_at(below_swap, BELOW_SWAP, before)
@@ -158,7 +158,7 @@ def test_statement_timeout_while_the_swap_waits_for_its_lock(below_swap: Databas
 def test_client_killed_while_building_the_new_guard(below_swap: Database):
     before = rows(below_swap)
     with monitor(below_swap) as dba:
-        proc = faults.start_alembic(below_swap.url, *LOCKED, "upgrade", "head")
+        proc = faults.start_alembic(below_swap.url, *LOCKED_CLI, "upgrade", "head")
         backend = faults.wait_for_backend(dba, query_contains="ADD CONSTRAINT allocations_no_overlap",
                                           waiting_on_lock=False, proc=proc)
         faults.kill_client(proc)
@@ -182,7 +182,7 @@ def test_client_killed_while_the_swap_waits_the_orphan_ends_during_its_wait_and_
             killed_at = time.monotonic()
             proc.wait(timeout=10)
             # The rerun starts at once: it queues for the migration lock while the orphan holds it, or finds it gone.
-            rerun = faults.start_alembic(below_swap.url, *LOCKED, "upgrade", "head")
+            rerun = faults.start_alembic(below_swap.url, *LOCKED_CLI, "upgrade", "head")
             # The orphan notices its client is gone while still waiting (client_connection_check_interval, set by
             # env.py), not when the blocker lets its statement end: the blocker is still here.
             faults.wait_gone(dba, orphan.pid, timeout_s=15)
@@ -240,7 +240,7 @@ def test_downgrade_refuses_clearly_when_a_conflicting_row_commits_after_its_pre_
     # while the downgrade waits for its lock on allocations, before the old guard is built.
     with at_head.connect() as writer, monitor(at_head) as dba:
         twin = writer.execute(CROSS_RESTAURANT_TWIN).fetchone()[0]
-        proc = faults.start_alembic(at_head.url, *LOCKED, "downgrade", "-1")
+        proc = faults.start_alembic(at_head.url, *LOCKED_CLI, "downgrade", "-1")
         faults.wait_for_backend(dba, query_contains="LOCK TABLE public.allocations", waiting_on_lock=True, proc=proc)
         writer.commit()
         code, output = faults.finish(proc, at_head.url)
@@ -249,6 +249,6 @@ def test_downgrade_refuses_clearly_when_a_conflicting_row_commits_after_its_pre_
     assert "Nothing was changed" in output
     assert_at(at_head, HEAD, rows(at_head))
 
-    code, output = faults.run_alembic(at_head.url, *LOCKED, "downgrade", "-1")
+    code, output = faults.run_alembic(at_head.url, *LOCKED_CLI, "downgrade", "-1")
     assert code != 0 and str(twin) in output, output  # the rerun's pre-check names the row
     assert_at(at_head, HEAD, rows(at_head))

@@ -26,7 +26,7 @@ from reserve.rollout import alembic_runner, dataset
 from reserve.rollout.ephemeral import EphemeralPostgres, find_bindir
 from reserve.schema import catalog, guards, locks, revisions
 from tests import faults
-from tests.datasets import LOCKED
+from tests.datasets import LOCKED_CLI
 from tests.support import REVISIONS, Database, wait_until
 
 pytestmark = pytest.mark.slow  # `make test-slow`: a long report and a REPEATABLE READ transaction held through a rollback
@@ -97,7 +97,7 @@ def test_the_locked_rollback_restores_the_guard_promptly_while_a_report_and_a_re
         snapshot_holder.execute("SET application_name = 'finance-export'")
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT count(*) FROM restaurants")
-        proc = faults.start_alembic(head_db.url, *LOCKED, "downgrade", "-1")
+        proc = faults.start_alembic(head_db.url, *LOCKED_CLI, "downgrade", "-1")
         restored_after = wait_until(lambda: _old_guard_back(dba), "the old guard to be restored", procs=[proc])
         assert restored_after < PROMPTLY_S
 
@@ -185,7 +185,7 @@ def test_a_locked_rollback_stopped_during_its_index_build_is_named_by_verify_and
     with head_db.connect() as snapshot_holder, head_db.connect(autocommit=True) as dba:
         snapshot_holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot_holder.execute("SELECT 1 FROM restaurants LIMIT 1")
-        proc = faults.start_alembic(head_db.url, *LOCKED, "downgrade", "-1")
+        proc = faults.start_alembic(head_db.url, *LOCKED_CLI, "downgrade", "-1")
         faults.wait_for_backend(dba, query_contains="CREATE INDEX CONCURRENTLY", waiting_on_lock=True, proc=proc)
         faults.kill_client(proc)  # the operator's Ctrl-C would do the same; the deploy job's timeout does worse
         proc.wait(timeout=10)
@@ -200,7 +200,7 @@ def test_a_locked_rollback_stopped_during_its_index_build_is_named_by_verify_and
     assert check["data"]["command"] == "alembic downgrade -1"
     assert "restored allocations_resource_window_excl" in check["detail"]
 
-    code, output = faults.run_alembic(head_db.url, *LOCKED, "downgrade", "-1")
+    code, output = faults.run_alembic(head_db.url, *LOCKED_CLI, "downgrade", "-1")
     assert code == 0, output
     with head_db.connect() as conn:
         assert faults.boundary(conn).at == BELOW_SWAP and catalog.pending_indexes(conn) == []

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from alembic.util import CommandError
 from sqlalchemy.engine import URL
 
 from reserve import db
@@ -23,12 +22,6 @@ from reserve.rollout.ephemeral import EphemeralPostgres
 from reserve.rollout.preflight import preflight, replicas_behind
 from reserve.rollout.scratch import unique_name
 from reserve.rollout.standby import StandbyWatch, catch_up, long_report, lsn
-from reserve.schema.guards import NEW_GUARD
-from reserve.schema.options import SwapOptions
-from reserve.schema.session import PsycopgSession
-from reserve.schema.swap import exchange, online
-from reserve.schema.swap import state as swap_state
-from tests.support import REVISIONS
 
 pytestmark = pytest.mark.slow  # `make test-slow`: a primary and a hot standby of its own
 
@@ -213,35 +206,3 @@ def test_a_standby_far_behind_or_not_streaming_is_named_by_the_preflight():
     rows = [("eu-1", "streaming", 0.2), ("eu-2", "catchup", 0.0), ("eu-3", "streaming", 45.0), ("eu-4", "streaming", None)]
     assert replicas_behind(rows) == ["eu-2", "eu-3"]
 
-
-@pytest.fixture(scope="module")
-def feedback_pair() -> Iterator[tuple[EphemeralPostgres, EphemeralPostgres]]:
-    """A primary and a hot standby that reports its oldest snapshot (hot_standby_feedback), every second."""
-    with EphemeralPostgres(settings={"synchronous_commit": "on"}) as primary, \
-            primary.standby({"hot_standby_feedback": "on", "wal_receiver_status_interval": "1s"}) as standby:
-        yield primary, standby
-
-
-def test_the_exchange_waits_for_a_standby_snapshot_older_than_the_fill_and_names_it(feedback_pair):
-    primary, standby = feedback_pair
-    name = unique_name("standby_feedback")
-    with db.connect(primary.url(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        alembic_runner.upgrade(primary.url(name), REVISIONS[-2])
-        with db.connect(primary.url(name), autocommit=True) as conn:
-            dataset.generate(conn, dataset.Shape(restaurants=2, windows_per_table=2))
-            session = PsycopgSession(conn)
-            online.build(session, "upgrade", NEW_GUARD, action="test swap")
-            assert catch_up(primary.url(name), standby.url(name)) is not None
-            with db.connect(standby.url(name)) as report:  # a REPEATABLE READ report begun before the fill
-                report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                report.execute("SELECT count(*) FROM public.allocations")
-                online.backfill(session, swap_state.read(conn), NEW_GUARD, SwapOptions(), action="test swap")
-                with pytest.raises(CommandError, match=r"standby .* \(hot_standby_feedback xmin \d+\)"):
-                    exchange.wait_for_old_snapshots(session, SwapOptions(snapshot_wait_s=3.0), action="test swap")
-            # The report ended: the standby's xmin passes the fill within a feedback interval or two.
-            exchange.wait_for_old_snapshots(session, SwapOptions(snapshot_wait_s=30.0), action="test swap")
-    finally:
-        with db.connect(primary.url(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
